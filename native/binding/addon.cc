@@ -1,0 +1,18 @@
+// The addon's entry point: registers every binding class and function.
+#include <napi.h>
+
+#include "binding/init.h"
+
+namespace {
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  blockwal::binding::init_ring(env, exports);
+  blockwal::binding::init_wal(env, exports);
+  blockwal::binding::init_wal_format(env, exports);
+  blockwal::binding::init_bitmap(env, exports);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(blockwal, Init)

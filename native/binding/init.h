@@ -1,0 +1,13 @@
+// One Init function per binding file; addon.cc calls them all.
+#pragma once
+
+#include <napi.h>
+
+namespace blockwal::binding {
+
+void init_ring(Napi::Env env, Napi::Object exports);        // ring_binding.cc: Ring (io_uring, arena, files)
+void init_wal(Napi::Env env, Napi::Object exports);         // wal_binding.cc: Wal (segments, group commit)
+void init_wal_format(Napi::Env env, Napi::Object exports);  // wal_format_binding.cc: record/frame codec, scanWal
+void init_bitmap(Napi::Env env, Napi::Object exports);      // bitmap_binding.cc: Bitmap (mmap'd dense bitmap)
+
+}  // namespace blockwal::binding

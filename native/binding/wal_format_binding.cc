@@ -1,0 +1,8 @@
+// Placeholder until this binding lands.
+#include "binding/init.h"
+
+namespace blockwal::binding {
+
+void init_wal_format(Napi::Env, Napi::Object) {}
+
+}  // namespace blockwal::binding
