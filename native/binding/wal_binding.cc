@@ -1,8 +1,248 @@
-// Placeholder until this binding lands.
+// Wal: the JS face of wal::Writer. Appends cross one call per record (the
+// payload is copied into the open group in the arena, XXH3 computed there);
+// progress (written and durable LSNs, failure, back-pressure) is published
+// into a shared Float64Array after every append and every drain, so JS reads
+// numbers instead of making calls.
+#include <napi.h>
+
+#include <cerrno>
+#include <memory>
+
+#include "binding/errors.h"
 #include "binding/init.h"
+#include "binding/ring_binding.h"
+#include "util/assert.h"
+#include "wal/writer.h"
 
 namespace blockwal::binding {
 
-void init_wal(Napi::Env, Napi::Object) {}
+namespace {
+
+// Layout of the shared state array (mirrored in lib/native/wal.ts).
+enum StateField : uint32_t {
+  kLsnNext = 0,
+  kLsnWritten,
+  kLsnDurable,
+  kFailedErrno,
+  kBusyReason,
+  kSpareReady,
+  kActiveSeq,
+  kActiveOffset,
+  kOpsInFlight,
+  kGroupsSubmitted,
+  kDsyncGroups,
+  kSyncsSubmitted,
+  kBytesWritten,
+  kSegmentCount,
+  kAppendSeq,
+  kAppendOffset,
+  kStateFields,
+};
+
+constexpr int32_t kAppendBusy = 0;
+constexpr int32_t kAppendFailed = -1;
+constexpr int32_t kAppendClosed = -2;
+
+double num(Napi::Object o, const char* key, double fallback) {
+  Napi::Value v = o.Get(key);
+  return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : fallback;
+}
+
+}  // namespace
+
+class WalWrap : public Napi::ObjectWrap<WalWrap>, public ring::Owner {
+ public:
+  static Napi::Function define(Napi::Env env) {
+    return DefineClass(env, "Wal",
+                       {
+                           InstanceMethod<&WalWrap::append>("append"),
+                           InstanceMethod<&WalWrap::request_durable>("requestDurable"),
+                           InstanceMethod<&WalWrap::release>("release"),
+                           InstanceMethod<&WalWrap::read_record>("readRecord"),
+                           InstanceMethod<&WalWrap::failure_message>("failureMessage"),
+                           InstanceMethod<&WalWrap::close>("close"),
+                       });
+  }
+
+  // new Wal(ring, options)
+  explicit WalWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<WalWrap>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject()) {
+      throw Napi::TypeError::New(env, "new Wal(ring, options)");
+    }
+    Napi::Object ring_obj = info[0].As<Napi::Object>();
+    ring_ = Napi::ObjectWrap<RingWrap>::Unwrap(ring_obj);
+    if (ring_ == nullptr || !ring_->open()) throw_error(env, "ERR_RING_CLOSED", "the ring is closed");
+    ring_ref_ = Napi::Persistent(ring_obj);
+    wal::WriterOptions options = parse_options(env, info[1].As<Napi::Object>());
+
+    writer_ = std::make_unique<wal::Writer>(ring_->ring(), ring_);
+    std::string what;
+    int rc = writer_->open(options, &what);
+    if (rc < 0) {
+      writer_.reset();
+      throw_error(env, rc == -ENOMEM ? "ERR_ARENA" : "ERR_OPEN", "cannot open the WAL: " + what, -rc);
+    }
+    Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, kStateFields * sizeof(double));
+    state_ = static_cast<double*>(buf.Data());
+    state_ref_ = Napi::Persistent(buf.As<Napi::Object>());
+    info.This().As<Napi::Object>().Set("state", Napi::Float64Array::New(env, kStateFields, buf, 0));
+    ring_->attach_writer(writer_.get(), [this] { publish(); });
+    writer_->kick();  // start preparing the first segment
+    ring_->update_ref();
+    publish();
+    Ref();  // the ring points at us until close
+  }
+
+  void on_complete(uint64_t, int32_t) override { BW_UNREACHABLE(); }
+
+ private:
+  static wal::WriterOptions parse_options(Napi::Env env, Napi::Object o) {
+    wal::WriterOptions opt;
+    Napi::Value dir = o.Get("dir");
+    if (!dir.IsString()) throw Napi::TypeError::New(env, "options.dir must be a string");
+    opt.dir = dir.As<Napi::String>().Utf8Value();
+    opt.segment_bytes = static_cast<uint64_t>(num(o, "segmentBytes", kSegmentBytesDefault));
+    opt.group_bytes = static_cast<uint32_t>(num(o, "groupBytes", kGroupBytesDefault));
+    opt.groups_in_flight = static_cast<uint32_t>(num(o, "groupsInFlight", kGroupsInFlightDefault));
+    opt.group_slots = static_cast<uint32_t>(num(o, "groupSlots", 16));
+    opt.segments_max = static_cast<uint32_t>(num(o, "segmentsMax", 64));
+    opt.lsn_next = static_cast<uint64_t>(num(o, "lsnNext", 1));
+    opt.seq_next = static_cast<uint64_t>(num(o, "seqNext", 1));
+    if (opt.segment_bytes < kSegmentBytesMin || opt.segment_bytes > kSegmentBytesMax ||
+        !is_aligned(opt.segment_bytes, kBlockBytes)) {
+      throw Napi::RangeError::New(env, "segmentBytes must be a multiple of 4096 from 1 MiB to 1 GiB");
+    }
+    if (opt.group_bytes < kGroupBytesMin || opt.group_bytes > kGroupBytesMax || !is_aligned(opt.group_bytes, kBlockBytes)) {
+      throw Napi::RangeError::New(env, "groupBytes must be a multiple of 4096 from 64 KiB to 4 MiB");
+    }
+    if (opt.groups_in_flight < kGroupsInFlightMin || opt.groups_in_flight > kGroupsInFlightMax) {
+      throw Napi::RangeError::New(env, "groupsInFlight must be from 1 to 8");
+    }
+    if (opt.group_slots < opt.groups_in_flight + 2 || opt.group_slots > 256) {
+      throw Napi::RangeError::New(env, "groupSlots must be from groupsInFlight + 2 to 256");
+    }
+    if (opt.segments_max < 2 || opt.segments_max > 1u << 20) throw Napi::RangeError::New(env, "segmentsMax must be >= 2");
+    if (opt.lsn_next < 1 || opt.seq_next < 1) throw Napi::RangeError::New(env, "lsnNext and seqNext must be >= 1");
+    Napi::Value existing = o.Get("existing");
+    if (existing.IsArray()) {
+      Napi::Array arr = existing.As<Napi::Array>();
+      for (uint32_t i = 0; i < arr.Length(); i++) {
+        Napi::Object e = arr.Get(i).As<Napi::Object>();
+        wal::ExistingSegment seg{static_cast<uint64_t>(num(e, "seq", 0)), static_cast<uint64_t>(num(e, "lsnFirst", 0)),
+                                 static_cast<uint64_t>(num(e, "lsnLast", 0)), e.Get("inChain").ToBoolean().Value()};
+        if (seg.seq == 0 || seg.seq >= opt.seq_next) throw Napi::RangeError::New(env, "existing segment seq out of range");
+        opt.existing.push_back(seg);
+      }
+    }
+    return opt;
+  }
+
+  void publish() {
+    if (!writer_) return;
+    state_[kLsnNext] = static_cast<double>(writer_->lsn_next());
+    state_[kLsnWritten] = static_cast<double>(writer_->lsn_written());
+    state_[kLsnDurable] = static_cast<double>(writer_->lsn_durable());
+    state_[kFailedErrno] = writer_->failed() ? writer_->failure_errno() : 0;
+    state_[kBusyReason] = static_cast<double>(writer_->busy_reason());
+    state_[kSpareReady] = writer_->spare_ready() ? 1 : 0;
+    state_[kActiveSeq] = static_cast<double>(writer_->active_seq());
+    state_[kActiveOffset] = static_cast<double>(writer_->active_offset());
+    state_[kOpsInFlight] = writer_->ops_in_flight();
+    state_[kGroupsSubmitted] = static_cast<double>(writer_->groups_submitted());
+    state_[kDsyncGroups] = static_cast<double>(writer_->dsync_groups_submitted());
+    state_[kSyncsSubmitted] = static_cast<double>(writer_->syncs_submitted());
+    state_[kBytesWritten] = static_cast<double>(writer_->bytes_written());
+    state_[kSegmentCount] = writer_->segment_count();
+  }
+
+  wal::Writer& writer(Napi::Env env) {
+    if (!writer_) throw_error(env, "ERR_WAL_CLOSED", "the WAL is closed");
+    return *writer_;
+  }
+
+  // append(kind, epoch, lba, lengthBlocks, payload | null, fua) -> lsn (> 0),
+  // 0 busy, -1 failed, -2 closed. The record's location is published in state.
+  Napi::Value append(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    wal::Writer& w = writer(env);
+    auto kind = static_cast<wal::RecordKind>(arg_u32(info, 0, "kind", 4));
+    uint64_t epoch = arg_u64(info, 1, "epoch", UINT64_MAX);
+    uint64_t lba = arg_u64(info, 2, "lba", UINT64_MAX);
+    uint64_t length_blocks = arg_u64(info, 3, "lengthBlocks", UINT64_MAX);
+    const uint8_t* payload = nullptr;
+    size_t payload_bytes = 0;
+    if (info.Length() > 4 && info[4].IsTypedArray()) {
+      Napi::Uint8Array p = info[4].As<Napi::Uint8Array>();
+      payload = p.Data();
+      payload_bytes = p.ByteLength();
+    } else if (info.Length() > 4 && !info[4].IsNull() && !info[4].IsUndefined()) {
+      throw Napi::TypeError::New(env, "payload must be a Uint8Array or null");
+    }
+    bool fua = arg_bool(info, 5, "fua");
+    if (payload_bytes > kRecordPayloadMax ||
+        !wal::record_shape_valid(kind, static_cast<uint32_t>(payload_bytes), length_blocks)) {
+      throw Napi::RangeError::New(env, "record shape invalid: kind, payload size and lengthBlocks do not fit");
+    }
+    wal::RecordFields fields{kind, epoch, 0, lba, length_blocks};
+    wal::AppendResult result{};
+    wal::AppendStatus status = w.append(fields, payload, static_cast<uint32_t>(payload_bytes), fua, &result);
+    publish();
+    switch (status) {
+      case wal::AppendStatus::ok:
+        state_[kAppendSeq] = static_cast<double>(result.segment_seq);
+        state_[kAppendOffset] = static_cast<double>(result.offset_bytes);
+        return Napi::Number::New(env, static_cast<double>(result.lsn));
+      case wal::AppendStatus::busy: return Napi::Number::New(env, kAppendBusy);
+      case wal::AppendStatus::failed: return Napi::Number::New(env, kAppendFailed);
+      case wal::AppendStatus::closed: return Napi::Number::New(env, kAppendClosed);
+    }
+    BW_UNREACHABLE();
+  }
+
+  Napi::Value request_durable(const Napi::CallbackInfo& info) {
+    writer(info.Env()).request_durable(arg_u64(info, 0, "lsn", UINT64_MAX));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value release(const Napi::CallbackInfo& info) {
+    writer(info.Env()).release(arg_u64(info, 0, "lsn", UINT64_MAX));
+    return info.Env().Undefined();
+  }
+
+  // readRecord(seq, offsetBytes, spanBytes, destOffset, destBytes, tag) -> 1 | 0 | -errno
+  Napi::Value read_record(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    wal::Writer& w = writer(env);
+    int rc = w.read_record(arg_u64(info, 0, "seq", UINT64_MAX), arg_u64(info, 1, "offsetBytes", UINT64_MAX),
+                           arg_u32(info, 2, "spanBytes", wal::kFrameBytesMax), arg_u64(info, 3, "destOffset", UINT64_MAX),
+                           arg_u64(info, 4, "destBytes", UINT64_MAX), arg_u32(info, 5, "tag", INT32_MAX));
+    return Napi::Number::New(env, rc);
+  }
+
+  Napi::Value failure_message(const Napi::CallbackInfo& info) {
+    return Napi::String::New(info.Env(), writer_ ? writer_->failure_message() : "");
+  }
+
+  // close(): every operation must have completed (the TS wrapper waits).
+  Napi::Value close(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!writer_) return env.Undefined();
+    if (writer_->ops_in_flight() > 0) throw_error(env, "ERR_WAL_BUSY", "WAL operations are still in flight");
+    writer_->close();
+    ring_->detach_writer();
+    writer_.reset();
+    Unref();
+    return env.Undefined();
+  }
+
+  RingWrap* ring_ = nullptr;
+  Napi::ObjectReference ring_ref_;
+  std::unique_ptr<wal::Writer> writer_;
+  double* state_ = nullptr;
+  Napi::ObjectReference state_ref_;
+};
+
+void init_wal(Napi::Env env, Napi::Object exports) { exports.Set("Wal", WalWrap::define(env)); }
 
 }  // namespace blockwal::binding

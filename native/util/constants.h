@@ -44,7 +44,7 @@ static_assert(kGroupBytesMax % kBlockBytes == 0);
 static_assert(kGroupBytesMin <= kGroupBytesDefault && kGroupBytesDefault <= kGroupBytesMax);
 static_assert(kSegmentBytesMin >= kGroupBytesMax / 4);
 static_assert(kSegmentBytesDefault % kGroupBytesDefault == 0);
-static_assert(kControlPayloadMax < kGroupBytesMin);
+static_assert(kControlPayloadMax <= kRecordPayloadMax);
 static_assert(kRecordPayloadMax % kBlockBytes == 0);
 
 inline constexpr uint64_t align_up(uint64_t value, uint64_t alignment) {

@@ -82,7 +82,22 @@ struct FrameHeader {
 };
 #pragma pack(pop)
 
+// Field ranges a valid record keeps, so that LSNs, epochs and block addresses
+// cross into JS as exact numbers (<= 2^53 - 1) and byte offsets (lba * 4096)
+// stay exact too. LSN 0 is never used: the first LSN of a log is 1.
+constexpr uint64_t kLsnMax = (1ull << 53) - 1;
+constexpr uint64_t kEpochMax = (1ull << 53) - 1;
+constexpr uint64_t kLbaLimit = (1ull << 53) / kBlockBytes;  // lba + length_blocks <= kLbaLimit
+// Segment seqs (file names, frame.segment_seq) stay exact JS numbers too.
+constexpr uint64_t kSegmentSeqMax = (1ull << 53) - 1;
+
+// The largest frame_bytes a frame header may carry: a full group, or one
+// maximal record alone when that is larger. FrameBuilder asserts its capacity
+// against it so the writer can never produce a frame recovery would refuse.
+constexpr uint32_t kFrameBytesLimit = kGroupBytesMax > kFrameBytesMax ? kGroupBytesMax : kFrameBytesMax;
+
 static_assert(sizeof(RecordHeader) == kRecordHeaderBytes);
+static_assert(kFrameBytesLimit % kBlockBytes == 0);
 static_assert(sizeof(FrameHeader) == kFrameHeaderBytes);
 static_assert(kFrameBytesMax % kBlockBytes == 0);
 
@@ -114,6 +129,11 @@ const char* record_error_name(RecordError e);
 
 // Checks a kind/payload/length combination; true when a record may carry it.
 bool record_shape_valid(RecordKind kind, uint32_t payload_bytes, uint64_t length_blocks);
+
+// Checks everything a caller supplies for a record: the shape, lsn in
+// [1, kLsnMax], epoch <= kEpochMax, lba + length_blocks <= kLbaLimit, and a
+// control record's lba == 0. encode_record asserts it; decode_record checks it.
+bool record_fields_valid(const RecordFields& fields, uint32_t payload_bytes);
 
 // Writes header + payload (+ zero padding to 8) at dst and returns the span in
 // bytes. dst must have record_span_bytes(payload_bytes) bytes. payload may be

@@ -1,0 +1,436 @@
+// Ring: one io_uring with its aligned arena and files, driven from JS.
+//
+// Operations are queued in JS and handed to the addon in one batch per event
+// loop turn (a microtask kick); completions come back in one call per drain
+// with tags and results in a shared Int32Array. A WAL attached to the ring is
+// notified after each drain. JS buffers are never handed to the kernel:
+// O_DIRECT needs the arena's 4 KiB alignment, so callers allocate slices of
+// the arena (alloc/free) and copy in and out of them.
+import { addon } from './addon';
+import { BlockwalError, nativeCall } from './errors';
+
+export enum OpKind {
+  read = 1,
+  write = 2,
+  fsync = 3,
+  fdatasync = 4,
+  punchHole = 5,
+  nop = 6,
+}
+
+// What an operation is for (fault injection targets one purpose).
+export enum OpPurpose {
+  js = 0,
+  walGroup = 1,
+  walSync = 2,
+  walPrepare = 3,
+  walRead = 4,
+  any = 255,
+}
+
+export interface RingOptions {
+  depth?: number; // submission queue entries (completion queue: twice that)
+  arenaBytes?: number; // aligned buffer space, multiple of 4096
+  registerBuffers?: boolean; // register the arena with io_uring (default true; falls back when refused)
+}
+
+export interface FileOptions {
+  write?: boolean;
+  create?: boolean;
+  exclusive?: boolean;
+  direct?: boolean;
+}
+
+export interface ArenaSlice {
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+  readonly bytes: Uint8Array; // view of the arena
+}
+
+export interface TraceEvent {
+  seq: number;
+  type: 'submit' | 'complete' | 'event';
+  kind: number;
+  fd: number;
+  offsetBytes: number;
+  lengthBytes: number;
+  flags: number;
+  result: number;
+  a: number;
+  b: number;
+  purpose: OpPurpose;
+  slot: number; // pairs a completion with its submission
+}
+
+export interface RingInfo {
+  open: boolean;
+  depth: number;
+  inFlight: number;
+  slotsFree: number;
+  arenaBytes: number;
+  reservedBytes: number;
+  buffersRegistered: boolean;
+}
+
+interface RawRing {
+  arena: ArrayBuffer;
+  completions: Int32Array;
+  submit(descriptors: Float64Array, count: number): number;
+  kick(): void;
+  openFile(path: string, flags: number): number;
+  closeFile(fileId: number): void;
+  fileSize(fileId: number): number;
+  injectFault(kind: number, purpose: number, skip: number, errno: number, shortWrite: boolean): void;
+  clearFaults(): void;
+  setShuffle(seed: number | null): void;
+  setTrace(on: boolean): void;
+  takeTrace(): Float64Array;
+  info(): RingInfo;
+  claimJsRegion(): number;
+  close(): void;
+}
+
+type RawRingCtor = new (
+  depth: number,
+  arenaBytes: number,
+  onDrain: (count: number) => void,
+  registerBuffers: boolean,
+) => RawRing;
+
+// The ring's completion sink for records read by the WAL (tag-addressed).
+export type CompletionHandler = (result: number) => void;
+
+interface PendingOp {
+  kind: OpKind;
+  fileId: number;
+  offsetBytes: number; // arena
+  lengthBytes: number;
+  fileOffsetBytes: number;
+  dsync: boolean;
+  tag: number;
+}
+
+const DESCRIPTOR_FIELDS = 7;
+const TRACE_FIELDS = 12;
+const BLOCK_BYTES = 4096;
+const DEPTH_DEFAULT = 256;
+const ARENA_BYTES_DEFAULT = 64 << 20;
+
+export class Ring {
+  readonly depth: number;
+  readonly arenaBytes: number;
+  readonly raw: RawRing;
+  private readonly arena: Uint8Array;
+  private readonly completions: Int32Array;
+  private readonly descriptors: Float64Array;
+  private readonly handlers: (CompletionHandler | undefined)[] = [];
+  private readonly freeTags: number[] = [];
+  private readonly queued: PendingOp[] = [];
+  private kickScheduled = false;
+  private drainListeners: (() => void)[] = [];
+  private allocator: ArenaAllocator | undefined;
+  private closed = false;
+
+  private constructor(depth: number, arenaBytes: number, registerBuffers: boolean) {
+    const Ctor = addon().Ring as RawRingCtor;
+    this.depth = depth;
+    this.arenaBytes = arenaBytes;
+    this.raw = nativeCall(() => new Ctor(depth, arenaBytes, (count) => this.onDrain(count), registerBuffers));
+    this.arena = new Uint8Array(this.raw.arena);
+    this.completions = this.raw.completions;
+    this.descriptors = new Float64Array(depth * DESCRIPTOR_FIELDS);
+  }
+
+  static open(options: RingOptions = {}): Ring {
+    const depth = options.depth ?? DEPTH_DEFAULT;
+    const arenaBytes = options.arenaBytes ?? ARENA_BYTES_DEFAULT;
+    if (!Number.isInteger(depth) || depth < 24 || depth > 4096) throw new RangeError('depth must be from 24 to 4096');
+    if (!Number.isInteger(arenaBytes) || arenaBytes <= 0 || arenaBytes % BLOCK_BYTES !== 0) {
+      throw new RangeError('arenaBytes must be a positive multiple of 4096');
+    }
+    return new Ring(depth, arenaBytes, options.registerBuffers ?? true);
+  }
+
+  info(): RingInfo {
+    return this.raw.info();
+  }
+
+  // ---- arena -------------------------------------------------------------
+
+  // Allocates a 4 KiB-aligned slice of the arena outside what the WAL reserved.
+  // The first allocation fixes the JS region: a WAL opened later must fit in
+  // space an earlier WAL released.
+  alloc(lengthBytes: number): ArenaSlice {
+    if (this.allocator === undefined) {
+      const base = this.raw.claimJsRegion();
+      this.allocator = new ArenaAllocator(base, this.arenaBytes - base);
+    }
+    const length = roundUp(Math.max(lengthBytes, 1), BLOCK_BYTES);
+    const offset = this.allocator.alloc(length);
+    if (offset < 0) {
+      throw new BlockwalError('ERR_ARENA', `arena exhausted: no ${length} free bytes (arena ${this.arenaBytes} bytes)`);
+    }
+    return { offsetBytes: offset, lengthBytes: length, bytes: this.arena.subarray(offset, offset + length) };
+  }
+
+  free(slice: ArenaSlice): void {
+    this.allocator?.release(slice.offsetBytes, slice.lengthBytes);
+  }
+
+  arenaView(offsetBytes: number, lengthBytes: number): Uint8Array {
+    return this.arena.subarray(offsetBytes, offsetBytes + lengthBytes);
+  }
+
+  // ---- files and operations ----------------------------------------------
+
+  openFile(path: string, options: FileOptions = {}): number {
+    const flags =
+      (options.write ? 1 : 0) | (options.create ? 2 : 0) | (options.exclusive ? 4 : 0) | (options.direct ? 8 : 0);
+    return nativeCall(() => this.raw.openFile(path, flags));
+  }
+
+  closeFile(fileId: number): void {
+    nativeCall(() => this.raw.closeFile(fileId));
+  }
+
+  fileSize(fileId: number): number {
+    return nativeCall(() => this.raw.fileSize(fileId));
+  }
+
+  read(fileId: number, slice: ArenaSlice, fileOffsetBytes: number, lengthBytes = slice.lengthBytes): Promise<number> {
+    return this.io(OpKind.read, fileId, slice, fileOffsetBytes, lengthBytes, false);
+  }
+
+  // Resolves with bytes written; a short write rejects (ERR_IO).
+  async write(
+    fileId: number,
+    slice: ArenaSlice,
+    fileOffsetBytes: number,
+    lengthBytes = slice.lengthBytes,
+    options: { dsync?: boolean } = {},
+  ): Promise<number> {
+    const n = await this.io(OpKind.write, fileId, slice, fileOffsetBytes, lengthBytes, options.dsync === true);
+    if (n !== lengthBytes) throw new BlockwalError('ERR_IO', `short write: ${n} of ${lengthBytes} bytes`);
+    return n;
+  }
+
+  async fdatasync(fileId: number): Promise<void> {
+    await this.op({ kind: OpKind.fdatasync, fileId, offsetBytes: 0, lengthBytes: 0, fileOffsetBytes: 0, dsync: false });
+  }
+
+  async fsync(fileId: number): Promise<void> {
+    await this.op({ kind: OpKind.fsync, fileId, offsetBytes: 0, lengthBytes: 0, fileOffsetBytes: 0, dsync: false });
+  }
+
+  async punchHole(fileId: number, fileOffsetBytes: number, lengthBytes: number): Promise<void> {
+    await this.op({ kind: OpKind.punchHole, fileId, offsetBytes: 0, lengthBytes, fileOffsetBytes, dsync: false });
+  }
+
+  private io(
+    kind: OpKind,
+    fileId: number,
+    slice: ArenaSlice,
+    fileOffsetBytes: number,
+    lengthBytes: number,
+    dsync: boolean,
+  ): Promise<number> {
+    if (lengthBytes > slice.lengthBytes) throw new RangeError('lengthBytes exceeds the slice');
+    return this.op({ kind, fileId, offsetBytes: slice.offsetBytes, lengthBytes, fileOffsetBytes, dsync });
+  }
+
+  private op(spec: Omit<PendingOp, 'tag'>): Promise<number> {
+    if (this.closed) return Promise.reject(new BlockwalError('ERR_RING_CLOSED', 'the ring is closed'));
+    return new Promise<number>((resolve, reject) => {
+      const tag = this.takeTag((result) => {
+        if (result < 0) reject(ioError(OpKind[spec.kind], -result));
+        else resolve(result);
+      });
+      this.queued.push({ ...spec, tag });
+      this.scheduleKick();
+    });
+  }
+
+  // ---- completion plumbing (used by the WAL wrapper too) -------------------
+
+  takeTag(handler: CompletionHandler): number {
+    const tag = this.freeTags.pop() ?? this.handlers.length;
+    this.handlers[tag] = handler;
+    return tag;
+  }
+
+  releaseTag(tag: number): void {
+    this.handlers[tag] = undefined;
+    this.freeTags.push(tag);
+  }
+
+  onAfterDrain(listener: () => void): () => void {
+    this.drainListeners.push(listener);
+    return () => {
+      this.drainListeners = this.drainListeners.filter((l) => l !== listener);
+    };
+  }
+
+  // Submits queued operations and lets the attached WAL submit its groups.
+  // Runs once per event-loop turn (microtask) so a burst of requests crosses
+  // into the addon as one batch.
+  scheduleKick(): void {
+    if (this.kickScheduled || this.closed) return;
+    this.kickScheduled = true;
+    queueMicrotask(() => {
+      this.kickScheduled = false;
+      if (this.closed) return;
+      this.submitQueued();
+      nativeCall(() => this.raw.kick());
+    });
+  }
+
+  private submitQueued(): void {
+    while (this.queued.length > 0) {
+      const n = Math.min(this.queued.length, this.depth);
+      for (let i = 0; i < n; i++) {
+        const op = this.queued[i]!;
+        const d = i * DESCRIPTOR_FIELDS;
+        this.descriptors[d] = op.kind;
+        this.descriptors[d + 1] = op.fileId;
+        this.descriptors[d + 2] = op.offsetBytes;
+        this.descriptors[d + 3] = op.lengthBytes;
+        this.descriptors[d + 4] = op.fileOffsetBytes;
+        this.descriptors[d + 5] = op.dsync ? 1 : 0;
+        this.descriptors[d + 6] = op.tag;
+      }
+      let accepted = this.raw.submit(this.descriptors, n);
+      if (accepted < 0) {
+        // Descriptor #k is malformed (the caller's bug): it fails alone with
+        // EINVAL; those before it were queued, those after it go next round.
+        accepted = -accepted - 1;
+        const bad = this.queued.splice(accepted, 1)[0]!;
+        const handler = this.handlers[bad.tag];
+        this.releaseTag(bad.tag);
+        handler?.(-22);
+        this.queued.splice(0, accepted);
+        continue;
+      }
+      this.queued.splice(0, accepted);
+      if (accepted < n) return; // the ring is full: the rest goes after the next drain
+    }
+  }
+
+  private onDrain(count: number): void {
+    for (let i = 0; i < count; i++) {
+      const tag = this.completions[i * 2]!;
+      const result = this.completions[i * 2 + 1]!;
+      const handler = this.handlers[tag];
+      this.releaseTag(tag);
+      handler?.(result);
+    }
+    for (const listener of this.drainListeners) listener();
+    if (this.queued.length > 0) this.scheduleKick();
+  }
+
+  // ---- test hooks ---------------------------------------------------------
+
+  // The (skip+1)-th op of this kind and purpose reports -errno (or a short
+  // write) without reaching the disk.
+  injectFault(rule: { kind: OpKind; purpose?: OpPurpose; skip?: number; errno?: number; shortWrite?: boolean }): void {
+    nativeCall(() =>
+      this.raw.injectFault(rule.kind, rule.purpose ?? OpPurpose.any, rule.skip ?? 0, rule.errno ?? 5, rule.shortWrite ?? false),
+    );
+  }
+
+  clearFaults(): void {
+    this.raw.clearFaults();
+  }
+
+  // Shuffles each drained batch of completions with a seeded PRNG (null: off).
+  setShuffle(seed: number | null): void {
+    this.raw.setShuffle(seed);
+  }
+
+  setTrace(on: boolean): void {
+    this.raw.setTrace(on);
+  }
+
+  takeTrace(): TraceEvent[] {
+    const raw = this.raw.takeTrace();
+    const out: TraceEvent[] = [];
+    for (let i = 0; i < raw.length; i += TRACE_FIELDS) {
+      out.push({
+        seq: raw[i]!,
+        type: raw[i + 1] === 1 ? 'submit' : raw[i + 1] === 2 ? 'complete' : 'event',
+        kind: raw[i + 2]!,
+        fd: raw[i + 3]!,
+        offsetBytes: raw[i + 4]!,
+        lengthBytes: raw[i + 5]!,
+        flags: raw[i + 6]!,
+        result: raw[i + 7]!,
+        a: raw[i + 8]!,
+        b: raw[i + 9]!,
+        purpose: raw[i + 10]! as OpPurpose,
+        slot: raw[i + 11]!,
+      });
+    }
+    return out;
+  }
+
+  // Waits for every operation to complete, then releases the ring.
+  async close(): Promise<void> {
+    if (this.closed) return;
+    while (this.queued.length > 0 || this.raw.info().inFlight > 0) {
+      await new Promise<void>((resolve) => {
+        const off = this.onAfterDrain(() => {
+          off();
+          resolve();
+        });
+        this.scheduleKick();
+      });
+    }
+    this.closed = true;
+    nativeCall(() => this.raw.close());
+  }
+}
+
+function ioError(op: string, errno: number): BlockwalError {
+  return new BlockwalError('ERR_IO', `${op} failed: errno ${errno}`, { errno, syscall: op });
+}
+
+function roundUp(value: number, multiple: number): number {
+  return Math.ceil(value / multiple) * multiple;
+}
+
+// First-fit allocator over a byte range in 4 KiB units; frees coalesce.
+class ArenaAllocator {
+  private readonly spans: { offset: number; length: number }[];
+
+  constructor(base: number, length: number) {
+    this.spans = length > 0 ? [{ offset: base, length }] : [];
+  }
+
+  alloc(length: number): number {
+    for (let i = 0; i < this.spans.length; i++) {
+      const f = this.spans[i]!;
+      if (f.length < length) continue;
+      const offset = f.offset;
+      f.offset += length;
+      f.length -= length;
+      if (f.length === 0) this.spans.splice(i, 1);
+      return offset;
+    }
+    return -1;
+  }
+
+  release(offset: number, length: number): void {
+    let i = 0;
+    while (i < this.spans.length && this.spans[i]!.offset < offset) i++;
+    this.spans.splice(i, 0, { offset, length });
+    const next = this.spans[i + 1];
+    if (next !== undefined && offset + length === next.offset) {
+      this.spans[i]!.length += next.length;
+      this.spans.splice(i + 1, 1);
+    }
+    const prev = this.spans[i - 1];
+    if (prev !== undefined && prev.offset + prev.length === offset) {
+      prev.length += this.spans[i]!.length;
+      this.spans.splice(i, 1);
+    }
+  }
+}

@@ -1,0 +1,372 @@
+// Wal: the write-ahead log of one volume, on one Ring.
+//
+// open() runs the recovery scan (off the JS thread), then hands the writer
+// the log's end: appends continue at the next LSN in a fresh segment.
+// append() copies the record into the open commit group in the arena and
+// resolves once the group is written (or durable, for fua); flush() resolves
+// once everything appended before it is durable. Acknowledgements follow the
+// addon's written/durable LSNs, which are contiguous prefixes, so they come in
+// LSN order. When the addon reports busy (no group slot, no spare segment, WAL
+// full) appends wait in a FIFO queue and are retried after each drain; order
+// is kept. Any write or sync failure is fatal: every waiter beyond the last
+// acknowledged LSN is rejected with ERR_WAL_FATAL and no later append is taken.
+import * as fs from 'node:fs';
+
+import { addon } from './addon';
+import { BlockwalError, nativeCall } from './errors';
+import type { Ring } from './ring';
+import { type RecordKind, scanWal, type ScanResult as WalScanResult } from './wal_format';
+
+export type { RecordKind };
+
+export interface AppendRecord {
+  kind: RecordKind;
+  epoch: number;
+  lba: number; // 4 KiB blocks
+  lengthBlocks: number;
+  payload?: Uint8Array | null;
+  fua?: boolean;
+}
+
+export interface AppendedRecord {
+  lsn: number;
+  segmentSeq: number;
+  offsetBytes: number; // of the record header in its segment
+  spanBytes: number; // header + payload + padding
+}
+
+export interface WalOptions {
+  dir: string;
+  create?: boolean; // make the directory if missing
+  segmentBytes?: number;
+  groupBytes?: number;
+  groupsInFlight?: number;
+  groupSlots?: number;
+  segmentsMax?: number;
+  lsnFrom?: number; // first LSN the caller still needs (records below are not returned by the scan)
+}
+
+export interface WalStatus {
+  lsnHead: number; // last LSN assigned
+  lsnWritten: number;
+  lsnDurable: number;
+  failed: boolean;
+  busyReason: 'none' | 'slots' | 'segment' | 'wal_full';
+  activeSegmentSeq: number;
+  activeOffsetBytes: number;
+  segmentCount: number;
+  groupsSubmitted: number;
+  dsyncGroupsSubmitted: number;
+  syncsSubmitted: number;
+  bytesWritten: number;
+  appendsWaiting: number;
+}
+
+const KIND_CODE: Record<RecordKind, number> = { write: 1, trim: 2, zero: 3, control: 4 };
+const RECORD_HEADER_BYTES = 64;
+const BUSY_REASONS = ['none', 'slots', 'segment', 'wal_full'] as const;
+// Appends waiting for space, at most; past that append() rejects (ERR_WAL_FULL)
+// rather than queue without bound.
+const APPENDS_WAITING_MAX = 65536;
+
+// Fields of the shared state array (native/binding/wal_binding.cc).
+const S = {
+  lsnNext: 0,
+  lsnWritten: 1,
+  lsnDurable: 2,
+  failedErrno: 3,
+  busyReason: 4,
+  spareReady: 5,
+  activeSeq: 6,
+  activeOffset: 7,
+  opsInFlight: 8,
+  groupsSubmitted: 9,
+  dsyncGroups: 10,
+  syncsSubmitted: 11,
+  bytesWritten: 12,
+  segmentCount: 13,
+  appendSeq: 14,
+  appendOffset: 15,
+} as const;
+
+interface RawWal {
+  state: Float64Array;
+  append(kind: number, epoch: number, lba: number, lengthBlocks: number, payload: Uint8Array | null, fua: boolean): number;
+  requestDurable(lsn: number): void;
+  release(lsn: number): void;
+  readRecord(seq: number, offsetBytes: number, spanBytes: number, destOffset: number, destBytes: number, tag: number): number;
+  failureMessage(): string;
+  close(): void;
+}
+
+type RawWalCtor = new (ring: unknown, options: Record<string, unknown>) => RawWal;
+
+interface Waiter {
+  lsn: number;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+interface QueuedAppend {
+  record: AppendRecord;
+  resolve: (r: AppendedRecord) => void;
+  reject: (err: Error) => void;
+}
+
+export class Wal {
+  private readonly raw: RawWal;
+  private readonly state: Float64Array;
+  private readonly writtenWaiters: Waiter[] = [];
+  private readonly durableWaiters: Waiter[] = [];
+  private readonly appendQueue: QueuedAppend[] = [];
+  private readonly idleWaiters: (() => void)[] = [];
+  private readonly detachDrain: () => void;
+  private fatal: BlockwalError | undefined;
+  private closed = false;
+
+  private constructor(
+    private readonly ring: Ring,
+    options: WalOptions,
+    scan: WalScanResult,
+  ) {
+    const Ctor = addon().Wal as RawWalCtor;
+    const existing = scan.segments.map((s) => ({
+      seq: s.seq,
+      lsnFirst: s.lsnFirst,
+      lsnLast: s.lsnLast,
+      inChain: s.role === 'chain',
+    }));
+    this.raw = nativeCall(
+      () =>
+        new Ctor(ring.raw, {
+          dir: options.dir,
+          segmentBytes: options.segmentBytes,
+          groupBytes: options.groupBytes,
+          groupsInFlight: options.groupsInFlight,
+          groupSlots: options.groupSlots,
+          segmentsMax: options.segmentsMax,
+          lsnNext: scan.lsnNext,
+          seqNext: scan.seqMax + 1,
+          existing,
+        }),
+    );
+    this.state = this.raw.state;
+    this.detachDrain = ring.onAfterDrain(() => this.onDrain());
+  }
+
+  // Scans the WAL in options.dir and opens it for appending. Resolves once a
+  // segment is ready to take the first group.
+  static async open(ring: Ring, options: WalOptions): Promise<{ wal: Wal; scan: WalScanResult }> {
+    if (options.create === true) fs.mkdirSync(options.dir, { recursive: true });
+    const scan = await scanWal({
+      dir: options.dir,
+      lsnFrom: options.lsnFrom ?? 1,
+      segmentBytes: options.segmentBytes ?? 64 << 20,
+      wantControlPayloads: true,
+    });
+    const wal = new Wal(ring, options, scan);
+    await wal.ready();
+    return { wal, scan };
+  }
+
+  get lsnHead(): number {
+    return this.state[S.lsnNext]! - 1;
+  }
+  get lsnWritten(): number {
+    return this.state[S.lsnWritten]!;
+  }
+  get lsnDurable(): number {
+    return this.state[S.lsnDurable]!;
+  }
+  get failure(): BlockwalError | undefined {
+    return this.fatal;
+  }
+
+  status(): WalStatus {
+    const s = this.state;
+    return {
+      lsnHead: s[S.lsnNext]! - 1,
+      lsnWritten: s[S.lsnWritten]!,
+      lsnDurable: s[S.lsnDurable]!,
+      failed: s[S.failedErrno]! !== 0,
+      busyReason: BUSY_REASONS[s[S.busyReason]!] ?? 'none',
+      activeSegmentSeq: s[S.activeSeq]!,
+      activeOffsetBytes: s[S.activeOffset]!,
+      segmentCount: s[S.segmentCount]!,
+      groupsSubmitted: s[S.groupsSubmitted]!,
+      dsyncGroupsSubmitted: s[S.dsyncGroups]!,
+      syncsSubmitted: s[S.syncsSubmitted]!,
+      bytesWritten: s[S.bytesWritten]!,
+      appendsWaiting: this.appendQueue.length,
+    };
+  }
+
+  // Appends a record; resolves with its LSN once written (durable with fua).
+  async append(record: AppendRecord): Promise<number> {
+    return (await this.appendLocated(record)).lsn;
+  }
+
+  appendLocated(record: AppendRecord): Promise<AppendedRecord> {
+    if (this.closed) return Promise.reject(new BlockwalError('ERR_WAL_CLOSED', 'the WAL is closed'));
+    if (this.fatal !== undefined) return Promise.reject(this.fatal);
+    if (this.appendQueue.length >= APPENDS_WAITING_MAX) {
+      return Promise.reject(new BlockwalError('ERR_WAL_FULL', `more than ${APPENDS_WAITING_MAX} appends waiting for WAL space`));
+    }
+    return new Promise<AppendedRecord>((resolve, reject) => {
+      const queued: QueuedAppend = { record, resolve, reject };
+      if (this.appendQueue.length > 0 || !this.tryAppend(queued)) this.appendQueue.push(queued);
+    });
+  }
+
+  // Resolves once every record appended before the call is durable.
+  flush(): Promise<void> {
+    if (this.fatal !== undefined) return Promise.reject(this.fatal);
+    const target = this.lsnHead + this.appendQueue.length;
+    return this.waitDurable(target);
+  }
+
+  waitDurable(lsn: number): Promise<void> {
+    if (lsn <= this.lsnDurable) return Promise.resolve();
+    if (this.fatal !== undefined) return Promise.reject(this.fatal);
+    nativeCall(() => this.raw.requestDurable(Math.min(lsn, this.lsnHead)));
+    this.ring.scheduleKick();
+    return new Promise<void>((resolve, reject) => insertSorted(this.durableWaiters, { lsn, resolve, reject }));
+  }
+
+  waitWritten(lsn: number): Promise<void> {
+    if (lsn <= this.lsnWritten) return Promise.resolve();
+    if (this.fatal !== undefined) return Promise.reject(this.fatal);
+    return new Promise<void>((resolve, reject) => insertSorted(this.writtenWaiters, { lsn, resolve, reject }));
+  }
+
+  // Segments whose records are all <= lsn may be recycled.
+  release(lsn: number): void {
+    nativeCall(() => this.raw.release(lsn));
+    this.ring.scheduleKick();
+  }
+
+  // Reads one record (header + payload) back, from memory when its group is
+  // still there, else from its segment; verified against its checksum.
+  async readRecord(segmentSeq: number, offsetBytes: number, spanBytes: number): Promise<Buffer> {
+    const slice = this.ring.alloc(spanBytes + 8192);
+    try {
+      const lead = await new Promise<number>((resolve, reject) => {
+        const tag = this.ring.takeTag((result) => {
+          if (result >= 0) resolve(result);
+          else reject(new BlockwalError(result === -74 ? 'ERR_RECORD' : 'ERR_IO', `WAL record read failed (errno ${-result})`, { errno: -result }));
+        });
+        const rc = this.raw.readRecord(segmentSeq, offsetBytes, spanBytes, slice.offsetBytes, slice.lengthBytes, tag);
+        if (rc === 1) {
+          this.ring.releaseTag(tag);
+          resolve(0);
+        } else if (rc < 0) {
+          this.ring.releaseTag(tag);
+          reject(new BlockwalError('ERR_IO', `WAL record read refused (errno ${-rc})`, { errno: -rc }));
+        } else {
+          this.ring.scheduleKick();
+        }
+      });
+      return Buffer.from(slice.bytes.subarray(lead, lead + spanBytes));
+    } finally {
+      this.ring.free(slice);
+    }
+  }
+
+  // Makes everything durable, waits for every operation, and closes.
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.fatal === undefined) await this.flush().catch(() => undefined);
+    this.closed = true;
+    while (this.state[S.opsInFlight]! > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    for (const q of this.appendQueue.splice(0)) q.reject(new BlockwalError('ERR_WAL_CLOSED', 'the WAL was closed'));
+    this.detachDrain();
+    nativeCall(() => this.raw.close());
+  }
+
+  // ---- internals ----------------------------------------------------------
+
+  private ready(): Promise<void> {
+    if (this.state[S.spareReady] === 1 || this.state[S.activeSeq] !== 0) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const check = (): void => {
+        this.checkFatal();
+        if (this.fatal !== undefined) reject(this.fatal);
+        else if (this.state[S.spareReady] === 1) resolve();
+        else this.idleWaiters.push(check);
+      };
+      this.idleWaiters.push(check);
+    });
+  }
+
+  private tryAppend(q: QueuedAppend): boolean {
+    const r = q.record;
+    const kind = KIND_CODE[r.kind];
+    if (kind === undefined) {
+      q.reject(new TypeError(`unknown record kind '${String(r.kind)}'`));
+      return true;
+    }
+    let lsn: number;
+    try {
+      lsn = this.raw.append(kind, r.epoch, r.lba, r.lengthBlocks, r.payload ?? null, r.fua === true);
+    } catch (err) {
+      q.reject(err as Error);
+      return true;
+    }
+    if (lsn === 0) return false;
+    if (lsn < 0) {
+      this.checkFatal();
+      q.reject(this.fatal ?? new BlockwalError('ERR_WAL_CLOSED', 'the WAL is closed'));
+      return true;
+    }
+    const payloadBytes = r.payload?.byteLength ?? 0;
+    const appended: AppendedRecord = {
+      lsn,
+      segmentSeq: this.state[S.appendSeq]!,
+      offsetBytes: this.state[S.appendOffset]!,
+      spanBytes: Math.ceil((RECORD_HEADER_BYTES + payloadBytes) / 8) * 8,
+    };
+    const waiters = r.fua === true ? this.durableWaiters : this.writtenWaiters;
+    waiters.push({ lsn, resolve: () => q.resolve(appended), reject: q.reject });
+    this.ring.scheduleKick();
+    return true;
+  }
+
+  private onDrain(): void {
+    this.checkFatal();
+    while (this.appendQueue.length > 0 && this.fatal === undefined) {
+      if (!this.tryAppend(this.appendQueue[0]!)) break;
+      this.appendQueue.shift();
+    }
+    settle(this.writtenWaiters, this.lsnWritten, this.fatal);
+    settle(this.durableWaiters, this.lsnDurable, this.fatal);
+    if (this.fatal !== undefined) {
+      for (const q of this.appendQueue.splice(0)) q.reject(this.fatal);
+    }
+    const idle = this.idleWaiters.splice(0);
+    for (const w of idle) w();
+  }
+
+  private checkFatal(): void {
+    const errno = this.state[S.failedErrno]!;
+    if (errno === 0 || this.fatal !== undefined) return;
+    this.fatal = new BlockwalError(
+      'ERR_WAL_FATAL',
+      `${this.raw.failureMessage()} (errno ${errno}); the WAL accepts no more writes`,
+      { errno },
+    );
+  }
+}
+
+function insertSorted(list: Waiter[], w: Waiter): void {
+  let i = list.length;
+  while (i > 0 && list[i - 1]!.lsn > w.lsn) i--;
+  list.splice(i, 0, w);
+}
+
+// Resolves waiters up to lsn; with a fatal error, rejects the rest.
+function settle(list: Waiter[], lsn: number, fatal: BlockwalError | undefined): void {
+  let n = 0;
+  while (n < list.length && list[n]!.lsn <= lsn) n++;
+  for (const w of list.splice(0, n)) w.resolve();
+  if (fatal !== undefined) for (const w of list.splice(0)) w.reject(fatal);
+}
