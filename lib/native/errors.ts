@@ -22,11 +22,19 @@ export class BlockwalError extends Error {
   readonly errno: number | undefined;
   readonly errnoName: string | undefined;
   readonly syscall: string | undefined;
+  // Further facts the addon attached (e.g. segmentSeq, offsetBytes, reason).
+  readonly details: Readonly<Record<string, unknown>>;
 
   constructor(
     code: string,
     message: string,
-    opts: { errno?: number; errnoName?: string; syscall?: string; cause?: unknown } = {},
+    opts: {
+      errno?: number;
+      errnoName?: string;
+      syscall?: string;
+      cause?: unknown;
+      details?: Record<string, unknown>;
+    } = {},
   ) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = 'BlockwalError';
@@ -34,6 +42,7 @@ export class BlockwalError extends Error {
     this.errno = opts.errno;
     this.errnoName = opts.errnoName;
     this.syscall = opts.syscall;
+    this.details = opts.details ?? {};
   }
 }
 
@@ -53,10 +62,15 @@ export function toBlockwalError(err: unknown): Error {
   if (err instanceof Error) {
     const raw = err as unknown as RawNativeError;
     if (typeof raw.code === 'string') {
+      const details: Record<string, unknown> = {};
+      for (const [key, value] of Object.entries(err)) {
+        if (!['code', 'errno', 'errnoName', 'syscall', 'message', 'stack'].includes(key)) details[key] = value;
+      }
       return new BlockwalError(raw.code, raw.message, {
         errno: typeof raw.errno === 'number' ? raw.errno : undefined,
         errnoName: typeof raw.errnoName === 'string' ? raw.errnoName : undefined,
         syscall: typeof raw.syscall === 'string' ? raw.syscall : undefined,
+        details,
       });
     }
     return err;
