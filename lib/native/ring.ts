@@ -60,6 +60,7 @@ export interface TraceEvent {
   b: number;
   purpose: OpPurpose;
   slot: number; // pairs a completion with its submission
+  timeNs: number; // CLOCK_MONOTONIC
 }
 
 export interface RingInfo {
@@ -111,7 +112,7 @@ interface PendingOp {
 }
 
 const DESCRIPTOR_FIELDS = 7;
-const TRACE_FIELDS = 12;
+const TRACE_FIELDS = 13;
 const BLOCK_BYTES = 4096;
 const DEPTH_DEFAULT = 256;
 const ARENA_BYTES_DEFAULT = 64 << 20;
@@ -367,6 +368,7 @@ export class Ring {
         b: raw[i + 9]!,
         purpose: raw[i + 10]! as OpPurpose,
         slot: raw[i + 11]!,
+        timeNs: raw[i + 12]!,
       });
     }
     return out;

@@ -91,7 +91,8 @@ const S = {
 
 interface RawWal {
   state: Float64Array;
-  append(kind: number, epoch: number, lba: number, lengthBlocks: number, payload: Uint8Array | null, fua: boolean): number;
+  appendArgs: Float64Array; // kind, epoch, lba, lengthBlocks, fua: read by append()
+  append(payload: Uint8Array | null): number;
   requestDurable(lsn: number): void;
   release(lsn: number): void;
   readRecord(seq: number, offsetBytes: number, spanBytes: number, destOffset: number, destBytes: number, tag: number): number;
@@ -103,19 +104,23 @@ type RawWalCtor = new (ring: unknown, options: Record<string, unknown>) => RawWa
 
 interface Waiter {
   lsn: number;
-  resolve: () => void;
+  resolve: (value: never) => void;
+  value: unknown; // what resolve is called with
   reject: (err: Error) => void;
 }
 
 interface QueuedAppend {
   record: AppendRecord;
-  resolve: (r: AppendedRecord) => void;
+  located: boolean; // resolve with an AppendedRecord, else with the LSN
+  resolve: (r: AppendedRecord | number) => void;
   reject: (err: Error) => void;
 }
 
 export class Wal {
   private readonly raw: RawWal;
   private readonly state: Float64Array;
+  private readonly appendArgs: Float64Array;
+  private readonly appendRaw: (payload: Uint8Array | null) => number;
   private readonly writtenWaiters: Waiter[] = [];
   private readonly durableWaiters: Waiter[] = [];
   private readonly appendQueue: QueuedAppend[] = [];
@@ -151,6 +156,8 @@ export class Wal {
         }),
     );
     this.state = this.raw.state;
+    this.appendArgs = this.raw.appendArgs;
+    this.appendRaw = this.raw.append;
     this.detachDrain = ring.onAfterDrain(() => this.onDrain());
   }
 
@@ -202,18 +209,23 @@ export class Wal {
   }
 
   // Appends a record; resolves with its LSN once written (durable with fua).
-  async append(record: AppendRecord): Promise<number> {
-    return (await this.appendLocated(record)).lsn;
+  append(record: AppendRecord): Promise<number> {
+    return this.enqueue(record, false) as Promise<number>;
   }
 
+  // Like append, and tells where the record lies (for reading it back).
   appendLocated(record: AppendRecord): Promise<AppendedRecord> {
+    return this.enqueue(record, true) as Promise<AppendedRecord>;
+  }
+
+  private enqueue(record: AppendRecord, located: boolean): Promise<AppendedRecord | number> {
     if (this.closed) return Promise.reject(new BlockwalError('ERR_WAL_CLOSED', 'the WAL is closed'));
     if (this.fatal !== undefined) return Promise.reject(this.fatal);
     if (this.appendQueue.length >= APPENDS_WAITING_MAX) {
       return Promise.reject(new BlockwalError('ERR_WAL_FULL', `more than ${APPENDS_WAITING_MAX} appends waiting for WAL space`));
     }
-    return new Promise<AppendedRecord>((resolve, reject) => {
-      const queued: QueuedAppend = { record, resolve, reject };
+    return new Promise<AppendedRecord | number>((resolve, reject) => {
+      const queued: QueuedAppend = { record, located, resolve, reject };
       if (this.appendQueue.length > 0 || !this.tryAppend(queued)) this.appendQueue.push(queued);
     });
   }
@@ -230,13 +242,13 @@ export class Wal {
     if (this.fatal !== undefined) return Promise.reject(this.fatal);
     nativeCall(() => this.raw.requestDurable(Math.min(lsn, this.lsnHead)));
     this.ring.scheduleKick();
-    return new Promise<void>((resolve, reject) => insertSorted(this.durableWaiters, { lsn, resolve, reject }));
+    return new Promise<void>((resolve, reject) => insertSorted(this.durableWaiters, { lsn, resolve, value: undefined, reject }));
   }
 
   waitWritten(lsn: number): Promise<void> {
     if (lsn <= this.lsnWritten) return Promise.resolve();
     if (this.fatal !== undefined) return Promise.reject(this.fatal);
-    return new Promise<void>((resolve, reject) => insertSorted(this.writtenWaiters, { lsn, resolve, reject }));
+    return new Promise<void>((resolve, reject) => insertSorted(this.writtenWaiters, { lsn, resolve, value: undefined, reject }));
   }
 
   // Segments whose records are all <= lsn may be recycled.
@@ -307,7 +319,13 @@ export class Wal {
     }
     let lsn: number;
     try {
-      lsn = this.raw.append(kind, r.epoch, r.lba, r.lengthBlocks, r.payload ?? null, r.fua === true);
+      const args = this.appendArgs;
+      args[0] = kind;
+      args[1] = r.epoch;
+      args[2] = r.lba;
+      args[3] = r.lengthBlocks;
+      args[4] = r.fua === true ? 1 : 0;
+      lsn = this.appendRaw(r.payload ?? null);
     } catch (err) {
       q.reject(err as Error);
       return true;
@@ -318,15 +336,18 @@ export class Wal {
       q.reject(this.fatal ?? new BlockwalError('ERR_WAL_CLOSED', 'the WAL is closed'));
       return true;
     }
-    const payloadBytes = r.payload?.byteLength ?? 0;
-    const appended: AppendedRecord = {
-      lsn,
-      segmentSeq: this.state[S.appendSeq]!,
-      offsetBytes: this.state[S.appendOffset]!,
-      spanBytes: Math.ceil((RECORD_HEADER_BYTES + payloadBytes) / 8) * 8,
-    };
+    let value: AppendedRecord | number = lsn;
+    if (q.located) {
+      const payloadBytes = r.payload?.byteLength ?? 0;
+      value = {
+        lsn,
+        segmentSeq: this.state[S.appendSeq]!,
+        offsetBytes: this.state[S.appendOffset]!,
+        spanBytes: Math.ceil((RECORD_HEADER_BYTES + payloadBytes) / 8) * 8,
+      };
+    }
     const waiters = r.fua === true ? this.durableWaiters : this.writtenWaiters;
-    waiters.push({ lsn, resolve: () => q.resolve(appended), reject: q.reject });
+    waiters.push({ lsn, resolve: q.resolve as (v: never) => void, value, reject: q.reject });
     this.ring.scheduleKick();
     return true;
   }
@@ -367,6 +388,6 @@ function insertSorted(list: Waiter[], w: Waiter): void {
 function settle(list: Waiter[], lsn: number, fatal: BlockwalError | undefined): void {
   let n = 0;
   while (n < list.length && list[n]!.lsn <= lsn) n++;
-  for (const w of list.splice(0, n)) w.resolve();
+  for (const w of list.splice(0, n)) w.resolve(w.value as never);
   if (fatal !== undefined) for (const w of list.splice(0)) w.reject(fatal);
 }

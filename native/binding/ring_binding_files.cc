@@ -13,7 +13,7 @@ namespace blockwal::binding {
 
 namespace {
 constexpr uint32_t kFileFlagWrite = 1, kFileFlagCreate = 2, kFileFlagExclusive = 4, kFileFlagDirect = 8;
-constexpr uint32_t kTraceFields = 12;
+constexpr uint32_t kTraceFields = 13;
 }  // namespace
 
 // openFile(path, flags) -> fileId. Flags: 1 write, 2 create, 4 exclusive, 8 O_DIRECT.
@@ -85,8 +85,8 @@ Napi::Value RingWrap::set_trace(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// takeTrace() -> Float64Array, 12 fields per event:
-// seq, type (1 submit, 2 complete, 3 event), kind, fd, offset, length, flags, result, a, b, purpose, slot
+// takeTrace() -> Float64Array, 13 fields per event:
+// seq, type (1 submit, 2 complete, 3 event), kind, fd, offset, length, flags, result, a, b, purpose, slot, time_ns
 Napi::Value RingWrap::take_trace(const Napi::CallbackInfo& info) {
   std::vector<ring::TraceEvent> events = ring_.take_trace();
   Napi::Float64Array out = Napi::Float64Array::New(info.Env(), events.size() * kTraceFields);
@@ -105,6 +105,7 @@ Napi::Value RingWrap::take_trace(const Napi::CallbackInfo& info) {
     f[9] = static_cast<double>(e.b);
     f[10] = static_cast<double>(e.purpose);
     f[11] = e.slot;
+    f[12] = static_cast<double>(e.time_ns);
   }
   return out;
 }

@@ -39,6 +39,11 @@ enum StateField : uint32_t {
   kStateFields,
 };
 
+// Layout of the shared append-arguments array: JS writes the record's fields
+// here and calls append(payload), so one record costs one crossing with one
+// argument (no unwrap, no per-field conversion).
+enum AppendField : uint32_t { kArgKind = 0, kArgEpoch, kArgLba, kArgLengthBlocks, kArgFua, kAppendFields };
+
 constexpr int32_t kAppendBusy = 0;
 constexpr int32_t kAppendFailed = -1;
 constexpr int32_t kAppendClosed = -2;
@@ -55,7 +60,6 @@ class WalWrap : public Napi::ObjectWrap<WalWrap>, public ring::Owner {
   static Napi::Function define(Napi::Env env) {
     return DefineClass(env, "Wal",
                        {
-                           InstanceMethod<&WalWrap::append>("append"),
                            InstanceMethod<&WalWrap::request_durable>("requestDurable"),
                            InstanceMethod<&WalWrap::release>("release"),
                            InstanceMethod<&WalWrap::read_record>("readRecord"),
@@ -87,6 +91,13 @@ class WalWrap : public Napi::ObjectWrap<WalWrap>, public ring::Owner {
     state_ = static_cast<double*>(buf.Data());
     state_ref_ = Napi::Persistent(buf.As<Napi::Object>());
     info.This().As<Napi::Object>().Set("state", Napi::Float64Array::New(env, kStateFields, buf, 0));
+    Napi::ArrayBuffer args = Napi::ArrayBuffer::New(env, kAppendFields * sizeof(double));
+    append_args_ = static_cast<double*>(args.Data());
+    args_ref_ = Napi::Persistent(args.As<Napi::Object>());
+    info.This().As<Napi::Object>().Set("appendArgs", Napi::Float64Array::New(env, kAppendFields, args, 0));
+    // Bound to this object (it stays referenced until close; after close the
+    // function reports closed).
+    info.This().As<Napi::Object>().Set("append", Napi::Function::New(env, &WalWrap::append_bound, "append", this));
     ring_->attach_writer(writer_.get(), [this] { publish(); });
     writer_->kick();  // start preparing the first segment
     ring_->update_ref();
@@ -161,32 +172,47 @@ class WalWrap : public Napi::ObjectWrap<WalWrap>, public ring::Owner {
     return *writer_;
   }
 
-  // append(kind, epoch, lba, lengthBlocks, payload | null, fua) -> lsn (> 0),
-  // 0 busy, -1 failed, -2 closed. The record's location is published in state.
+  static Napi::Value append_bound(const Napi::CallbackInfo& info) {
+    return static_cast<WalWrap*>(info.Data())->append(info);
+  }
+
+  // An integral double in [0, max], as uint64; false otherwise (NaN too).
+  static bool field_u64(double value, double max, uint64_t* out) {
+    if (!(value >= 0 && value <= max) || value != static_cast<double>(static_cast<uint64_t>(value))) return false;
+    *out = static_cast<uint64_t>(value);
+    return true;
+  }
+
+  // append(payload | null) with the fields in appendArgs -> lsn (> 0), 0 busy,
+  // -1 failed, -2 closed. The record's location is published in state.
   Napi::Value append(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    wal::Writer& w = writer(env);
-    auto kind = static_cast<wal::RecordKind>(arg_u32(info, 0, "kind", 4));
-    uint64_t epoch = arg_u64(info, 1, "epoch", UINT64_MAX);
-    uint64_t lba = arg_u64(info, 2, "lba", UINT64_MAX);
-    uint64_t length_blocks = arg_u64(info, 3, "lengthBlocks", UINT64_MAX);
+    if (!writer_) return Napi::Number::New(env, kAppendClosed);
+    uint64_t kind_code = 0, epoch = 0, lba = 0, length_blocks = 0, fua = 0;
+    constexpr double kSafeMax = 9007199254740991.0;
+    if (!field_u64(append_args_[kArgKind], 4, &kind_code) || kind_code == 0 ||
+        !field_u64(append_args_[kArgEpoch], kSafeMax, &epoch) || !field_u64(append_args_[kArgLba], kSafeMax, &lba) ||
+        !field_u64(append_args_[kArgLengthBlocks], kSafeMax, &length_blocks) ||
+        !field_u64(append_args_[kArgFua], 1, &fua)) {
+      throw Napi::RangeError::New(env, "record fields must be non-negative safe integers (kind 1-4, fua 0/1)");
+    }
     const uint8_t* payload = nullptr;
     size_t payload_bytes = 0;
-    if (info.Length() > 4 && info[4].IsTypedArray()) {
-      Napi::Uint8Array p = info[4].As<Napi::Uint8Array>();
+    if (info.Length() > 0 && info[0].IsTypedArray()) {
+      Napi::Uint8Array p = info[0].As<Napi::Uint8Array>();
       payload = p.Data();
       payload_bytes = p.ByteLength();
-    } else if (info.Length() > 4 && !info[4].IsNull() && !info[4].IsUndefined()) {
+    } else if (info.Length() > 0 && !info[0].IsNull() && !info[0].IsUndefined()) {
       throw Napi::TypeError::New(env, "payload must be a Uint8Array or null");
     }
-    bool fua = arg_bool(info, 5, "fua");
+    auto kind = static_cast<wal::RecordKind>(kind_code);
     if (payload_bytes > kRecordPayloadMax ||
         !wal::record_shape_valid(kind, static_cast<uint32_t>(payload_bytes), length_blocks)) {
       throw Napi::RangeError::New(env, "record shape invalid: kind, payload size and lengthBlocks do not fit");
     }
     wal::RecordFields fields{kind, epoch, 0, lba, length_blocks};
     wal::AppendResult result{};
-    wal::AppendStatus status = w.append(fields, payload, static_cast<uint32_t>(payload_bytes), fua, &result);
+    wal::AppendStatus status = writer_->append(fields, payload, static_cast<uint32_t>(payload_bytes), fua == 1, &result);
     publish();
     switch (status) {
       case wal::AppendStatus::ok:
@@ -241,6 +267,8 @@ class WalWrap : public Napi::ObjectWrap<WalWrap>, public ring::Owner {
   std::unique_ptr<wal::Writer> writer_;
   double* state_ = nullptr;
   Napi::ObjectReference state_ref_;
+  double* append_args_ = nullptr;
+  Napi::ObjectReference args_ref_;
 };
 
 void init_wal(Napi::Env env, Napi::Object exports) { exports.Set("Wal", WalWrap::define(env)); }

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 
 #include "util/assert.h"
 #include "util/constants.h"
@@ -153,7 +154,7 @@ void Ring::prep(const Op& op, Owner* owner, uint64_t cookie, uint64_t trace_a, u
   BW_ASSERT(in_flight_ <= depth_);
   if (tracing_) {
     trace_.push_back(TraceEvent{++trace_seq_, TraceType::submit, static_cast<uint8_t>(op.kind), op.fd,
-                                op.file_offset, op.length_bytes, op.rw_flags, 0, trace_a, trace_b, op.purpose, index});
+                                op.file_offset, op.length_bytes, op.rw_flags, 0, trace_a, trace_b, op.purpose, index, now_ns()});
   }
 }
 
@@ -200,7 +201,7 @@ void Ring::dispatch(uint32_t index, int32_t result) {
   if (tracing_) {
     trace_.push_back(TraceEvent{++trace_seq_, TraceType::complete, static_cast<uint8_t>(slot.op.kind), slot.op.fd,
                                 slot.op.file_offset, slot.op.length_bytes, slot.op.rw_flags, result, 0, 0,
-                                slot.op.purpose, index});
+                                slot.op.purpose, index, now_ns()});
   }
   slot.owner->on_complete(slot.cookie, result);
 }
@@ -212,7 +213,13 @@ void Ring::set_shuffle(bool on, uint64_t seed) {
 
 void Ring::trace_event(uint8_t kind, uint64_t a, uint64_t b) {
   if (!tracing_) return;
-  trace_.push_back(TraceEvent{++trace_seq_, TraceType::event, kind, -1, 0, 0, 0, 0, a, b, Purpose::any, 0});
+  trace_.push_back(TraceEvent{++trace_seq_, TraceType::event, kind, -1, 0, 0, 0, 0, a, b, Purpose::any, 0, now_ns()});
+}
+
+uint64_t Ring::now_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 std::vector<TraceEvent> Ring::take_trace() {

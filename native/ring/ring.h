@@ -68,6 +68,7 @@ struct TraceEvent {
   uint64_t b;
   Purpose purpose;
   uint32_t slot;  // pairs a completion with its submission
+  uint64_t time_ns;  // CLOCK_MONOTONIC when traced (submission: when queued)
 };
 
 class Ring {
@@ -115,6 +116,7 @@ class Ring {
   void set_trace(bool on) { tracing_ = on; }
   bool tracing() const { return tracing_; }
   void trace_event(uint8_t kind, uint64_t a, uint64_t b);
+  static uint64_t now_ns();
   std::vector<TraceEvent> take_trace();
 
  private:

@@ -62,7 +62,7 @@ test('group commit reports written/durable only when the disk model agrees (seed
 });
 
 test('the durability model catches an acknowledgement that no sync covers', () => {
-  const base = { fd: 9, slot: 0, flags: 0, result: 0, kind: OpKind.write, purpose: OpPurpose.walGroup, lengthBytes: 4096, offsetBytes: 0 };
+  const base = { fd: 9, slot: 0, timeNs: 0, flags: 0, result: 0, kind: OpKind.write, purpose: OpPurpose.walGroup, lengthBytes: 4096, offsetBytes: 0 };
   const trace: TraceEvent[] = [
     { ...base, seq: 1, type: 'submit', a: 1, b: 3 },
     { ...base, seq: 2, type: 'complete', result: 4096, a: 0, b: 0 },
