@@ -80,6 +80,7 @@ interface RawRing {
   kick(): void;
   openFile(path: string, flags: number): number;
   closeFile(fileId: number): void;
+  adoptFd(fd: number): number;
   fileSize(fileId: number): number;
   injectFault(kind: number, purpose: number, skip: number, errno: number, shortWrite: boolean): void;
   clearFaults(): void;
@@ -192,6 +193,11 @@ export class Ring {
 
   closeFile(fileId: number): void {
     nativeCall(() => this.raw.closeFile(fileId));
+  }
+
+  // A file id for a descriptor the ring must not close (e.g. a mapped bitmap).
+  adoptFd(fd: number): number {
+    return nativeCall(() => this.raw.adoptFd(fd));
   }
 
   fileSize(fileId: number): number {

@@ -31,6 +31,7 @@ Napi::Function RingWrap::define(Napi::Env env) {
                          InstanceMethod<&RingWrap::kick>("kick"),
                          InstanceMethod<&RingWrap::open_file>("openFile"),
                          InstanceMethod<&RingWrap::close_file>("closeFile"),
+                         InstanceMethod<&RingWrap::adopt_fd>("adoptFd"),
                          InstanceMethod<&RingWrap::file_size>("fileSize"),
                          InstanceMethod<&RingWrap::inject_fault>("injectFault"),
                          InstanceMethod<&RingWrap::clear_faults>("clearFaults"),

@@ -43,6 +43,7 @@ class RingWrap : public Napi::ObjectWrap<RingWrap>, public ring::Owner {
   Napi::Value kick(const Napi::CallbackInfo& info);
   Napi::Value open_file(const Napi::CallbackInfo& info);
   Napi::Value close_file(const Napi::CallbackInfo& info);
+  Napi::Value adopt_fd(const Napi::CallbackInfo& info);
   Napi::Value file_size(const Napi::CallbackInfo& info);
   Napi::Value inject_fault(const Napi::CallbackInfo& info);
   Napi::Value clear_faults(const Napi::CallbackInfo& info);
@@ -64,7 +65,8 @@ class RingWrap : public Napi::ObjectWrap<RingWrap>, public ring::Owner {
   int32_t* completions_ = nullptr;  // [tag, result] pairs
   uint32_t completions_capacity_ = 0;
   uint32_t completions_count_ = 0;
-  std::vector<int> fds_;  // file id -> fd (-1 when closed)
+  std::vector<int> fds_;     // file id -> fd (-1 when closed)
+  std::vector<bool> owned_;  // file id -> the ring closes it (adopted fds are not)
   wal::Writer* writer_ = nullptr;
   std::function<void()> publish_;
   napi_env env_ = nullptr;

@@ -31,6 +31,7 @@ Napi::Value RingWrap::open_file(const Napi::CallbackInfo& info) {
   for (uint32_t i = 0; i < fds_.size(); i++) {
     if (fds_[i] < 0) {
       fds_[i] = fd;
+      if (i < owned_.size()) owned_[i] = true;
       return Napi::Number::New(env, i);
     }
   }
@@ -38,10 +39,23 @@ Napi::Value RingWrap::open_file(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(fds_.size() - 1));
 }
 
+// adoptFd(fd) -> fileId for a descriptor the ring does not own (a mapped
+// bitmap's): operations may use it; closeFile forgets it without closing.
+Napi::Value RingWrap::adopt_fd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!open_) throw_error(env, "ERR_RING_CLOSED", "the ring is closed");
+  int fd = static_cast<int>(arg_u32(info, 0, "fd", INT32_MAX));
+  if (fcntl(fd, F_GETFD) < 0) throw_error(env, "ERR_OPEN", "not an open file descriptor", errno, "fcntl");
+  fds_.push_back(fd);
+  owned_.resize(fds_.size(), true);
+  owned_[fds_.size() - 1] = false;
+  return Napi::Number::New(env, static_cast<double>(fds_.size() - 1));
+}
+
 Napi::Value RingWrap::close_file(const Napi::CallbackInfo& info) {
   uint32_t id = arg_u32(info, 0, "fileId", UINT32_MAX);
   int fd = file_fd(info.Env(), id);
-  ::close(fd);
+  if (id >= owned_.size() || owned_[id]) ::close(fd);
   fds_[id] = -1;
   return info.Env().Undefined();
 }
@@ -133,9 +147,9 @@ Napi::Value RingWrap::close(const Napi::CallbackInfo& info) {
   if (!open_) return env.Undefined();
   if (writer_ != nullptr) throw_error(env, "ERR_RING_BUSY", "close the WAL before its ring");
   if (ring_.in_flight() > 0) throw_error(env, "ERR_RING_BUSY", "operations are still in flight");
-  for (int& fd : fds_) {
-    if (fd >= 0) ::close(fd);
-    fd = -1;
+  for (size_t i = 0; i < fds_.size(); i++) {
+    if (fds_[i] >= 0 && (i >= owned_.size() || owned_[i])) ::close(fds_[i]);
+    fds_[i] = -1;
   }
   uv_poll_stop(poll_);
   uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });

@@ -557,3 +557,30 @@ describe('a full disk', () => {
     }
   });
 });
+
+describe('persisting through the ring', () => {
+  test('persist() is an fdatasync through the ring and leaves the bitmap open', async () => {
+    const { Ring, OpKind, OpPurpose } = await import('../../lib/native/ring');
+    const ring = Ring.open({ depth: 32, arenaBytes: 1 << 20 });
+    const file = path.join(dir, 'persist.bitmap');
+    const b = DenseBitmap.create(file, { blockCount: 1 << 20 });
+    try {
+      ring.setTrace(true);
+      b.setRange(1000, 24);
+      await b.persist(ring);
+      const syncs = ring.takeTrace().filter((e) => e.type === 'complete' && e.kind === OpKind.fdatasync);
+      assert.equal(syncs.length, 1);
+      assert.equal(syncs[0]!.fd, b.fd);
+      assert.equal(syncs[0]!.result, 0);
+      assert.equal(b.countSet(), 24, 'still usable after persist');
+      ring.injectFault({ kind: OpKind.fdatasync, purpose: OpPurpose.js, errno: 5 });
+      await assert.rejects(b.persist(ring), { code: 'ERR_IO', errno: 5 });
+    } finally {
+      b.close();
+      await ring.close();
+    }
+    const reopened = DenseBitmap.open(file);
+    assert.equal(reopened.countSet(), 24);
+    reopened.close();
+  });
+});
