@@ -26,6 +26,9 @@ export interface AppendRecord {
   lengthBlocks: number;
   payload?: Uint8Array | null;
   fua?: boolean;
+  // Called synchronously when the record gets its LSN (it may wait for WAL
+  // space first); from then on it is in the log's order and readable.
+  onAssigned?: (record: AppendedRecord) => void;
 }
 
 export interface AppendedRecord {
@@ -116,7 +119,14 @@ interface QueuedAppend {
   reject: (err: Error) => void;
 }
 
+// The largest payload a record may carry in segments of segmentBytes: at most
+// 1 MiB, and one frame (64-byte frame and record headers) must fit a segment.
+export function recordPayloadMaxBytes(segmentBytes: number): number {
+  return Math.min(1 << 20, Math.floor((segmentBytes - 128) / 4096) * 4096);
+}
+
 export class Wal {
+  readonly recordPayloadMaxBytes: number;
   private readonly raw: RawWal;
   private readonly state: Float64Array;
   private readonly appendArgs: Float64Array;
@@ -155,6 +165,7 @@ export class Wal {
           existing,
         }),
     );
+    this.recordPayloadMaxBytes = recordPayloadMaxBytes(options.segmentBytes ?? 64 << 20);
     this.state = this.raw.state;
     this.appendArgs = this.raw.appendArgs;
     this.appendRaw = this.raw.append;
@@ -337,7 +348,7 @@ export class Wal {
       return true;
     }
     let value: AppendedRecord | number = lsn;
-    if (q.located) {
+    if (q.located || r.onAssigned !== undefined) {
       const payloadBytes = r.payload?.byteLength ?? 0;
       value = {
         lsn,
@@ -346,6 +357,8 @@ export class Wal {
         spanBytes: Math.ceil((RECORD_HEADER_BYTES + payloadBytes) / 8) * 8,
       };
     }
+    if (r.onAssigned !== undefined) r.onAssigned(value as AppendedRecord);
+    if (!q.located) value = lsn;
     const waiters = r.fua === true ? this.durableWaiters : this.writtenWaiters;
     waiters.push({ lsn, resolve: q.resolve as (v: never) => void, value, reject: q.reject });
     this.ring.scheduleKick();

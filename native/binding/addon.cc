@@ -10,6 +10,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   blockwal::binding::init_wal(env, exports);
   blockwal::binding::init_wal_format(env, exports);
   blockwal::binding::init_bitmap(env, exports);
+  blockwal::binding::init_lock(env, exports);
   return exports;
 }
 

@@ -9,5 +9,6 @@ void init_ring(Napi::Env env, Napi::Object exports);        // ring_binding.cc: 
 void init_wal(Napi::Env env, Napi::Object exports);         // wal_binding.cc: Wal (segments, group commit)
 void init_wal_format(Napi::Env env, Napi::Object exports);  // wal_format_binding.cc: record/frame codec, scanWal
 void init_bitmap(Napi::Env env, Napi::Object exports);      // bitmap_binding.cc: Bitmap (mmap'd dense bitmap)
+void init_lock(Napi::Env env, Napi::Object exports);        // lock_binding.cc: flock for volume directories
 
 }  // namespace blockwal::binding

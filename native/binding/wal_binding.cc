@@ -5,6 +5,7 @@
 // numbers instead of making calls.
 #include <napi.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <memory>
 
@@ -79,6 +80,7 @@ class WalWrap : public Napi::ObjectWrap<WalWrap>, public ring::Owner {
     if (ring_ == nullptr || !ring_->open()) throw_error(env, "ERR_RING_CLOSED", "the ring is closed");
     ring_ref_ = Napi::Persistent(ring_obj);
     wal::WriterOptions options = parse_options(env, info[1].As<Napi::Object>());
+    segment_bytes_ = options.segment_bytes;
 
     writer_ = std::make_unique<wal::Writer>(ring_->ring(), ring_);
     std::string what;
@@ -206,6 +208,11 @@ class WalWrap : public Napi::ObjectWrap<WalWrap>, public ring::Owner {
       throw Napi::TypeError::New(env, "payload must be a Uint8Array or null");
     }
     auto kind = static_cast<wal::RecordKind>(kind_code);
+    const uint64_t frame_bytes = align_up(wal::kFrameHeaderBytes + wal::record_span_bytes(static_cast<uint32_t>(
+                                              std::min<size_t>(payload_bytes, kRecordPayloadMax))), kBlockBytes);
+    if (frame_bytes > segment_bytes_) {
+      throw Napi::RangeError::New(env, "record too large for the WAL segment size");
+    }
     if (payload_bytes > kRecordPayloadMax ||
         !wal::record_shape_valid(kind, static_cast<uint32_t>(payload_bytes), length_blocks)) {
       throw Napi::RangeError::New(env, "record shape invalid: kind, payload size and lengthBlocks do not fit");
@@ -269,6 +276,7 @@ class WalWrap : public Napi::ObjectWrap<WalWrap>, public ring::Owner {
   Napi::ObjectReference state_ref_;
   double* append_args_ = nullptr;
   Napi::ObjectReference args_ref_;
+  uint64_t segment_bytes_ = 0;
 };
 
 void init_wal(Napi::Env env, Napi::Object exports) { exports.Set("Wal", WalWrap::define(env)); }

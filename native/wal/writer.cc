@@ -127,6 +127,7 @@ AppendStatus Writer::append(const RecordFields& fields_in, const uint8_t* payloa
 bool Writer::open_group(uint32_t span_bytes) {
   BW_ASSERT(open_slot_ < 0);
   uint64_t needed = align_up(kFrameHeaderBytes + span_bytes, kBlockBytes);
+  BW_ASSERT(needed <= options_.segment_bytes);  // refused at the binding edge
   Slot& s = slots_[next_slot_];
   if (s.state != SlotState::free && s.state != SlotState::written) {
     busy_reason_ = BusyReason::slots;

@@ -1,0 +1,300 @@
+// Volume: block semantics over the WAL.
+//
+// A volume is a directory: `superblock` (two checksummed slots), `base.img`
+// (the sparse block image), `wal/` (segments) and `lock` (flock'ed while
+// open). Writes become WAL records; the dirty map says where each block's
+// newest version lives until the flusher has applied it to base.img and the
+// checkpoint in the superblock has passed it. Reads see every resolved write:
+// dirty map (group buffers or WAL) first, then base.img.
+//
+// Rules:
+//  - write resolves once its records are in the WAL; with fua once durable;
+//    flush resolves once everything resolved before it is durable.
+//  - sub-block writes are read-modify-write, ordered by RangeLocks.
+//  - open replays the WAL from checkpoint + 1 into the dirty map; a torn tail
+//    ends the log, mid-log corruption refuses to open with the location.
+//  - any WAL or flusher I/O failure stops writes with the reason; reads go on.
+import { randomUUID } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { BaseImage, BLOCK_BYTES } from '../native/base_image';
+import { BlockwalError } from '../native/errors';
+import { FileLock } from '../native/lock';
+import { Ring } from '../native/ring';
+import { Wal } from '../native/wal';
+import type { ScanResult } from '../native/wal_format';
+import { ArenaPool } from './arena_pool';
+import { DirtyMap } from './dirty_map';
+import { Flusher } from './flusher';
+import { RangeLocks } from './range_locks';
+import { peekSuperblock, Superblock, type SuperblockFields } from './superblock';
+import { VolumeIo } from './volume_io';
+
+export const FILES = { superblock: 'superblock', base: 'base.img', wal: 'wal', lock: 'lock' } as const;
+
+const WAL_SEGMENT_BYTES_DEFAULT = 64 << 20;
+const WAL_SEGMENTS_MAX_DEFAULT = 64;
+const RING_DEPTH = 256;
+const ARENA_BYTES_DEFAULT = 64 << 20;
+// The largest read or write one call takes (NBD's maximum block size).
+export const REQUEST_BYTES_MAX = 32 << 20;
+
+export interface VolumeOptions {
+  arenaBytes?: number;
+  // Dirty bytes that start a checkpoint in the background (default: a quarter of the WAL).
+  flushTriggerBytes?: number;
+  // A checkpoint runs after this long without writes (default 1000 ms; 0: never by time).
+  flushIdleMs?: number;
+}
+
+export interface VolumeCreateOptions extends VolumeOptions {
+  sizeBytes: number;
+  walSegmentBytes?: number;
+  walSegmentsMax?: number;
+  walRetentionBytes?: number;
+}
+
+export interface VolumeStatus {
+  dir: string;
+  uuid: string;
+  sizeBytes: number;
+  epoch: number;
+  lsnHead: number;
+  lsnWritten: number;
+  lsnDurable: number;
+  checkpointLsn: number;
+  dirtyBlocks: number;
+  dirtyBytes: number;
+  zeroRanges: number;
+  walSegments: number;
+  walSegmentBytes: number;
+  checkpoints: number;
+  failure: string | undefined;
+}
+
+export class Volume {
+  private closed = false;
+
+  private constructor(
+    readonly dir: string,
+    private readonly io: VolumeIo,
+    private readonly flusher: Flusher,
+    private readonly lock: FileLock,
+  ) {}
+
+  // Makes a new volume in dir (which must be missing or empty) and opens it.
+  static async create(dir: string, options: VolumeCreateOptions): Promise<Volume> {
+    const { sizeBytes } = options;
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % BLOCK_BYTES !== 0) {
+      throw new RangeError('sizeBytes must be a positive multiple of 4096');
+    }
+    const walSegmentBytes = options.walSegmentBytes ?? WAL_SEGMENT_BYTES_DEFAULT;
+    if (!Number.isSafeInteger(walSegmentBytes) || walSegmentBytes < 1 << 20 || walSegmentBytes % BLOCK_BYTES !== 0) {
+      throw new RangeError('walSegmentBytes must be a multiple of 4096, at least 1 MiB');
+    }
+    fs.mkdirSync(dir, { recursive: true });
+    const present = fs.readdirSync(dir).filter((n) => n !== FILES.lock);
+    if (present.length > 0) {
+      throw new BlockwalError('ERR_EXISTS', `${dir} is not empty (${present.slice(0, 3).join(', ')}): refusing to create a volume there`);
+    }
+    const lock = FileLock.acquire(path.join(dir, FILES.lock));
+    const ring = Ring.open({ depth: RING_DEPTH, arenaBytes: options.arenaBytes ?? ARENA_BYTES_DEFAULT });
+    try {
+      fs.mkdirSync(path.join(dir, FILES.wal));
+      const base = await BaseImage.create(ring, path.join(dir, FILES.base), sizeBytes);
+      base.close();
+      const fields: SuperblockFields = {
+        uuid: randomUUID().replace(/-/g, ''),
+        sizeBytes,
+        blockBytes: BLOCK_BYTES,
+        epoch: 1,
+        checkpointLsn: 0,
+        walSegmentBytes,
+        walRetentionBytes: options.walRetentionBytes ?? 0,
+        features: 0,
+        createdAtMs: Date.now(),
+      };
+      const sb = await Superblock.create(ring, path.join(dir, FILES.superblock), fields);
+      sb.close();
+      fsyncDir(dir);
+    } finally {
+      await ring.close();
+    }
+    return Volume.openLocked(dir, lock, { ...options, walSegmentsMax: options.walSegmentsMax });
+  }
+
+  static async open(dir: string, options: VolumeOptions & { walSegmentsMax?: number } = {}): Promise<Volume> {
+    if (!fs.existsSync(path.join(dir, FILES.superblock))) {
+      throw new BlockwalError('ERR_NOT_A_VOLUME', `${dir} holds no volume (no ${FILES.superblock}); create one with \`blockwal create\``);
+    }
+    const lock = FileLock.acquire(path.join(dir, FILES.lock));
+    return Volume.openLocked(dir, lock, options);
+  }
+
+  private static async openLocked(dir: string, lock: FileLock, options: VolumeOptions & { walSegmentsMax?: number }): Promise<Volume> {
+    const ring = Ring.open({ depth: RING_DEPTH, arenaBytes: options.arenaBytes ?? ARENA_BYTES_DEFAULT });
+    let sb: Superblock | undefined;
+    let wal: Wal | undefined;
+    let base: BaseImage | undefined;
+    try {
+      // The WAL reserves its arena space before anything else allocates.
+      const f = peekSuperblock(path.join(dir, FILES.superblock));
+      const walSegmentsMax = options.walSegmentsMax ?? WAL_SEGMENTS_MAX_DEFAULT;
+      const walOpen = await Wal.open(ring, {
+        dir: path.join(dir, FILES.wal),
+        segmentBytes: f.walSegmentBytes,
+        segmentsMax: walSegmentsMax,
+        lsnFrom: f.checkpointLsn + 1,
+      });
+      wal = walOpen.wal;
+      const opened = await Superblock.open(ring, path.join(dir, FILES.superblock));
+      sb = opened.superblock;
+      base = BaseImage.open(ring, path.join(dir, FILES.base));
+      if (base.sizeBlocks * BLOCK_BYTES !== f.sizeBytes) {
+        throw new BlockwalError('ERR_CORRUPT', `${FILES.base} holds ${base.sizeBlocks * BLOCK_BYTES} bytes, the superblock says ${f.sizeBytes}`);
+      }
+      const dirty = replay(walOpen.scan, f.checkpointLsn);
+      const io = new VolumeIo(ring, new ArenaPool(ring), wal, base, sb, dirty, new RangeLocks(), opened.fallbackReason);
+      const walBytes = walSegmentsMax * f.walSegmentBytes;
+      const flusher = new Flusher(io, {
+        triggerBytes: options.flushTriggerBytes ?? Math.max(BLOCK_BYTES, Math.floor(walBytes / 4)),
+        idleMs: options.flushIdleMs ?? 1000,
+      });
+      return new Volume(dir, io, flusher, lock);
+    } catch (err) {
+      if (wal !== undefined) await wal.close().catch(() => undefined);
+      base?.close();
+      sb?.close();
+      await ring.close().catch(() => undefined);
+      lock.release();
+      throw err;
+    }
+  }
+
+  get sizeBytes(): number {
+    return this.io.sb.fields.sizeBytes;
+  }
+
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    this.checkOpen();
+    checkRange(offsetBytes, lengthBytes, this.sizeBytes, REQUEST_BYTES_MAX);
+    return this.io.read(offsetBytes, lengthBytes);
+  }
+
+  async write(offsetBytes: number, data: Uint8Array, options: { fua?: boolean } = {}): Promise<void> {
+    this.checkOpen();
+    if (!(data instanceof Uint8Array)) throw new TypeError('data must be a Uint8Array');
+    checkRange(offsetBytes, data.byteLength, this.sizeBytes, REQUEST_BYTES_MAX);
+    await this.io.write(offsetBytes, data, options.fua === true);
+    this.flusher.noteWrite();
+  }
+
+  async trim(offsetBytes: number, lengthBytes: number): Promise<void> {
+    this.checkOpen();
+    checkRange(offsetBytes, lengthBytes, this.sizeBytes, Number.MAX_SAFE_INTEGER);
+    await this.io.zero(offsetBytes, lengthBytes, 'trim');
+    this.flusher.noteWrite();
+  }
+
+  async writeZeroes(offsetBytes: number, lengthBytes: number, options: { fua?: boolean } = {}): Promise<void> {
+    this.checkOpen();
+    checkRange(offsetBytes, lengthBytes, this.sizeBytes, Number.MAX_SAFE_INTEGER);
+    await this.io.zero(offsetBytes, lengthBytes, 'zero');
+    if (options.fua === true) await this.io.flush();
+    this.flusher.noteWrite();
+  }
+
+  flush(): Promise<void> {
+    this.checkOpen();
+    return this.io.flush();
+  }
+
+  // Applies everything written so far to base.img and advances the checkpoint.
+  checkpoint(): Promise<void> {
+    this.checkOpen();
+    return this.flusher.checkpoint();
+  }
+
+  status(): VolumeStatus {
+    const f = this.io.sb.fields;
+    const w = this.io.wal.status();
+    return {
+      dir: this.dir,
+      uuid: f.uuid,
+      sizeBytes: f.sizeBytes,
+      epoch: f.epoch,
+      lsnHead: w.lsnHead,
+      lsnWritten: w.lsnWritten,
+      lsnDurable: w.lsnDurable,
+      checkpointLsn: f.checkpointLsn,
+      dirtyBlocks: this.io.dirty.dirtyBlocks,
+      dirtyBytes: this.io.dirty.dirtyBlocks * BLOCK_BYTES,
+      zeroRanges: this.io.dirty.zeroRanges,
+      walSegments: w.segmentCount,
+      walSegmentBytes: f.walSegmentBytes,
+      checkpoints: this.flusher.checkpoints,
+      failure: this.io.failure?.message,
+    };
+  }
+
+  // Waits for operations in flight, makes the WAL durable, checkpoints and
+  // releases everything. After a failure it closes without the checkpoint.
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.io.drain();
+    if (this.io.failure === undefined) await this.flusher.checkpoint().catch(() => undefined);
+    await this.flusher.stop();
+    await this.io.close();
+    this.lock.release();
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new BlockwalError('ERR_CLOSED', `volume ${this.dir} is closed`);
+  }
+}
+
+// Rebuilds the dirty map from the records after the checkpoint.
+function replay(scan: ScanResult, checkpointLsn: number): DirtyMap {
+  const dirty = new DirtyMap();
+  const r = scan.records;
+  for (let i = 0; i < r.count; i++) {
+    const lsn = r.lsn[i]!;
+    if (lsn <= checkpointLsn) continue;
+    const kind = r.kind[i]!;
+    if (kind === 1) {
+      const span = Math.ceil((64 + r.payloadBytes[i]!) / 8) * 8;
+      dirty.setWrite(r.lba[i]!, r.lengthBlocks[i]!, lsn, r.segmentSeq[i]!, r.offsetBytes[i]!, span);
+    } else if (kind === 2 || kind === 3) {
+      dirty.setZero(r.lba[i]!, r.lengthBlocks[i]!, lsn, kind === 2 ? 'trim' : 'zero');
+    }
+  }
+  return dirty;
+}
+
+function checkRange(offsetBytes: number, lengthBytes: number, sizeBytes: number, maxBytes: number): void {
+  if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) {
+    throw rangeError('ERR_BAD_OFFSET', `offset ${offsetBytes} must be a non-negative integer`);
+  }
+  if (!Number.isSafeInteger(lengthBytes) || lengthBytes <= 0) {
+    throw rangeError('ERR_BAD_LENGTH', `length ${lengthBytes} must be a positive integer`);
+  }
+  if (lengthBytes > maxBytes) throw rangeError('ERR_TOO_LARGE', `length ${lengthBytes} exceeds the maximum of ${maxBytes} bytes`);
+  if (offsetBytes + lengthBytes > sizeBytes) {
+    throw rangeError('ERR_OUT_OF_RANGE', `bytes ${offsetBytes}+${lengthBytes} lie beyond the end of the volume (${sizeBytes} bytes)`);
+  }
+}
+
+function rangeError(code: string, message: string): RangeError {
+  return Object.assign(new RangeError(message), { code });
+}
+
+function fsyncDir(dir: string): void {
+  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}

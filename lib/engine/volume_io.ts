@@ -1,0 +1,322 @@
+// The volume's data path: reads through the dirty map, writes and zeroes as
+// WAL records (read-modify-write for partial blocks), flush, and the one
+// failure that stops writes. Lifecycle and argument checks live in volume.ts,
+// applying the WAL to base.img in flusher.ts.
+import { BaseImage, BLOCK_BYTES } from '../native/base_image';
+import { BlockwalError } from '../native/errors';
+import type { Ring } from '../native/ring';
+import type { AppendedRecord, Wal } from '../native/wal';
+import type { ArenaPool } from './arena_pool';
+import type { BlockEntry, DirtyMap } from './dirty_map';
+import type { RangeLocks } from './range_locks';
+import type { Superblock } from './superblock';
+
+// Blocks per write record at most (1 MiB payload); smaller WAL segments may
+// lower it (wal.recordPayloadMaxBytes).
+export const RECORD_BLOCKS_MAX = 256;
+// Blocks per base.img read.
+const BASE_RUN_BLOCKS_MAX = 256;
+const RECORD_HEADER_BYTES = 64;
+const RECORD_LSN_OFFSET = 24;
+const LOOKUP_RETRIES_MAX = 4;
+
+export class VolumeIo {
+  failure: BlockwalError | undefined;
+  // Called when appends had to wait for WAL space: the flusher should run.
+  onPressure: () => void = () => undefined;
+  private inflight = 0;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(
+    readonly ring: Ring,
+    readonly pool: ArenaPool,
+    readonly wal: Wal,
+    readonly base: BaseImage,
+    readonly sb: Superblock,
+    readonly dirty: DirtyMap,
+    readonly locks: RangeLocks,
+    readonly superblockFallback: string | undefined,
+  ) {}
+
+  // ---- reads --------------------------------------------------------------
+
+  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(lengthBytes);
+    const first = Math.floor(offsetBytes / BLOCK_BYTES);
+    const end = Math.ceil((offsetBytes + lengthBytes) / BLOCK_BYTES);
+    const view = new RequestView(out, offsetBytes);
+    const records = new Map<string, Promise<Buffer>>();
+    const tasks: Promise<void>[] = [];
+    let runStart = -1;
+    const endRun = (b: number): void => {
+      if (runStart >= 0) tasks.push(this.readBase(runStart, b - runStart, view));
+      runStart = -1;
+    };
+    for (let b = first; b < end; b++) {
+      const look = this.dirty.lookup(b);
+      if (look === undefined) {
+        if (runStart >= 0 && b - runStart >= BASE_RUN_BLOCKS_MAX) endRun(b);
+        if (runStart < 0) runStart = b;
+        continue;
+      }
+      endRun(b);
+      if (look.kind === 'zero') view.fillZero(b);
+      else tasks.push(this.readBlock(b, look.entry, records).then((block) => view.copyBlock(b, block)));
+    }
+    endRun(end);
+    await Promise.all(tasks);
+    return out;
+  }
+
+  // One block's newest content as the dirty map says now; re-looked-up when
+  // its record moved (recycled segment, or replaced by a checkpoint) meanwhile.
+  private async readBlock(lba: number, entry: BlockEntry, records: Map<string, Promise<Buffer>>): Promise<Buffer> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const record = await this.readRecordCached(entry, records);
+        return record.subarray(RECORD_HEADER_BYTES + entry.indexInRecord * BLOCK_BYTES, RECORD_HEADER_BYTES + (entry.indexInRecord + 1) * BLOCK_BYTES);
+      } catch (err) {
+        const again = this.dirty.lookup(lba);
+        if (attempt >= LOOKUP_RETRIES_MAX || (again?.kind === 'write' && again.entry === entry)) throw err;
+        if (again === undefined) return this.readBaseBlock(lba);
+        if (again.kind === 'zero') return Buffer.alloc(BLOCK_BYTES);
+        entry = again.entry;
+      }
+    }
+  }
+
+  readRecordCached(entry: BlockEntry, records: Map<string, Promise<Buffer>>): Promise<Buffer> {
+    const key = `${entry.segmentSeq}:${entry.recordOffsetBytes}`;
+    let p = records.get(key);
+    if (p === undefined) {
+      p = this.wal.readRecord(entry.segmentSeq, entry.recordOffsetBytes, entry.recordSpanBytes).then((rec) => {
+        const lsn = Number(rec.readBigUInt64LE(RECORD_LSN_OFFSET));
+        if (lsn !== entry.lsn) {
+          throw new BlockwalError('ERR_RECORD_MOVED', `record at segment ${entry.segmentSeq} offset ${entry.recordOffsetBytes} holds LSN ${lsn}, expected ${entry.lsn}`);
+        }
+        return rec;
+      });
+      records.set(key, p);
+    }
+    return p;
+  }
+
+  private async readBase(startBlock: number, lengthBlocks: number, view: RequestView): Promise<void> {
+    const slice = await this.pool.alloc(lengthBlocks * BLOCK_BYTES);
+    try {
+      await this.base.readBlocks(startBlock, lengthBlocks, slice);
+      for (let i = 0; i < lengthBlocks; i++) view.copyBlock(startBlock + i, slice.bytes.subarray(i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES));
+    } finally {
+      this.pool.free(slice);
+    }
+  }
+
+  private async readBaseBlock(lba: number): Promise<Buffer> {
+    const out = Buffer.alloc(BLOCK_BYTES);
+    await this.readBase(lba, 1, new RequestView(out, lba * BLOCK_BYTES));
+    return out;
+  }
+
+  // ---- writes -------------------------------------------------------------
+
+  async write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<void> {
+    this.checkWritable();
+    const first = Math.floor(offsetBytes / BLOCK_BYTES);
+    const end = Math.ceil((offsetBytes + data.byteLength) / BLOCK_BYTES);
+    const aligned = offsetBytes % BLOCK_BYTES === 0 && data.byteLength % BLOCK_BYTES === 0;
+    const lock = this.locks.acquire(first, end, !aligned);
+    this.inflight++;
+    try {
+      if (lock.wait !== undefined) await lock.wait;
+      const payload = aligned ? data : await this.patched(first, end, offsetBytes, data);
+      const appends: Appending[] = [];
+      const perRecord = this.wal.recordPayloadMaxBytes / BLOCK_BYTES;
+      for (let lba = first; lba < end; lba += perRecord) {
+        const blocks = Math.min(perRecord, end - lba);
+        const part = payload.subarray((lba - first) * BLOCK_BYTES, (lba - first + blocks) * BLOCK_BYTES);
+        appends.push(this.appendWrite(lba, blocks, part, fua));
+      }
+      await this.settle(appends, lock.release);
+    } finally {
+      lock.release();
+      this.done();
+    }
+  }
+
+  // Trim or write-zeroes: whole blocks become one zero record; partial edge
+  // blocks are read-modify-written with zeros.
+  async zero(offsetBytes: number, lengthBytes: number, kind: 'trim' | 'zero'): Promise<void> {
+    this.checkWritable();
+    const endBytes = offsetBytes + lengthBytes;
+    const first = Math.floor(offsetBytes / BLOCK_BYTES);
+    const end = Math.ceil(endBytes / BLOCK_BYTES);
+    const innerFirst = Math.ceil(offsetBytes / BLOCK_BYTES);
+    const innerEnd = Math.floor(endBytes / BLOCK_BYTES);
+    const partial = offsetBytes % BLOCK_BYTES !== 0 || endBytes % BLOCK_BYTES !== 0;
+    const lock = this.locks.acquire(first, end, partial);
+    this.inflight++;
+    try {
+      if (lock.wait !== undefined) await lock.wait;
+      const edges: { lba: number; block: Buffer }[] = [];
+      for (const lba of new Set([first, end - 1])) {
+        if (lba >= innerFirst && lba < innerEnd) continue; // a whole block
+        const block = await this.read(lba * BLOCK_BYTES, BLOCK_BYTES);
+        const from = Math.max(offsetBytes, lba * BLOCK_BYTES) - lba * BLOCK_BYTES;
+        const to = Math.min(endBytes, (lba + 1) * BLOCK_BYTES) - lba * BLOCK_BYTES;
+        block.fill(0, from, to);
+        edges.push({ lba, block });
+      }
+      const appends: Appending[] = edges.map((e) => this.appendWrite(e.lba, 1, e.block, false));
+      if (innerFirst < innerEnd) appends.push(this.appendZero(innerFirst, innerEnd - innerFirst, kind));
+      await this.settle(appends, lock.release);
+    } finally {
+      lock.release();
+      this.done();
+    }
+  }
+
+  async flush(): Promise<void> {
+    this.checkWritable();
+    try {
+      await this.wal.flush();
+    } catch (err) {
+      throw this.walFailed(err);
+    }
+  }
+
+  // The block range [first, end) with the partial edge blocks' current content
+  // around the new bytes.
+  private async patched(first: number, end: number, offsetBytes: number, data: Uint8Array): Promise<Buffer> {
+    const payload = Buffer.alloc((end - first) * BLOCK_BYTES);
+    const headPartial = offsetBytes % BLOCK_BYTES !== 0;
+    const tailPartial = (offsetBytes + data.byteLength) % BLOCK_BYTES !== 0;
+    if (headPartial) payload.set(await this.read(first * BLOCK_BYTES, BLOCK_BYTES), 0);
+    if (tailPartial && (end - 1 !== first || !headPartial)) {
+      payload.set(await this.read((end - 1) * BLOCK_BYTES, BLOCK_BYTES), (end - 1 - first) * BLOCK_BYTES);
+    }
+    payload.set(data, offsetBytes - first * BLOCK_BYTES);
+    return payload;
+  }
+
+  private appendWrite(lba: number, lengthBlocks: number, payload: Uint8Array, fua: boolean): Appending {
+    return this.append({ kind: 'write', lba, lengthBlocks, payload, fua }, (rec) =>
+      this.dirty.setWrite(lba, lengthBlocks, rec.lsn, rec.segmentSeq, rec.offsetBytes, rec.spanBytes),
+    );
+  }
+
+  private appendZero(lba: number, lengthBlocks: number, kind: 'trim' | 'zero'): Appending {
+    return this.append({ kind, lba, lengthBlocks, payload: null, fua: false }, (rec) => this.dirty.setZero(lba, lengthBlocks, rec.lsn, kind));
+  }
+
+  // Appends one record; `assigned` settles when it has its LSN (the dirty map
+  // is updated then, synchronously), `written` when the WAL acknowledges it.
+  private append(
+    r: { kind: 'write' | 'trim' | 'zero'; lba: number; lengthBlocks: number; payload: Uint8Array | null; fua: boolean },
+    onAssigned: (rec: AppendedRecord) => void,
+  ): Appending {
+    let assign!: () => void;
+    let refuse!: (err: unknown) => void;
+    const assigned = new Promise<void>((resolve, reject) => {
+      assign = resolve;
+      refuse = reject;
+    });
+    const written = this.wal.appendLocated({
+      ...r,
+      epoch: this.sb.fields.epoch,
+      onAssigned: (rec) => {
+        onAssigned(rec);
+        assign();
+      },
+    });
+    written.catch(refuse);
+    assigned.catch(() => undefined);
+    if (this.wal.status().appendsWaiting > 0) this.onPressure();
+    return { assigned, written };
+  }
+
+  // Releases the lock once every record has its LSN, then waits for the WAL.
+  private async settle(appends: Appending[], release: () => void): Promise<void> {
+    try {
+      await Promise.all(appends.map((a) => a.assigned));
+      release();
+      await Promise.all(appends.map((a) => a.written));
+    } catch (err) {
+      await Promise.allSettled(appends.map((a) => a.written));
+      throw this.walFailed(err);
+    }
+  }
+
+  // ---- failure and lifecycle ----------------------------------------------
+
+  fail(err: unknown): BlockwalError {
+    if (this.failure === undefined) {
+      const cause = err instanceof Error ? err : new Error(String(err));
+      this.failure =
+        err instanceof BlockwalError && err.code === 'ERR_WAL_FATAL'
+          ? err
+          : new BlockwalError('ERR_VOLUME_FAILED', cause.message, { cause, errno: (cause as BlockwalError).errno });
+    }
+    return this.failure;
+  }
+
+  private walFailed(err: unknown): unknown {
+    if (err instanceof BlockwalError && err.code === 'ERR_WAL_FATAL') return this.fail(err);
+    return err;
+  }
+
+  checkWritable(): void {
+    if (this.failure !== undefined) {
+      throw new BlockwalError('ERR_VOLUME_FAILED', `the volume refuses writes after a failure: ${this.failure.message}`, {
+        cause: this.failure,
+        errno: this.failure.errno,
+      });
+    }
+  }
+
+  private done(): void {
+    this.inflight--;
+    if (this.inflight === 0) for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  async drain(): Promise<void> {
+    while (this.inflight > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  async close(): Promise<void> {
+    await this.wal.close();
+    this.base.close();
+    this.sb.close();
+    await this.ring.close();
+  }
+}
+
+interface Appending {
+  assigned: Promise<void>;
+  written: Promise<unknown>;
+}
+
+// Copies whole blocks into the part of a request buffer they overlap.
+class RequestView {
+  private readonly endBytes: number;
+
+  constructor(
+    private readonly out: Buffer,
+    private readonly offsetBytes: number,
+  ) {
+    this.endBytes = offsetBytes + out.byteLength;
+  }
+
+  copyBlock(lba: number, block: Uint8Array): void {
+    const blockStart = lba * BLOCK_BYTES;
+    const from = Math.max(this.offsetBytes, blockStart);
+    const to = Math.min(this.endBytes, blockStart + BLOCK_BYTES);
+    this.out.set(block.subarray(from - blockStart, to - blockStart), from - this.offsetBytes);
+  }
+
+  fillZero(lba: number): void {
+    const blockStart = lba * BLOCK_BYTES;
+    const from = Math.max(this.offsetBytes, blockStart);
+    const to = Math.min(this.endBytes, blockStart + BLOCK_BYTES);
+    this.out.fill(0, from - this.offsetBytes, to - this.offsetBytes);
+  }
+}
