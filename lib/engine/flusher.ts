@@ -3,7 +3,8 @@
 // A checkpoint at `to` (the written LSN when it starts): punch every zeroed
 // range with LSN <= to, then write every block whose newest version has
 // LSN <= to, coalesced into runs of consecutive blocks, then fdatasync
-// base.img, then write the checkpoint into the superblock (RWF_DSYNC), and
+// base.img (and the WAL up to `to`, so its segments may be recycled), then
+// write the checkpoint into the superblock (RWF_DSYNC), and
 // only then forget those entries and release the WAL below `to`. Zero ranges
 // go first: a block written after a trim is in both sets, and the write must
 // land last. Newer records that arrive meanwhile keep their dirty entries.
@@ -80,7 +81,9 @@ export class Flusher {
     try {
       for (const z of zeros) await this.punch(z.startBlock, z.endBlock);
       await this.writeRuns(blocks);
-      await io.base.fdatasync();
+      // The WAL below `to` is released afterwards, and the writer recycles only
+      // durable segments: make it durable alongside base.img.
+      await Promise.all([io.base.fdatasync(), io.wal.waitDurable(to)]);
       await io.sb.update({ checkpointLsn: to });
     } catch (err) {
       throw io.fail(err);

@@ -71,6 +71,8 @@ export interface VolumeStatus {
   walSegmentBytes: number;
   checkpoints: number;
   failure: string | undefined;
+  // Set when open fell back to the older superblock slot, with the reason.
+  superblockFallback: string | undefined;
 }
 
 export class Volume {
@@ -176,6 +178,11 @@ export class Volume {
     return this.io.sb.fields.sizeBytes;
   }
 
+  // The volume's io_uring (fault injection and traces in tests; diagnostics).
+  get ring(): Ring {
+    return this.io.ring;
+  }
+
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.checkOpen();
     checkRange(offsetBytes, lengthBytes, this.sizeBytes, REQUEST_BYTES_MAX);
@@ -235,6 +242,7 @@ export class Volume {
       walSegmentBytes: f.walSegmentBytes,
       checkpoints: this.flusher.checkpoints,
       failure: this.io.failure?.message,
+      superblockFallback: this.io.superblockFallback,
     };
   }
 

@@ -1,0 +1,188 @@
+// Volume lifecycle and failure behaviour: argument errors, locking, superblock
+// fallback and corruption, mid-log corruption, I/O failures stopping writes
+// while reads go on, and back-pressure when the WAL is full.
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { decodeSlot, encodeSlot, SLOT_BYTES } from '../../lib/engine/superblock';
+import { Volume } from '../../lib/engine/volume';
+import { OpKind, OpPurpose } from '../../lib/native/ring';
+import { tempDir } from '../support/tmp';
+
+const MiB = 1 << 20;
+
+async function withVolume(fn: (vol: Volume, volDir: string) => Promise<void>, sizeBytes = 8 * MiB): Promise<void> {
+  const { dir, cleanup } = tempDir('vol');
+  const volDir = path.join(dir, 'v');
+  const vol = await Volume.create(volDir, { sizeBytes, walSegmentBytes: MiB, walSegmentsMax: 8, flushIdleMs: 0 });
+  try {
+    await fn(vol, volDir);
+  } finally {
+    await vol.close();
+    cleanup();
+  }
+}
+
+test('bad requests get typed errors and change nothing', () =>
+  withVolume(async (vol) => {
+    await vol.write(0, Buffer.alloc(4096, 1));
+    const cases: [() => Promise<unknown>, string][] = [
+      [() => vol.write(-1, Buffer.alloc(1)), 'ERR_BAD_OFFSET'],
+      [() => vol.write(0, Buffer.alloc(0)), 'ERR_BAD_LENGTH'],
+      [() => vol.write(8 * MiB - 1, Buffer.alloc(2)), 'ERR_OUT_OF_RANGE'],
+      [() => vol.write(0, Buffer.alloc(33 * MiB)), 'ERR_TOO_LARGE'],
+      [() => vol.read(1.5, 10), 'ERR_BAD_OFFSET'],
+      [() => vol.read(0, 33 * MiB), 'ERR_TOO_LARGE'],
+      [() => vol.trim(0, 8 * MiB + 1), 'ERR_OUT_OF_RANGE'],
+      [() => vol.writeZeroes(4, 0), 'ERR_BAD_LENGTH'],
+    ];
+    for (const [call, code] of cases) {
+      await assert.rejects(async () => call(), (err: Error & { code: string }) => {
+        assert.ok(err instanceof RangeError, err.message);
+        assert.equal(err.code, code, err.message);
+        return true;
+      });
+    }
+    assert.ok((await vol.read(0, 4096)).every((b) => b === 1));
+    assert.equal(vol.status().lsnHead, 1, 'no record was appended');
+  }));
+
+test('a volume directory opens once; create refuses a non-empty directory', () =>
+  withVolume(async (_vol, volDir) => {
+    await assert.rejects(Volume.open(volDir), { code: 'ERR_LOCKED' });
+    await assert.rejects(Volume.create(volDir, { sizeBytes: MiB }), { code: 'ERR_EXISTS' });
+    await assert.rejects(Volume.open(path.dirname(volDir)), { code: 'ERR_NOT_A_VOLUME' });
+  }));
+
+test('superblock slots: encode/decode round trip, every bit flip rejected', () => {
+  const fields = {
+    uuid: '0123456789abcdef0123456789abcdef',
+    sizeBytes: 16 * 2 ** 40,
+    blockBytes: 4096,
+    epoch: 7,
+    checkpointLsn: 2 ** 40 + 3,
+    walSegmentBytes: 64 * MiB,
+    walRetentionBytes: 1 << 30,
+    features: 5,
+    createdAtMs: 1700000000000,
+  };
+  const slot = Buffer.alloc(SLOT_BYTES);
+  encodeSlot(fields, 42, slot);
+  assert.deepEqual(decodeSlot(slot), { fields, seq: 42 });
+  for (let bit = 0; bit < 128 * 8; bit++) {
+    const copy = Buffer.from(slot);
+    copy[bit >> 3]! ^= 1 << (bit & 7);
+    assert.ok('error' in decodeSlot(copy), `bit ${bit}`);
+  }
+  const tail = Buffer.from(slot);
+  tail[SLOT_BYTES - 1]! ^= 0x80;
+  assert.ok('error' in decodeSlot(tail));
+});
+
+test('one corrupt superblock slot falls back to the other; both corrupt refuse to open', async () => {
+  const { dir, cleanup } = tempDir('volsb');
+  const volDir = path.join(dir, 'v');
+  try {
+    let vol = await Volume.create(volDir, { sizeBytes: MiB, walSegmentBytes: MiB, flushIdleMs: 0 });
+    await vol.write(0, Buffer.alloc(4096, 9));
+    await vol.close(); // checkpoints: the newest slot holds the new checkpoint
+    const file = path.join(volDir, 'superblock');
+    const bytes = fs.readFileSync(file);
+    const newest = [0, 1].map((i) => decodeSlot(bytes.subarray(i * SLOT_BYTES, (i + 1) * SLOT_BYTES)))
+      .map((d, i) => ({ i, seq: 'seq' in d ? d.seq : -1 }))
+      .sort((a, b) => b.seq - a.seq)[0]!.i;
+    bytes[newest * SLOT_BYTES + 100]! ^= 0xff;
+    fs.writeFileSync(file, bytes);
+    vol = await Volume.open(volDir);
+    assert.match(vol.status().superblockFallback ?? '', /bad checksum/);
+    assert.ok((await vol.read(0, 4096)).every((b) => b === 9), 'data intact (the WAL replays past the older checkpoint)');
+    await vol.close();
+    const again = fs.readFileSync(file);
+    again[100]! ^= 0xff;
+    again[SLOT_BYTES + 100]! ^= 0xff;
+    fs.writeFileSync(file, again);
+    await assert.rejects(Volume.open(volDir), { code: 'ERR_SUPERBLOCK_CORRUPT', message: /both superblock slots are invalid/ });
+  } finally {
+    cleanup();
+  }
+});
+
+test('a corrupt record in the middle of the log refuses to open and names where', async () => {
+  const { dir, cleanup } = tempDir('volcorrupt');
+  const volDir = path.join(dir, 'v');
+  try {
+    const vol = await Volume.create(volDir, { sizeBytes: 4 * MiB, walSegmentBytes: MiB, flushIdleMs: 0, flushTriggerBytes: 1 << 30 });
+    // 40 durable writes, one frame each; a failed base.img fdatasync keeps the
+    // close from checkpointing, so recovery must scan all of them.
+    for (let i = 0; i < 40; i++) await vol.write(i * 4096, Buffer.alloc(4096, 0x80 + i), { fua: true });
+    vol.ring.injectFault({ kind: OpKind.fdatasync, purpose: OpPurpose.js, errno: 5 });
+    await vol.close();
+    const walDir = path.join(volDir, 'wal');
+    const segs = fs.readdirSync(walDir).filter((n) => n.endsWith('.wal')).sort();
+    // Damage the payload of the 5th record: 35 valid frames follow it.
+    let corrupted = '';
+    for (const name of segs.reverse()) {
+      const f = path.join(walDir, name);
+      const b = fs.readFileSync(f);
+      const at = b.indexOf(Buffer.alloc(64, 0x84));
+      if (at > 0) {
+        b[at + 10]! ^= 0x01;
+        fs.writeFileSync(f, b);
+        corrupted = name;
+        break;
+      }
+    }
+    assert.ok(corrupted !== '', 'found the record to damage');
+    await assert.rejects(Volume.open(volDir), (err: Error & { code: string }) => {
+      assert.equal(err.code, 'ERR_WAL_CORRUPT');
+      assert.ok(err.message.includes(corrupted), err.message);
+      return true;
+    });
+  } finally {
+    cleanup();
+  }
+});
+
+test('a WAL write error stops writes with the reason; reads go on', () =>
+  withVolume(async (vol) => {
+    await vol.write(0, Buffer.alloc(8192, 3), { fua: true });
+    vol.ring.injectFault({ kind: OpKind.write, purpose: OpPurpose.walGroup, errno: 5 });
+    await assert.rejects(vol.write(8192, Buffer.alloc(4096, 4), { fua: true }), { code: 'ERR_WAL_FATAL' });
+    await assert.rejects(vol.write(0, Buffer.alloc(10)), (err: Error & { code: string }) => {
+      assert.equal(err.code, 'ERR_VOLUME_FAILED');
+      assert.match(err.message, /write to WAL segment .* failed/);
+      return true;
+    });
+    await assert.rejects(vol.flush(), { code: 'ERR_VOLUME_FAILED' });
+    assert.ok((await vol.read(0, 8192)).every((b) => b === 3), 'acknowledged data still reads');
+    assert.match(vol.status().failure ?? '', /WAL/);
+  }));
+
+test('a failed base.img fdatasync during a checkpoint stops writes; data stays readable from the WAL', () =>
+  withVolume(async (vol) => {
+    await vol.write(4096, Buffer.alloc(4096, 5), { fua: true });
+    vol.ring.injectFault({ kind: OpKind.fdatasync, purpose: OpPurpose.js, errno: 5 });
+    await assert.rejects(vol.checkpoint(), { errno: 5 });
+    await assert.rejects(vol.write(0, Buffer.alloc(4096)), { code: 'ERR_VOLUME_FAILED' });
+    assert.equal(vol.status().checkpointLsn, 0, 'the checkpoint did not advance');
+    assert.ok((await vol.read(4096, 4096)).every((b) => b === 5));
+  }));
+
+test('a full WAL makes writes wait for a checkpoint instead of failing', async () => {
+  const { dir, cleanup } = tempDir('volfull');
+  const volDir = path.join(dir, 'v');
+  // 3 segments of 1 MiB and a checkpoint trigger far above: only WAL pressure starts the flusher.
+  const vol = await Volume.create(volDir, { sizeBytes: 16 * MiB, walSegmentBytes: MiB, walSegmentsMax: 3, flushIdleMs: 0, flushTriggerBytes: 1 << 30 });
+  try {
+    const chunk = Buffer.alloc(256 * 1024, 0x5a);
+    for (let i = 0; i < 48; i++) await vol.write((i * chunk.byteLength) % (16 * MiB), chunk);
+    assert.ok(vol.status().checkpoints > 0, 'checkpoints ran under WAL pressure');
+    assert.ok(vol.status().walSegments <= 3);
+    assert.ok((await vol.read(0, 16 * MiB - 4 * MiB)).every((b) => b === 0x5a));
+  } finally {
+    await vol.close();
+    cleanup();
+  }
+});
