@@ -21,6 +21,8 @@ const RECORD_HEADER_BYTES = 64;
 export interface FlusherOptions {
   triggerBytes: number;
   idleMs: number;
+  // WAL bytes kept below the checkpoint for replicas that need catch-up.
+  retentionBytes: number;
 }
 
 export class Flusher {
@@ -29,6 +31,9 @@ export class Flusher {
   private pending = false;
   private idleTimer: NodeJS.Timeout | undefined;
   private stopped = false;
+  // (checkpoint LSN, WAL bytes written when it was taken), oldest first: maps
+  // the retention budget in bytes to an LSN below which the WAL may go.
+  private readonly marks: { lsn: number; walBytes: number }[] = [];
 
   constructor(
     private readonly io: VolumeIo,
@@ -89,8 +94,24 @@ export class Flusher {
       throw io.fail(err);
     }
     io.dirty.dropUpTo(to);
-    io.wal.release(to);
+    this.releaseWal(to);
     this.checkpoints++;
+  }
+
+  // Releases the WAL up to the newest checkpoint that lies at least
+  // retentionBytes behind the head (all of it when retention is 0).
+  private releaseWal(to: number): void {
+    const walBytes = this.io.wal.status().bytesWritten;
+    if (this.options.retentionBytes === 0) {
+      this.io.wal.release(to);
+      return;
+    }
+    this.marks.push({ lsn: to, walBytes });
+    let releasable = 0;
+    while (this.marks.length > 0 && walBytes - this.marks[0]!.walBytes >= this.options.retentionBytes) {
+      releasable = this.marks.shift()!.lsn;
+    }
+    if (releasable > 0) this.io.wal.release(releasable);
   }
 
   private async punch(startBlock: number, endBlock: number): Promise<void> {

@@ -61,6 +61,7 @@ export interface VolumeStatus {
   sizeBytes: number;
   epoch: number;
   lsnHead: number;
+  lsnTail: number; // lowest LSN the WAL still holds (0: none)
   lsnWritten: number;
   lsnDurable: number;
   checkpointLsn: number;
@@ -69,6 +70,7 @@ export interface VolumeStatus {
   zeroRanges: number;
   walSegments: number;
   walSegmentBytes: number;
+  walRetentionBytes: number;
   checkpoints: number;
   failure: string | undefined;
   // Set when open fell back to the older superblock slot, with the reason.
@@ -162,6 +164,8 @@ export class Volume {
       const flusher = new Flusher(io, {
         triggerBytes: options.flushTriggerBytes ?? Math.max(BLOCK_BYTES, Math.floor(walBytes / 4)),
         idleMs: options.flushIdleMs ?? 1000,
+        // Never more than half the WAL: writers would wait forever for space.
+        retentionBytes: Math.min(f.walRetentionBytes, Math.floor(walBytes / 2)),
       });
       return new Volume(dir, io, flusher, lock);
     } catch (err) {
@@ -232,6 +236,7 @@ export class Volume {
       sizeBytes: f.sizeBytes,
       epoch: f.epoch,
       lsnHead: w.lsnHead,
+      lsnTail: w.lsnTail,
       lsnWritten: w.lsnWritten,
       lsnDurable: w.lsnDurable,
       checkpointLsn: f.checkpointLsn,
@@ -240,6 +245,7 @@ export class Volume {
       zeroRanges: this.io.dirty.zeroRanges,
       walSegments: w.segmentCount,
       walSegmentBytes: f.walSegmentBytes,
+      walRetentionBytes: f.walRetentionBytes,
       checkpoints: this.flusher.checkpoints,
       failure: this.io.failure?.message,
       superblockFallback: this.io.superblockFallback,

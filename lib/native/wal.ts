@@ -51,6 +51,7 @@ export interface WalOptions {
 
 export interface WalStatus {
   lsnHead: number; // last LSN assigned
+  lsnTail: number; // lowest LSN still held in a segment (0: none)
   lsnWritten: number;
   lsnDurable: number;
   failed: boolean;
@@ -90,6 +91,7 @@ const S = {
   segmentCount: 13,
   appendSeq: 14,
   appendOffset: 15,
+  lsnTail: 16,
 } as const;
 
 interface RawWal {
@@ -204,6 +206,7 @@ export class Wal {
     const s = this.state;
     return {
       lsnHead: s[S.lsnNext]! - 1,
+      lsnTail: s[S.lsnTail]!,
       lsnWritten: s[S.lsnWritten]!,
       lsnDurable: s[S.lsnDurable]!,
       failed: s[S.failedErrno]! !== 0,

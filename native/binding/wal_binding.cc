@@ -37,6 +37,7 @@ enum StateField : uint32_t {
   kSegmentCount,
   kAppendSeq,
   kAppendOffset,
+  kLsnTail,
   kStateFields,
 };
 
@@ -167,6 +168,7 @@ class WalWrap : public Napi::ObjectWrap<WalWrap>, public ring::Owner {
     state_[kSyncsSubmitted] = static_cast<double>(writer_->syncs_submitted());
     state_[kBytesWritten] = static_cast<double>(writer_->bytes_written());
     state_[kSegmentCount] = writer_->segment_count();
+    state_[kLsnTail] = static_cast<double>(writer_->lsn_tail());
   }
 
   wal::Writer& writer(Napi::Env env) {

@@ -273,6 +273,16 @@ void Writer::on_group_written(uint32_t index, int32_t result) {
   if (result > 0) bytes_written_ += static_cast<uint64_t>(result);
 }
 
+uint64_t Writer::lsn_tail() const {
+  uint64_t tail = 0;
+  for (const auto& [seq, seg] : segments_) {
+    if ((seg.state == SegState::chain || seg.state == SegState::active) && seg.lsn_first != 0) {
+      if (tail == 0 || seg.lsn_first < tail) tail = seg.lsn_first;
+    }
+  }
+  return tail;
+}
+
 int Writer::failure_errno() const {
   if (pipeline_.failed()) return pipeline_.failure().err;
   return prep_error_;

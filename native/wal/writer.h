@@ -95,6 +95,8 @@ class Writer : public ring::Owner {
   std::string failure_message() const;
   BusyReason busy_reason() const { return busy_reason_; }
   bool spare_ready() const { return !spares_.empty(); }
+  // The lowest LSN still held by a segment of the log (0 when none).
+  uint64_t lsn_tail() const;
   uint32_t segment_count() const { return static_cast<uint32_t>(segments_.size()); }
   uint64_t active_seq() const { return active_seq_; }
   uint64_t active_offset() const { return cursor_; }
