@@ -9,6 +9,8 @@
 // go first: a block written after a trim is in both sets, and the write must
 // land last. Newer records that arrive meanwhile keep their dirty entries.
 // A failure stops writes to the volume (io.fail) and is never retried.
+import { performance } from 'node:perf_hooks';
+
 import { BLOCK_BYTES } from '../native/base_image';
 import type { BlockEntry } from './dirty_map';
 import { RECORD_BLOCKS_MAX, type VolumeIo } from './volume_io';
@@ -83,6 +85,7 @@ export class Flusher {
     const to = io.wal.lsnWritten;
     if (to <= io.sb.fields.checkpointLsn) return;
     const { zeros, blocks } = io.dirty.collect(to);
+    const startedMs = performance.now();
     try {
       for (const z of zeros) await this.punch(z.startBlock, z.endBlock);
       await this.writeRuns(blocks);
@@ -96,6 +99,10 @@ export class Flusher {
     io.dirty.dropUpTo(to);
     this.releaseWal(to);
     this.checkpoints++;
+    io.log.debug(
+      { checkpointLsn: to, blocks: blocks.length, zeroRanges: zeros.length, ms: Math.round(performance.now() - startedMs) },
+      'checkpoint',
+    );
   }
 
   // Releases the WAL up to the newest checkpoint that lies at least

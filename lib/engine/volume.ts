@@ -15,8 +15,11 @@
 //    ends the log, mid-log corruption refuses to open with the location.
 //  - any WAL or flusher I/O failure stops writes with the reason; reads go on.
 import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+
+import pino, { type Logger } from 'pino';
 
 import { BaseImage, BLOCK_BYTES } from '../native/base_image';
 import { BlockwalError } from '../native/errors';
@@ -41,6 +44,8 @@ const ARENA_BYTES_DEFAULT = 64 << 20;
 export const REQUEST_BYTES_MAX = 32 << 20;
 
 export interface VolumeOptions {
+  // pino logger for recovery figures, fallbacks, checkpoints and failures (default: silent).
+  logger?: Logger;
   arenaBytes?: number;
   // Dirty bytes that start a checkpoint in the background (default: a quarter of the WAL).
   flushTriggerBytes?: number;
@@ -137,6 +142,8 @@ export class Volume {
   }
 
   private static async openLocked(dir: string, lock: FileLock, options: VolumeOptions & { walSegmentsMax?: number }): Promise<Volume> {
+    const log = (options.logger ?? pino({ level: 'silent' })).child({ volume: dir });
+    const startedMs = performance.now();
     const ring = Ring.open({ depth: RING_DEPTH, arenaBytes: options.arenaBytes ?? ARENA_BYTES_DEFAULT });
     let sb: Superblock | undefined;
     let wal: Wal | undefined;
@@ -159,7 +166,22 @@ export class Volume {
         throw new BlockwalError('ERR_CORRUPT', `${FILES.base} holds ${base.sizeBlocks * BLOCK_BYTES} bytes, the superblock says ${f.sizeBytes}`);
       }
       const dirty = replay(walOpen.scan, f.checkpointLsn);
-      const io = new VolumeIo(ring, new ArenaPool(ring), wal, base, sb, dirty, new RangeLocks(), opened.fallbackReason);
+      if (opened.fallbackReason !== undefined) {
+        log.warn({ reason: opened.fallbackReason }, 'superblock: one slot is invalid; opened from the other');
+      }
+      log.info(
+        {
+          checkpointLsn: f.checkpointLsn,
+          recordsReplayed: walOpen.scan.records.count,
+          walBytesScanned: walOpen.scan.bytesScanned,
+          tornTailBytes: walOpen.scan.tornTailBytes,
+          lsnNext: walOpen.scan.lsnNext,
+          dirtyBlocks: dirty.dirtyBlocks,
+          ms: Math.round(performance.now() - startedMs),
+        },
+        'volume opened',
+      );
+      const io = new VolumeIo(ring, new ArenaPool(ring), wal, base, sb, dirty, new RangeLocks(), opened.fallbackReason, log);
       const walBytes = walSegmentsMax * f.walSegmentBytes;
       const flusher = new Flusher(io, {
         triggerBytes: options.flushTriggerBytes ?? Math.max(BLOCK_BYTES, Math.floor(walBytes / 4)),

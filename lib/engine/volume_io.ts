@@ -2,6 +2,8 @@
 // WAL records (read-modify-write for partial blocks), flush, and the one
 // failure that stops writes. Lifecycle and argument checks live in volume.ts,
 // applying the WAL to base.img in flusher.ts.
+import type { Logger } from 'pino';
+
 import { BaseImage, BLOCK_BYTES } from '../native/base_image';
 import { BlockwalError } from '../native/errors';
 import type { Ring } from '../native/ring';
@@ -36,6 +38,7 @@ export class VolumeIo {
     readonly dirty: DirtyMap,
     readonly locks: RangeLocks,
     readonly superblockFallback: string | undefined,
+    readonly log: Logger,
   ) {}
 
   // ---- reads --------------------------------------------------------------
@@ -255,6 +258,7 @@ export class VolumeIo {
         err instanceof BlockwalError && err.code === 'ERR_WAL_FATAL'
           ? err
           : new BlockwalError('ERR_VOLUME_FAILED', cause.message, { cause, errno: (cause as BlockwalError).errno });
+      this.log.error({ err: this.failure }, 'volume failed: writes are refused from now on; reads go on');
     }
     return this.failure;
   }
