@@ -189,6 +189,10 @@ export class Volume {
         // Never more than half the WAL: writers would wait forever for space.
         retentionBytes: Math.min(f.walRetentionBytes, Math.floor(walBytes / 2)),
       });
+      // Replayed records count as dirty: a full WAL (stopped while full) frees
+      // its segments only through a checkpoint.
+      flusher.noteWrite();
+      if (wal.status().segmentCount >= walSegmentsMax) flusher.kick();
       return new Volume(dir, io, flusher, lock);
     } catch (err) {
       if (wal !== undefined) await wal.close().catch(() => undefined);

@@ -311,16 +311,19 @@ export class Wal {
 
   // ---- internals ----------------------------------------------------------
 
+  // Resolves once a segment can take the first group, or at once when none is
+  // being prepared: every segment then holds unreleased records (a WAL that
+  // was full when the process stopped), and appends wait until release()
+  // frees one. Never waits for something that nothing will bring.
   private ready(): Promise<void> {
-    if (this.state[S.spareReady] === 1 || this.state[S.activeSeq] !== 0) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
       const check = (): void => {
         this.checkFatal();
         if (this.fatal !== undefined) reject(this.fatal);
-        else if (this.state[S.spareReady] === 1) resolve();
+        else if (this.state[S.spareReady] === 1 || this.state[S.activeSeq] !== 0 || this.state[S.opsInFlight] === 0) resolve();
         else this.idleWaiters.push(check);
       };
-      this.idleWaiters.push(check);
+      check();
     });
   }
 

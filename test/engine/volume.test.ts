@@ -218,3 +218,27 @@ test('the retention budget keeps checkpointed WAL; without it the WAL is release
   assert.ok(kept.checkpoint - kept.tail >= 10, `retained ${JSON.stringify(kept)}`);
   assert.ok(none.checkpoint - none.tail < kept.checkpoint - kept.tail, `released ${JSON.stringify(none)}`);
 });
+
+test('a volume stopped while every WAL segment held live records reopens and takes writes', { timeout: 60000 }, async () => {
+  const { dir, cleanup } = tempDir('volfullreopen');
+  const volDir = path.join(dir, 'v');
+  const opts = { walSegmentsMax: 3, flushIdleMs: 0, flushTriggerBytes: 1 << 30 };
+  try {
+    const vol = await Volume.create(volDir, { sizeBytes: 16 * MiB, walSegmentBytes: MiB, ...opts });
+    for (let i = 0; i < 8; i++) await vol.write(i * 256 * 1024, Buffer.alloc(256 * 1024, i + 1), { fua: true });
+    assert.equal(vol.status().walSegments, 3);
+    assert.equal(vol.status().checkpointLsn, 0);
+    // The close's checkpoint fails: the WAL stays full, as after a crash.
+    vol.ring.injectFault({ kind: OpKind.fdatasync, purpose: OpPurpose.js, errno: 5 });
+    await vol.close();
+    const reopened = await Volume.open(volDir, opts);
+    await reopened.write(15 * MiB, Buffer.alloc(4096, 0xee), { fua: true });
+    for (let i = 0; i < 8; i++) {
+      assert.ok((await reopened.read(i * 256 * 1024, 256 * 1024)).every((b) => b === i + 1), `chunk ${i}`);
+    }
+    assert.ok(reopened.status().checkpoints >= 1, 'a checkpoint freed the WAL');
+    await reopened.close();
+  } finally {
+    cleanup();
+  }
+});
