@@ -28,9 +28,11 @@ import {
 const BENCHES: Readonly<Record<string, () => Promise<Bench>>> = {
   wal_append: async () => (await import('./wal_append')).bench,
   anchors: async () => (await import('./anchors_only')).bench,
+  wal_replay: async () => (await import('./wal_replay')).bench,
+  flusher: async () => (await import('./flusher')).bench,
 };
 // `anchors` is a subset of wal_append, so running everything skips it.
-const DEFAULT_BENCHES: readonly string[] = ['wal_append'];
+const DEFAULT_BENCHES: readonly string[] = ['wal_append', 'wal_replay', 'flusher'];
 const RESULTS_DIR = path.join(__dirname, '..', '..', 'bench', 'results');
 
 /** Other load (% of all CPUs) above which a figure is flagged as suspect. */
