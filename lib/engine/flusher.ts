@@ -15,7 +15,7 @@ import { BLOCK_BYTES } from '../native/base_image';
 import type { BlockEntry } from './dirty_map';
 import { RECORD_BLOCKS_MAX, type VolumeIo } from './volume_io';
 
-const RUNS_IN_FLIGHT = 8;
+const RUNS_IN_FLIGHT = 16;
 const PUNCH_BYTES_MAX = 1 << 30;
 const RECORD_CACHE_MAX = 64;
 const RECORD_HEADER_BYTES = 64;
@@ -144,19 +144,35 @@ export class Flusher {
     await Promise.all(Array.from({ length: Math.min(RUNS_IN_FLIGHT, runs.length) }, worker));
   }
 
+  // Fills one slice for a run of consecutive blocks and writes it. Blocks that
+  // sit next to each other in one record are copied as one span.
   private async writeRun(run: [number, BlockEntry][], records: Map<string, Promise<Buffer>>): Promise<void> {
     const slice = await this.io.pool.alloc(run.length * BLOCK_BYTES);
     try {
-      for (let i = 0; i < run.length; i++) {
+      let i = 0;
+      while (i < run.length) {
         const entry = run[i]![1];
+        let n = 1;
+        while (i + n < run.length && sameRecordNext(entry, run[i + n]![1], n)) n++;
         if (records.size > RECORD_CACHE_MAX) records.clear();
         const record = await this.io.readRecordCached(entry, records);
         const from = RECORD_HEADER_BYTES + entry.indexInRecord * BLOCK_BYTES;
-        slice.bytes.set(record.subarray(from, from + BLOCK_BYTES), i * BLOCK_BYTES);
+        slice.bytes.set(record.subarray(from, from + n * BLOCK_BYTES), i * BLOCK_BYTES);
+        i += n;
       }
       await this.io.base.writeBlocks(run[0]![0], run.length, slice);
     } finally {
       this.io.pool.free(slice);
     }
   }
+}
+
+// True when `next` is the block `distance` places after `first` in the same record.
+function sameRecordNext(first: BlockEntry, next: BlockEntry, distance: number): boolean {
+  return (
+    next.segmentSeq === first.segmentSeq &&
+    next.recordOffsetBytes === first.recordOffsetBytes &&
+    next.lsn === first.lsn &&
+    next.indexInRecord === first.indexInRecord + distance
+  );
 }

@@ -24,7 +24,7 @@ const LOOKUP_RETRIES_MAX = 4;
 
 export class VolumeIo {
   failure: BlockwalError | undefined;
-  // Called when appends had to wait for WAL space: the flusher should run.
+  // Called when appends wait because the WAL is full: only a checkpoint frees it.
   onPressure: () => void = () => undefined;
   private inflight = 0;
   private idleWaiters: (() => void)[] = [];
@@ -233,7 +233,7 @@ export class VolumeIo {
     });
     written.catch(refuse);
     assigned.catch(() => undefined);
-    if (this.wal.status().appendsWaiting > 0) this.onPressure();
+    if (this.wal.full) this.onPressure();
     return { assigned, written };
   }
 

@@ -63,6 +63,43 @@ export interface TraceEvent {
   timeNs: number; // CLOCK_MONOTONIC
 }
 
+// Recording (test hook): every operation with its file identity, a copy of
+// each write's bytes, file paths at first sight and directory listings at
+// each directory fsync; test/support/crash_images.ts builds crash images from it.
+export type RecordingEventType = 'submit' | 'complete' | 'mark' | 'file' | 'dir';
+
+export const RECORD_BIT_FORCED = 1; // fault injection: the op never reached the disk
+export const RECORD_BIT_CHANGED = 2; // a write's buffer changed while it was in flight
+export const RECORD_BIT_DIRECTORY = 4; // the fd is a directory
+export const RWF_DSYNC = 2;
+
+export interface RecordingEvent {
+  seq: number;
+  type: RecordingEventType;
+  kind: number; // OpKind (submit/complete), the caller's (mark)
+  purpose: OpPurpose;
+  bits: number;
+  fd: number;
+  result: number;
+  flags: number; // a write's rw_flags (RWF_DSYNC = 2)
+  slot: number; // pairs a completion with its submission
+  lengthBytes: number;
+  offsetBytes: number;
+  dev: number; // file identity: (dev, ino)
+  ino: number;
+  a: number;
+  b: number;
+  data: Uint8Array | undefined; // submit of a write: its bytes; file: path; dir: listing
+  timeNs: number;
+}
+
+export interface DirEntry {
+  name: string;
+  ino: number;
+  sizeBytes: number;
+  mode: number;
+}
+
 export interface RingInfo {
   open: boolean;
   depth: number;
@@ -71,6 +108,8 @@ export interface RingInfo {
   arenaBytes: number;
   reservedBytes: number;
   buffersRegistered: boolean;
+  recording: boolean;
+  recordingBytes: number;
 }
 
 interface RawRing {
@@ -87,6 +126,9 @@ interface RawRing {
   setShuffle(seed: number | null): void;
   setTrace(on: boolean): void;
   takeTrace(): Float64Array;
+  setRecording(on: boolean, capBytes: number, withData: boolean): void;
+  recordMark(kind: number, a: number, b: number): number;
+  takeRecording(): { events: Float64Array; data: Buffer };
   info(): RingInfo;
   claimJsRegion(): number;
   close(): void;
@@ -114,6 +156,9 @@ interface PendingOp {
 
 const DESCRIPTOR_FIELDS = 7;
 const TRACE_FIELDS = 13;
+const RECORD_FIELDS = 18;
+const RECORD_TYPES: RecordingEventType[] = ['submit', 'complete', 'mark', 'file', 'dir'];
+const RECORDING_CAP_DEFAULT = 1 << 30;
 const BLOCK_BYTES = 4096;
 const DEPTH_DEFAULT = 256;
 const ARENA_BYTES_DEFAULT = 64 << 20;
@@ -380,6 +425,51 @@ export class Ring {
     return out;
   }
 
+  // Starts a fresh recording (capBytes bounds events plus data; past it the
+  // recording stops and takeRecording throws ERR_RECORDING_FULL), or stops.
+  // withData: false records writes without a copy of their bytes.
+  setRecording(on: boolean, options: { capBytes?: number; withData?: boolean } = {}): void {
+    const cap = options.capBytes ?? RECORDING_CAP_DEFAULT;
+    if (on && (!Number.isSafeInteger(cap) || cap <= 0)) throw new RangeError('capBytes must be a positive integer');
+    nativeCall(() => this.raw.setRecording(on, on ? cap : 0, options.withData ?? true));
+  }
+
+  // Adds a caller's event to the recording (e.g. "this write was
+  // acknowledged"); returns its seq, 0 when not recording.
+  recordMark(kind: number, a = 0, b = 0): number {
+    return nativeCall(() => this.raw.recordMark(kind, a, b));
+  }
+
+  // Hands over everything recorded so far (recording continues if on).
+  takeRecording(): RecordingEvent[] {
+    const { events, data } = nativeCall(() => this.raw.takeRecording());
+    const out: RecordingEvent[] = [];
+    for (let i = 0; i < events.length; i += RECORD_FIELDS) {
+      const dataOffset = events[i + 15]!;
+      const dataBytes = events[i + 16]!;
+      out.push({
+        seq: events[i]!,
+        type: RECORD_TYPES[events[i + 1]! - 1]!,
+        kind: events[i + 2]!,
+        purpose: events[i + 3]! as OpPurpose,
+        bits: events[i + 4]!,
+        fd: events[i + 5]!,
+        result: events[i + 6]!,
+        flags: events[i + 7]!,
+        slot: events[i + 8]!,
+        lengthBytes: events[i + 9]!,
+        offsetBytes: events[i + 10]!,
+        dev: events[i + 11]!,
+        ino: events[i + 12]!,
+        a: events[i + 13]!,
+        b: events[i + 14]!,
+        data: dataOffset < 0 ? undefined : data.subarray(dataOffset, dataOffset + dataBytes),
+        timeNs: events[i + 17]!,
+      });
+    }
+    return out;
+  }
+
   // Waits for every operation to complete, then releases the ring.
   async close(): Promise<void> {
     if (this.closed) return;
@@ -395,6 +485,22 @@ export class Ring {
     this.closed = true;
     nativeCall(() => this.raw.close());
   }
+}
+
+// Decodes the listing of a 'dir' recording event.
+export function decodeDirListing(listing: Uint8Array): DirEntry[] {
+  const out: DirEntry[] = [];
+  const buf = Buffer.from(listing.buffer, listing.byteOffset, listing.byteLength);
+  let at = 0;
+  while (at + 24 <= buf.length) {
+    const ino = Number(buf.readBigUInt64LE(at));
+    const sizeBytes = Number(buf.readBigUInt64LE(at + 8));
+    const mode = buf.readUInt32LE(at + 16);
+    const nameBytes = buf.readUInt32LE(at + 20);
+    out.push({ name: buf.toString('utf8', at + 24, at + 24 + nameBytes), ino, sizeBytes, mode });
+    at += 24 + nameBytes;
+  }
+  return out;
 }
 
 function ioError(op: string, errno: number): BlockwalError {

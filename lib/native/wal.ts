@@ -201,6 +201,14 @@ export class Wal {
   get failure(): BlockwalError | undefined {
     return this.fatal;
   }
+  // Appends waiting for WAL space, and true when they wait because every
+  // segment holds unreleased records (only a release frees space then).
+  get appendsWaiting(): number {
+    return this.appendQueue.length;
+  }
+  get full(): boolean {
+    return this.appendQueue.length > 0 && BUSY_REASONS[this.state[S.busyReason]!] === 'wal_full';
+  }
 
   status(): WalStatus {
     const s = this.state;
