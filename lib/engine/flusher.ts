@@ -1,6 +1,7 @@
 // The flusher: applies WAL records to base.img and advances the checkpoint.
 //
-// A checkpoint at `to` (the written LSN when it starts): punch every zeroed
+// A checkpoint at `to` (the head LSN when it starts, snapshotted at once;
+// applied once the WAL has written it): punch every zeroed
 // range with LSN <= to, then write every block whose newest version has
 // LSN <= to, coalesced into runs of consecutive blocks, then fdatasync
 // base.img (and the WAL up to `to`, so its segments may be recycled), then
@@ -82,11 +83,16 @@ export class Flusher {
   private async checkpointOnce(): Promise<void> {
     const io = this.io;
     if (io.failure !== undefined) throw io.failure;
-    const to = io.wal.lsnWritten;
+    // Every record that has an LSN is in the snapshot: taking it synchronously
+    // at the head means no block's newest version lies above `to` while an
+    // older one below is skipped (the older one may be durable when the newer
+    // is lost in a crash). Versions replaced later stay in the snapshot.
+    const to = io.wal.lsnHead;
     if (to <= io.sb.fields.checkpointLsn) return;
     const { zeros, blocks } = io.dirty.collect(to);
     const startedMs = performance.now();
     try {
+      await io.wal.waitWritten(to); // base.img gets only what the WAL has written
       for (const z of zeros) await this.punch(z.startBlock, z.endBlock);
       await this.writeRuns(blocks);
       // The WAL below `to` is released afterwards, and the writer recycles only

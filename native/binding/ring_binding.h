@@ -50,6 +50,9 @@ class RingWrap : public Napi::ObjectWrap<RingWrap>, public ring::Owner {
   Napi::Value set_shuffle(const Napi::CallbackInfo& info);
   Napi::Value set_trace(const Napi::CallbackInfo& info);
   Napi::Value take_trace(const Napi::CallbackInfo& info);
+  Napi::Value set_recording(const Napi::CallbackInfo& info);
+  Napi::Value record_mark(const Napi::CallbackInfo& info);
+  Napi::Value take_recording(const Napi::CallbackInfo& info);
   Napi::Value info(const Napi::CallbackInfo& info);
   Napi::Value claim_js_region(const Napi::CallbackInfo& info);
   Napi::Value close(const Napi::CallbackInfo& info);

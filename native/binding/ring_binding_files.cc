@@ -14,6 +14,8 @@ namespace blockwal::binding {
 namespace {
 constexpr uint32_t kFileFlagWrite = 1, kFileFlagCreate = 2, kFileFlagExclusive = 4, kFileFlagDirect = 8;
 constexpr uint32_t kTraceFields = 13;
+constexpr uint32_t kRecordFields = 18;
+constexpr uint64_t kRecordingCapMax = 8ull << 30;
 }  // namespace
 
 // openFile(path, flags) -> fileId. Flags: 1 write, 2 create, 4 exclusive, 8 O_DIRECT.
@@ -124,6 +126,66 @@ Napi::Value RingWrap::take_trace(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// setRecording(on, capBytes, withData): starts a fresh recording (bounded by
+// capBytes of events and data; writes without their bytes unless withData)
+// or stops it.
+Napi::Value RingWrap::set_recording(const Napi::CallbackInfo& info) {
+  bool on = arg_bool(info, 0, "on");
+  uint64_t cap = on ? arg_u64(info, 1, "capBytes", kRecordingCapMax) : 0;
+  bool with_data = on ? arg_bool(info, 2, "withData") : false;
+  ring_.set_recording(on, cap, with_data);
+  return info.Env().Undefined();
+}
+
+// recordMark(kind, a, b) -> seq of the mark (0 when not recording).
+Napi::Value RingWrap::record_mark(const Napi::CallbackInfo& info) {
+  uint32_t kind = arg_u32(info, 0, "kind", 255);
+  uint64_t a = arg_u64(info, 1, "a", 1ull << 53);
+  uint64_t b = arg_u64(info, 2, "b", 1ull << 53);
+  return Napi::Number::New(info.Env(), static_cast<double>(ring_.record_mark(static_cast<uint8_t>(kind), a, b)));
+}
+
+// takeRecording() -> { events: Float64Array (18 fields per event), data: Buffer }.
+// Fields: seq, type (1 submit, 2 complete, 3 mark, 4 file, 5 dir), kind,
+// purpose, bits, fd, result, flags, slot, length, offset, dev, ino, a, b,
+// dataOffset (-1: none), dataBytes, timeNs. Throws ERR_RECORDING_FULL when the
+// cap was reached (the recording is incomplete and must not be trusted).
+Napi::Value RingWrap::take_recording(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ring::Recording rec = ring_.take_recording();
+  if (rec.overflow) {
+    throw_error(env, "ERR_RECORDING_FULL",
+                "the recording reached its cap of " + std::to_string(rec.cap_bytes) + " bytes and is incomplete");
+  }
+  Napi::Float64Array events = Napi::Float64Array::New(env, rec.events.size() * kRecordFields);
+  for (size_t i = 0; i < rec.events.size(); i++) {
+    const ring::RecordEvent& e = rec.events[i];
+    double* f = events.Data() + i * kRecordFields;
+    f[0] = static_cast<double>(e.seq);
+    f[1] = static_cast<double>(e.type);
+    f[2] = e.kind;
+    f[3] = static_cast<double>(e.purpose);
+    f[4] = e.bits;
+    f[5] = e.fd;
+    f[6] = e.result;
+    f[7] = e.flags;
+    f[8] = e.slot;
+    f[9] = e.length;
+    f[10] = static_cast<double>(e.offset);
+    f[11] = static_cast<double>(e.dev);
+    f[12] = static_cast<double>(e.ino);
+    f[13] = static_cast<double>(e.a);
+    f[14] = static_cast<double>(e.b);
+    f[15] = e.data_offset == UINT64_MAX ? -1.0 : static_cast<double>(e.data_offset);
+    f[16] = static_cast<double>(e.data_bytes);
+    f[17] = static_cast<double>(e.time_ns);
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("events", events);
+  out.Set("data", Napi::Buffer<uint8_t>::Copy(env, rec.data.data(), rec.data.size()));
+  return out;
+}
+
 // claimJsRegion() -> first arena byte JS may use.
 Napi::Value RingWrap::claim_js_region(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(ring_.claim_js_region()));
@@ -139,6 +201,8 @@ Napi::Value RingWrap::info(const Napi::CallbackInfo& info) {
   o.Set("arenaBytes", static_cast<double>(ring_.arena_bytes()));
   o.Set("reservedBytes", static_cast<double>(ring_.reserved_bytes()));
   o.Set("buffersRegistered", ring_.buffers_registered());
+  o.Set("recording", ring_.recording());
+  o.Set("recordingBytes", static_cast<double>(ring_.recording_bytes()));
   return o;
 }
 

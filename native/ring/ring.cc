@@ -1,11 +1,16 @@
 #include "ring/ring.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -22,13 +27,15 @@ int Ring::init(uint32_t depth, uint64_t arena_bytes, bool register_buffers, std:
   BW_ASSERT(depth >= 8 && depth <= kRingDepthMax);
   BW_ASSERT(is_aligned(arena_bytes, kDirectAlignBytes) && arena_bytes > 0);
 
-  void* mem = nullptr;
-  int rc = posix_memalign(&mem, kDirectAlignBytes, arena_bytes);
-  if (rc != 0) {
-    *what = "posix_memalign(arena)";
-    return -rc;
+  // Anonymous memory comes zeroed and is faulted in lazily; transparent huge
+  // pages make the faults (or the pinning of registered buffers) about five
+  // times cheaper here than 4 KiB pages: a 24 MiB arena took 17 ms to touch.
+  void* mem = mmap(nullptr, arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) {
+    *what = "mmap(arena)";
+    return -errno;
   }
-  std::memset(mem, 0, arena_bytes);
+  madvise(mem, arena_bytes, MADV_HUGEPAGE);  // advice only: may be refused
   arena_ = static_cast<uint8_t*>(mem);
   arena_bytes_ = arena_bytes;
   reserve_limit_ = arena_bytes;
@@ -36,10 +43,10 @@ int Ring::init(uint32_t depth, uint64_t arena_bytes, bool register_buffers, std:
   io_uring_params params{};
   params.flags = IORING_SETUP_CQSIZE;
   params.cq_entries = depth * 2;
-  rc = io_uring_queue_init_params(depth, &ring_, &params);
+  int rc = io_uring_queue_init_params(depth, &ring_, &params);
   if (rc < 0) {
     *what = "io_uring_queue_init_params";
-    std::free(arena_);
+    munmap(arena_, arena_bytes_);
     arena_ = nullptr;
     return rc;
   }
@@ -66,7 +73,7 @@ void Ring::shutdown() {
     ring_ready_ = false;
   }
   if (arena_ != nullptr) {
-    std::free(arena_);
+    munmap(arena_, arena_bytes_);
     arena_ = nullptr;
   }
 }
@@ -156,6 +163,7 @@ void Ring::prep(const Op& op, Owner* owner, uint64_t cookie, uint64_t trace_a, u
     trace_.push_back(TraceEvent{++trace_seq_, TraceType::submit, static_cast<uint8_t>(op.kind), op.fd,
                                 op.file_offset, op.length_bytes, op.rw_flags, 0, trace_a, trace_b, op.purpose, index, now_ns()});
   }
+  if (recording_) record_submit(op, index, trace_a, trace_b);
 }
 
 int Ring::submit() {
@@ -203,6 +211,7 @@ void Ring::dispatch(uint32_t index, int32_t result) {
                                 slot.op.file_offset, slot.op.length_bytes, slot.op.rw_flags, result, 0, 0,
                                 slot.op.purpose, index, now_ns()});
   }
+  if (recording_) record_complete(slot, index, result);
   slot.owner->on_complete(slot.cookie, result);
 }
 
@@ -225,6 +234,175 @@ uint64_t Ring::now_ns() {
 std::vector<TraceEvent> Ring::take_trace() {
   std::vector<TraceEvent> out;
   out.swap(trace_);
+  return out;
+}
+
+// ---- recording ------------------------------------------------------------
+//
+// Each write's bytes are copied at submission (owners must not touch a buffer
+// in flight; the copy is compared again at completion and a difference is
+// flagged). Files are identified by (st_dev, st_ino), read with fstat at each
+// submission, because the WAL renames segments outside the ring: the first
+// sight of an inode adds a `file` event with its path at that moment, and an
+// fsync of a directory adds a `dir` event listing the directory as that fsync
+// will persist it. Everything counts against cap_bytes; past it the recording
+// stops and is marked overflowed rather than grow without bound.
+
+void Ring::set_recording(bool on, uint64_t cap_bytes, bool with_data) {
+  if (on) {
+    record_data_ = with_data;
+    rec_ = Recording{};
+    rec_.cap_bytes = cap_bytes;
+    rec_files_seen_.clear();
+    record_generation_++;
+  }
+  recording_ = on;
+}
+
+uint64_t Ring::recording_bytes() const {
+  return rec_.data.size() + rec_.events.size() * sizeof(RecordEvent);
+}
+
+bool Ring::record_room(uint64_t bytes) {
+  if (rec_.overflow) return false;
+  if (recording_bytes() + bytes + sizeof(RecordEvent) > rec_.cap_bytes) rec_.overflow = true;
+  return !rec_.overflow;
+}
+
+RecordEvent& Ring::record_push(RecordType type) {
+  RecordEvent e{};
+  e.seq = ++record_seq_;
+  e.type = type;
+  e.fd = -1;
+  e.data_offset = kNoData;
+  e.time_ns = now_ns();
+  rec_.events.push_back(e);
+  return rec_.events.back();
+}
+
+uint64_t Ring::record_bytes(const uint8_t* bytes, uint64_t length) {
+  uint64_t at = rec_.data.size();
+  rec_.data.insert(rec_.data.end(), bytes, bytes + length);
+  return at;
+}
+
+void Ring::record_identity(int fd, RecordEvent* e) {
+  struct stat st {};
+  if (fd < 0 || fstat(fd, &st) != 0) return;
+  e->dev = st.st_dev;
+  e->ino = st.st_ino;
+  if (S_ISDIR(st.st_mode)) e->bits |= kRecordDirectory;
+  if (!rec_files_seen_.insert({e->dev, e->ino}).second) return;
+  char link[PATH_MAX];
+  std::string proc = "/proc/self/fd/" + std::to_string(fd);
+  ssize_t n = readlink(proc.c_str(), link, sizeof(link));
+  if (n <= 0 || !record_room(static_cast<uint64_t>(n))) return;
+  RecordEvent& file = record_push(RecordType::file);
+  file.fd = fd;
+  file.dev = e->dev;
+  file.ino = e->ino;
+  file.bits = e->bits & kRecordDirectory;
+  file.data_offset = record_bytes(reinterpret_cast<const uint8_t*>(link), static_cast<uint64_t>(n));
+  file.data_bytes = static_cast<uint64_t>(n);
+}
+
+void Ring::record_directory(int fd, uint64_t dev, uint64_t ino) {
+  int dir_fd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) return;
+  DIR* d = fdopendir(dir_fd);
+  if (d == nullptr) {
+    ::close(dir_fd);
+    return;
+  }
+  std::vector<uint8_t> listing;
+  auto put = [&listing](const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    listing.insert(listing.end(), b, b + n);
+  };
+  while (dirent* entry = readdir(d)) {
+    if (std::strcmp(entry->d_name, ".") == 0 || std::strcmp(entry->d_name, "..") == 0) continue;
+    struct stat st {};
+    if (fstatat(dir_fd, entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    uint64_t fields[2] = {static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(st.st_size)};
+    uint32_t mode_and_name[2] = {st.st_mode, static_cast<uint32_t>(std::strlen(entry->d_name))};
+    put(fields, sizeof(fields));
+    put(mode_and_name, sizeof(mode_and_name));
+    put(entry->d_name, mode_and_name[1]);
+  }
+  closedir(d);
+  if (!record_room(listing.size())) return;
+  RecordEvent& e = record_push(RecordType::dir);
+  e.fd = fd;
+  e.dev = dev;
+  e.ino = ino;
+  e.bits = kRecordDirectory;
+  e.data_offset = record_bytes(listing.data(), listing.size());
+  e.data_bytes = listing.size();
+}
+
+void Ring::record_submit(const Op& op, uint32_t slot_index, uint64_t a, uint64_t b) {
+  Slot& slot = slots_[slot_index];
+  bool write = op.kind == OpKind::write && !slot.forced && record_data_;
+  if (!record_room(write ? op.length_bytes : 0)) return;
+  RecordEvent e{};
+  if (op.kind != OpKind::nop) record_identity(op.fd, &e);
+  bool dir_sync = (e.bits & kRecordDirectory) && (op.kind == OpKind::fsync || op.kind == OpKind::fdatasync);
+  // The listing this fsync will persist: everything renamed before it.
+  if (dir_sync && !slot.forced) record_directory(op.fd, e.dev, e.ino);
+  if (!record_room(write ? op.length_bytes : 0)) return;
+  RecordEvent& s = record_push(RecordType::submit);
+  s.kind = static_cast<uint8_t>(op.kind);
+  s.purpose = op.purpose;
+  s.bits = static_cast<uint8_t>(e.bits | (slot.forced ? kRecordForced : 0));
+  s.fd = op.fd;
+  s.flags = op.rw_flags;
+  s.slot = slot_index;
+  s.length = op.length_bytes;
+  s.offset = op.file_offset;
+  s.dev = e.dev;
+  s.ino = e.ino;
+  s.a = a;
+  s.b = b;
+  if (write) {
+    s.data_offset = record_bytes(arena_ + op.arena_offset, op.length_bytes);
+    s.data_bytes = op.length_bytes;
+    slot.recorded_data = s.data_offset;
+    slot.recorded_generation = record_generation_;
+  }
+}
+
+void Ring::record_complete(const Slot& slot, uint32_t slot_index, int32_t result) {
+  if (!record_room(0)) return;
+  bool changed = slot.recorded_data != kNoData && slot.recorded_generation == record_generation_ &&
+                 std::memcmp(rec_.data.data() + slot.recorded_data, arena_ + slot.op.arena_offset,
+                             slot.op.length_bytes) != 0;
+  RecordEvent& c = record_push(RecordType::complete);
+  c.kind = static_cast<uint8_t>(slot.op.kind);
+  c.purpose = slot.op.purpose;
+  c.bits = static_cast<uint8_t>((slot.forced ? kRecordForced : 0) | (changed ? kRecordChanged : 0));
+  c.fd = slot.op.fd;
+  c.result = result;
+  c.flags = slot.op.rw_flags;
+  c.slot = slot_index;
+  c.length = slot.op.length_bytes;
+  c.offset = slot.op.file_offset;
+}
+
+uint64_t Ring::record_mark(uint8_t kind, uint64_t a, uint64_t b) {
+  if (!recording_ || !record_room(0)) return 0;
+  RecordEvent& m = record_push(RecordType::mark);
+  m.kind = kind;
+  m.a = a;
+  m.b = b;
+  return m.seq;
+}
+
+Recording Ring::take_recording() {
+  Recording out;
+  out.cap_bytes = rec_.cap_bytes;
+  std::swap(out, rec_);
+  // Writes still in flight keep their copy's offset into the old data: forget it.
+  record_generation_++;
   return out;
 }
 

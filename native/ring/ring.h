@@ -10,13 +10,17 @@
 // Test hooks (always compiled, off by default): fault rules that turn the n-th
 // matching operation into an error without touching the disk; a seeded shuffle
 // of each drained batch of completions; a trace of submissions, completions
-// and owner events for checking ordering properties.
+// and owner events for checking ordering properties; a recording (the trace
+// plus a copy of every write's bytes, each file's identity and the listing of
+// every directory at its fsync) from which test/support/crash_images.ts builds
+// the disk states a power cut could leave. Off, each hook costs one branch.
 #pragma once
 
 #include <liburing.h>
 
 #include <cstdint>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -71,6 +75,44 @@ struct TraceEvent {
   uint64_t time_ns;  // CLOCK_MONOTONIC when traced (submission: when queued)
 };
 
+// Recording: what reached (or may have reached) the disk, in order.
+enum class RecordType : uint8_t { submit = 1, complete = 2, mark = 3, file = 4, dir = 5 };
+
+// Bits of RecordEvent::bits.
+constexpr uint8_t kRecordForced = 1;     // fault injection: the op never reached the disk
+constexpr uint8_t kRecordChanged = 2;    // complete of a write: its buffer changed while in flight
+constexpr uint8_t kRecordDirectory = 4;  // the fd is a directory
+
+struct RecordEvent {
+  uint64_t seq;
+  RecordType type;
+  uint8_t kind;  // OpKind for submit/complete, the caller's for marks
+  Purpose purpose;
+  uint8_t bits;
+  int32_t fd;
+  int32_t result;  // complete
+  int32_t flags;   // submit/complete of a write: rw_flags (RWF_DSYNC)
+  uint32_t slot;   // pairs a completion with its submission
+  uint32_t length;
+  uint64_t offset;
+  uint64_t dev;  // file identity (st_dev, st_ino); 0 when unknown
+  uint64_t ino;
+  uint64_t a;  // submit: the owner's trace values; mark: the caller's
+  uint64_t b;
+  // Into Recording::data: a write's bytes (submit), a path (file), a listing
+  // of {u64 ino, u64 size, u32 mode, u32 name bytes, name} entries (dir).
+  uint64_t data_offset;
+  uint64_t data_bytes;
+  uint64_t time_ns;
+};
+
+struct Recording {
+  std::vector<RecordEvent> events;
+  std::vector<uint8_t> data;
+  uint64_t cap_bytes = 0;
+  bool overflow = false;  // the cap was reached: the recording is incomplete
+};
+
 class Ring {
  public:
   Ring() = default;
@@ -118,18 +160,37 @@ class Ring {
   void trace_event(uint8_t kind, uint64_t a, uint64_t b);
   static uint64_t now_ns();
   std::vector<TraceEvent> take_trace();
+  // Starts a fresh recording bounded by cap_bytes (events + data), or stops.
+  // Without with_data, writes are recorded without their bytes.
+  void set_recording(bool on, uint64_t cap_bytes, bool with_data = true);
+  bool recording() const { return recording_; }
+  // Adds a caller's event (e.g. "acknowledged"); returns its seq (0: off).
+  uint64_t record_mark(uint8_t kind, uint64_t a, uint64_t b);
+  // Hands over what was recorded so far; recording continues if on.
+  Recording take_recording();
+  uint64_t recording_bytes() const;
 
  private:
+  static constexpr uint64_t kNoData = UINT64_MAX;
   struct Slot {
     Owner* owner;
     uint64_t cookie;
     Op op;
     int32_t forced_result;  // fault injection: result to report instead
     bool forced;
+    uint64_t recorded_data = kNoData;  // recording: the copy of a write's bytes
+    uint64_t recorded_generation = 0;
   };
 
   bool match_fault(const Op& op, int32_t* result);
   void dispatch(uint32_t slot_index, int32_t result);
+  void record_submit(const Op& op, uint32_t slot_index, uint64_t a, uint64_t b);
+  void record_complete(const Slot& slot, uint32_t slot_index, int32_t result);
+  bool record_room(uint64_t bytes);
+  uint64_t record_bytes(const uint8_t* bytes, uint64_t length);
+  RecordEvent& record_push(RecordType type);
+  void record_identity(int fd, RecordEvent* e);
+  void record_directory(int fd, uint64_t dev, uint64_t ino);
 
   io_uring ring_{};
   bool ring_ready_ = false;
@@ -150,6 +211,12 @@ class Ring {
   bool tracing_ = false;
   uint64_t trace_seq_ = 0;
   std::vector<TraceEvent> trace_;
+  bool recording_ = false;
+  bool record_data_ = true;
+  uint64_t record_seq_ = 0;
+  uint64_t record_generation_ = 0;  // bumped by take: older slots' copies are gone
+  Recording rec_;
+  std::set<std::pair<uint64_t, uint64_t>> rec_files_seen_;  // (dev, ino)
 };
 
 }  // namespace blockwal::ring

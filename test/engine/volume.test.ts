@@ -242,3 +242,29 @@ test('a volume stopped while every WAL segment held live records reopens and tak
     cleanup();
   }
 });
+
+test('a checkpoint never skips a durable version whose newer replacement is not yet written', async () => {
+  const { dir, cleanup } = tempDir('volckpt');
+  const volDir = path.join(dir, 'v');
+  const copy = path.join(dir, 'copy');
+  try {
+    const vol = await Volume.create(volDir, { sizeBytes: MiB, walSegmentBytes: MiB, flushIdleMs: 0, flushTriggerBytes: 1 << 30 });
+    const x = Buffer.alloc(4096, 0x58);
+    await vol.write(0, x);
+    await vol.flush(); // X is durable
+    // Y's group never reaches the disk; the checkpoint races it.
+    vol.ring.injectFault({ kind: OpKind.write, purpose: OpPurpose.walGroup, errno: 5 });
+    const y = vol.write(0, Buffer.alloc(4096, 0x59)).catch((e: { code: string }) => e.code);
+    await vol.checkpoint().catch(() => undefined);
+    assert.equal(await y, 'ERR_WAL_FATAL');
+    fs.cpSync(volDir, copy, { recursive: true });
+    fs.rmSync(path.join(copy, 'lock'));
+    const reopened = await Volume.open(copy);
+    const block = await reopened.read(0, 4096);
+    await reopened.close();
+    await vol.close();
+    assert.ok(block.equals(x), `block 0 after recovery holds 0x${block[0]!.toString(16)}, expected X (0x58)`);
+  } finally {
+    cleanup();
+  }
+});
