@@ -55,6 +55,20 @@ export async function prepareAnchorFile(ctx: BenchContext): Promise<{ fio: strin
   return { fio, file };
 }
 
+// Runs one fio job as a measurement: waits for a quiet host, then samples
+// process and host CPU around it.
+export async function measureFioJob(
+  ctx: BenchContext,
+  job: FioJob,
+  label: string,
+): Promise<{ raw: FioMeasurement; window: ReturnType<typeof cpuSince> }> {
+  await ctx.settle();
+  ctx.log(`measuring ${label} for ${ctx.measureMs / 1000} s`);
+  const cpuStart = cpuSnapshot();
+  const raw = await runFio(job, ctx.dir);
+  return { raw, window: cpuSince(cpuStart) };
+}
+
 export async function measureAnchor(
   ctx: BenchContext,
   spec: AnchorSpec,
@@ -73,11 +87,7 @@ export async function measureAnchor(
     runtimeMs: ctx.measureMs,
     rampMs: ctx.warmupMs,
   };
-  await ctx.settle();
-  ctx.log(`measuring ${spec.label} for ${ctx.measureMs / 1000} s`);
-  const cpuStart = cpuSnapshot();
-  const raw = await runFio(job, ctx.dir);
-  const window = cpuSince(cpuStart);
+  const { raw, window } = await measureFioJob(ctx, job, spec.label);
   // fio's usr/sys shares cover its measured runtime; apply the same rate to
   // the whole window (start-up and ramp included) to estimate others' load.
   return { figure: anchorFigure(spec, raw, otherLoadPct(window, raw.usrCpuPct + raw.sysCpuPct)), raw };

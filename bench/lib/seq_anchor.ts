@@ -10,9 +10,9 @@
 // fdatasync. Figures are MiB/s; CPU per op is fio's CPU per MiB moved (not
 // per I/O), the same unit the subjects of wal_replay and flusher report.
 import type { BenchContext } from './bench';
-import { cpuSince, cpuSnapshot, otherLoadPct } from './cpu';
+import { measureFioJob } from './anchors';
+import { otherLoadPct } from './cpu';
 import type { FioJob, FioMeasurement } from './fio';
-import { runFio } from './fio';
 import type { Figure } from './report';
 
 export const MIB = 1 << 20;
@@ -50,11 +50,7 @@ export async function measureSeqAnchor(
     runtimeMs: ctx.measureMs,
     rampMs: ctx.warmupMs,
   };
-  await ctx.settle();
-  ctx.log(`measuring ${spec.label} for ${ctx.measureMs / 1000} s`);
-  const cpuStart = cpuSnapshot();
-  const raw = await runFio(job, ctx.dir);
-  const window = cpuSince(cpuStart);
+  const { raw, window } = await measureFioJob(ctx, job, spec.label);
   const mibPerSec = raw.bandwidthBytesPerSec / MIB;
   const cpuUsPerMib = (raw.cpuUsPerOp * MIB) / job.bsBytes;
   return {
