@@ -130,7 +130,7 @@ export class Volume {
     } finally {
       await ring.close();
     }
-    return Volume.openLocked(dir, lock, { ...options, walSegmentsMax: options.walSegmentsMax });
+    return Volume.openLocked(dir, lock, options);
   }
 
   static async open(dir: string, options: VolumeOptions & { walSegmentsMax?: number } = {}): Promise<Volume> {

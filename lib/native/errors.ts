@@ -2,21 +2,6 @@
 // carrying `code` (and `errno`, `errnoName`, `syscall` for system calls);
 // toBlockwalError gives them one class so callers can switch on `code`.
 
-export type NativeErrorCode =
-  | 'ERR_IO' // a read/write/sync failed; errno says which
-  | 'ERR_WAL_FATAL' // the WAL stopped accepting appends after a write or sync error
-  | 'ERR_WAL_CORRUPT' // recovery found a bad record followed by valid ones
-  | 'ERR_WAL_CLOSED'
-  | 'ERR_WAL_FULL' // every segment holds unreleased records
-  | 'ERR_RING_SETUP'
-  | 'ERR_RING_FULL'
-  | 'ERR_ARENA'
-  | 'ERR_OPEN'
-  | 'ERR_BITMAP'
-  | 'ERR_BITMAP_CORRUPT'
-  | 'ERR_RECORD'
-  | 'ERR_INVALID_ARG';
-
 export class BlockwalError extends Error {
   readonly code: string;
   readonly errno: number | undefined;

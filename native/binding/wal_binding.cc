@@ -57,7 +57,7 @@ double num(Napi::Object o, const char* key, double fallback) {
 
 }  // namespace
 
-class WalWrap : public Napi::ObjectWrap<WalWrap>, public ring::Owner {
+class WalWrap : public Napi::ObjectWrap<WalWrap> {
  public:
   static Napi::Function define(Napi::Env env) {
     return DefineClass(env, "Wal",
@@ -107,8 +107,6 @@ class WalWrap : public Napi::ObjectWrap<WalWrap>, public ring::Owner {
     publish();
     Ref();  // the ring points at us until close
   }
-
-  void on_complete(uint64_t, int32_t) override { BW_UNREACHABLE(); }
 
  private:
   static wal::WriterOptions parse_options(Napi::Env env, Napi::Object o) {

@@ -198,7 +198,6 @@ class Writer : public ring::Owner {
   uint64_t dsync_groups_submitted_ = 0;
   uint64_t syncs_submitted_ = 0;
   uint64_t bytes_written_ = 0;
-  std::map<uint64_t, uint64_t> sync_ids_;  // pipeline sync id -> segment seq (debug/trace)
 };
 
 }  // namespace blockwal::wal

@@ -119,8 +119,7 @@ async function fatalCase(name: string, rule: Parameters<Ring['injectFault']>[0],
   const ring = Ring.open({ depth: 128, arenaBytes: 32 << 20 });
   try {
     const { wal } = await openWal(ring, dir);
-    const before: number[] = [];
-    for (let i = 0; i < 20; i++) before.push(await wal.append({ kind: 'write', epoch: 1, lba: i, lengthBlocks: 1, payload: payloadFor(i), fua: true }));
+    for (let i = 0; i < 20; i++) await wal.append({ kind: 'write', epoch: 1, lba: i, lengthBlocks: 1, payload: payloadFor(i), fua: true });
     const durableBefore = wal.lsnDurable;
     assert.equal(durableBefore, 20);
     ring.injectFault(rule);
