@@ -74,6 +74,10 @@ export class DirtyMap {
 
   // The first zero range ending after lba (or undefined), for range scans.
   zeroRangeAtOrAfter(lba: number): ZeroRange | undefined {
+    return this.zeros[this.zeroIndexAtOrAfter(lba)];
+  }
+
+  private zeroIndexAtOrAfter(lba: number): number {
     let lo = 0;
     let hi = this.zeros.length;
     while (lo < hi) {
@@ -81,7 +85,25 @@ export class DirtyMap {
       if (this.zeros[mid]!.endBlock <= lba) lo = mid + 1;
       else hi = mid;
     }
-    return this.zeros[lo];
+    return lo;
+  }
+
+  // Dirty block numbers in [startBlock, endBlock), sorted.
+  blocksIn(startBlock: number, endBlock: number): number[] {
+    const out: number[] = [];
+    if (endBlock - startBlock < this.blocks.size) {
+      for (let b = startBlock; b < endBlock; b++) if (this.blocks.has(b)) out.push(b);
+      return out;
+    }
+    for (const lba of this.blocks.keys()) if (lba >= startBlock && lba < endBlock) out.push(lba);
+    return out.sort((a, b) => a - b);
+  }
+
+  // Zero ranges overlapping [startBlock, endBlock), in order.
+  zeroRangesIn(startBlock: number, endBlock: number): ZeroRange[] {
+    const out: ZeroRange[] = [];
+    for (let i = this.zeroIndexAtOrAfter(startBlock); i < this.zeros.length && this.zeros[i]!.startBlock < endBlock; i++) out.push(this.zeros[i]!);
+    return out;
   }
 
   // What the flusher applies for a checkpoint at lsnMax.

@@ -28,6 +28,7 @@ import { Ring } from '../native/ring';
 import { Wal } from '../native/wal';
 import type { ScanResult } from '../native/wal_format';
 import { ArenaPool } from './arena_pool';
+import { type AllocationExtent, BaseAllocation, blockStatus } from './allocation';
 import { DirtyMap } from './dirty_map';
 import { Flusher } from './flusher';
 import { RangeLocks } from './range_locks';
@@ -90,6 +91,7 @@ export class Volume {
     private readonly io: VolumeIo,
     private readonly flusher: Flusher,
     private readonly lock: FileLock,
+    private readonly allocation: BaseAllocation,
   ) {}
 
   // Makes a new volume in dir (which must be missing or empty) and opens it.
@@ -193,7 +195,7 @@ export class Volume {
       // its segments only through a checkpoint.
       flusher.noteWrite();
       if (wal.status().segmentCount >= walSegmentsMax) flusher.kick();
-      return new Volume(dir, io, flusher, lock);
+      return new Volume(dir, io, flusher, lock, new BaseAllocation(path.join(dir, FILES.base)));
     } catch (err) {
       if (wal !== undefined) await wal.close().catch(() => undefined);
       base?.close();
@@ -242,6 +244,15 @@ export class Volume {
     this.flusher.noteWrite();
   }
 
+  // Which parts of [offset, offset + length) hold data and which read as
+  // zeros: extents from offset on, in order; they may stop short of the end
+  // when the range holds thousands of extents (ask again from there).
+  blockStatus(offsetBytes: number, lengthBytes: number): AllocationExtent[] {
+    this.checkOpen();
+    checkRange(offsetBytes, lengthBytes, this.sizeBytes, Number.MAX_SAFE_INTEGER);
+    return blockStatus(this.io.dirty, this.allocation, offsetBytes, lengthBytes);
+  }
+
   flush(): Promise<void> {
     this.checkOpen();
     return this.io.flush();
@@ -287,6 +298,7 @@ export class Volume {
     if (this.io.failure === undefined) await this.flusher.checkpoint().catch(() => undefined);
     await this.flusher.stop();
     await this.io.close();
+    this.allocation.close();
     this.lock.release();
   }
 

@@ -11,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   blockwal::binding::init_wal_format(env, exports);
   blockwal::binding::init_bitmap(env, exports);
   blockwal::binding::init_lock(env, exports);
+  blockwal::binding::init_extents(env, exports);
   return exports;
 }
 

@@ -10,5 +10,6 @@ void init_wal(Napi::Env env, Napi::Object exports);         // wal_binding.cc: W
 void init_wal_format(Napi::Env env, Napi::Object exports);  // wal_format_binding.cc: record/frame codec, scanWal
 void init_bitmap(Napi::Env env, Napi::Object exports);      // bitmap_binding.cc: Bitmap (mmap'd dense bitmap)
 void init_lock(Napi::Env env, Napi::Object exports);        // lock_binding.cc: flock for volume directories
+void init_extents(Napi::Env env, Napi::Object exports);     // extents_binding.cc: data ranges of sparse files
 
 }  // namespace blockwal::binding

@@ -1,0 +1,45 @@
+// What the NBD server serves: one export's storage. The server does the
+// protocol (bounds checks, flags, replies); the backend does the I/O.
+// lib/node adapts a Volume to it; tests use an in-memory one.
+
+export interface Extent {
+  lengthBytes: number;
+  // NBD_STATE_HOLE: no storage allocated (reads return zeros).
+  hole: boolean;
+  // NBD_STATE_ZERO: reads return zeros.
+  zero: boolean;
+}
+
+export interface ZeroOptions {
+  fua: boolean;
+  // NBD_CMD_FLAG_NO_HOLE: the range must stay allocated.
+  noHole: boolean;
+  // NBD_CMD_FLAG_FAST_ZERO: fail with an error whose `code` is 'ERR_NOT_FAST' rather than zero slowly.
+  fastZero: boolean;
+}
+
+// Errors thrown by a backend map to NBD error values by `code`:
+// ERR_OUT_OF_RANGE / ERR_BAD_OFFSET / ERR_BAD_LENGTH / ERR_TOO_LARGE -> EINVAL,
+// ERR_READ_ONLY -> EPERM, ERR_NO_SPACE -> ENOSPC, ERR_NOT_FAST -> ENOTSUP,
+// ERR_SHUTDOWN / ERR_CLOSED -> ESHUTDOWN, anything else -> EIO.
+export interface NbdBackend {
+  readonly sizeBytes: number;
+  readonly readOnly: boolean;
+  read(offsetBytes: number, lengthBytes: number): Promise<Uint8Array>;
+  write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<void>;
+  // Durable: every write completed (replied to) on any connection before this call.
+  flush(): Promise<void>;
+  trim(offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void>;
+  writeZeroes(offsetBytes: number, lengthBytes: number, options: ZeroOptions): Promise<void>;
+  // A hint to bring the range into cache; may do nothing.
+  cache(offsetBytes: number, lengthBytes: number): Promise<void>;
+  // Extents covering [offset, offset+length) in order, at least one, each with lengthBytes > 0.
+  // They may stop short of the end of the range but never go past it.
+  blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]>;
+}
+
+export interface NbdExport {
+  name: string;
+  description: string;
+  backend: NbdBackend;
+}
