@@ -1,6 +1,8 @@
 // Block status: which byte ranges of a volume hold data, and which read as
 // zeros. Three layers, newest on top: the dirty map's block entries (data),
-// its trim/zero ranges (holes), and base.img's allocation (SEEK_DATA).
+// its trim ranges (holes) and write-zeroes ranges (zeros, still allocated:
+// NBD's NO_HOLE), and base.img's allocation (SEEK_DATA). A checkpoint punches
+// both kinds of range out of base.img, so afterwards both read as holes.
 import * as fs from 'node:fs';
 
 import { addon } from '../native/addon';
@@ -63,10 +65,21 @@ export function blockStatus(dirty: DirtyMap, base: BaseAllocation, offsetBytes: 
   const dataRuns = base.dataRuns(startBlock, endBlock);
   // A capped answer from the file system bounds the range we can describe.
   if (dataRuns.length >= EXTENTS_MAX) endBlock = dataRuns[dataRuns.length - 1]!.end;
-  const dirtyRuns = toRuns(dirty.blocksIn(startBlock, endBlock).slice(0, EXTENTS_MAX));
-  if (dirtyRuns.length >= EXTENTS_MAX) endBlock = Math.min(endBlock, dirtyRuns[dirtyRuns.length - 1]!.end);
-  const zeroRuns = dirty.zeroRangesIn(startBlock, endBlock).map((r) => ({ start: r.startBlock, end: r.endBlock }));
-  const extents = layer(startBlock, endBlock, dirtyRuns, zeroRuns, dataRuns);
+  let dirtyRuns = toRuns(dirty.blocksIn(startBlock, endBlock));
+  if (dirtyRuns.length > EXTENTS_MAX) {
+    // Describe only up to the first run left out.
+    endBlock = dirtyRuns[EXTENTS_MAX]!.start;
+    dirtyRuns = dirtyRuns.slice(0, EXTENTS_MAX);
+  }
+  const zeroRanges = dirty.zeroRangesIn(startBlock, endBlock);
+  const trimRuns = zeroRanges.filter((r) => r.kind === 'trim').map((r) => ({ start: r.startBlock, end: r.endBlock }));
+  const zeroRuns = zeroRanges.filter((r) => r.kind === 'zero').map((r) => ({ start: r.startBlock, end: r.endBlock }));
+  const extents = layer(startBlock, endBlock, [
+    { runs: dirtyRuns, state: 'data' },
+    { runs: trimRuns, state: 'hole' },
+    { runs: zeroRuns, state: 'zero' },
+    { runs: dataRuns, state: 'data' },
+  ]);
   return clipToBytes(extents, startBlock, offsetBytes, Math.min(offsetBytes + lengthBytes, endBlock * BLOCK_BYTES));
 }
 
@@ -81,16 +94,13 @@ function toRuns(blocks: number[]): Run[] {
   return runs;
 }
 
-type State = 'data' | 'hole';
+type State = 'data' | 'hole' | 'zero';
 
-// Sweeps the three sorted layers; the topmost covering layer decides each
-// piece: dirty writes are data, zero ranges holes, base data data, the rest holes.
-function layer(startBlock: number, endBlock: number, writes: Run[], zeros: Run[], baseData: Run[]): { blocks: number; state: State }[] {
-  const layers: { runs: Run[]; state: State; i: number }[] = [
-    { runs: writes, state: 'data', i: 0 },
-    { runs: zeros, state: 'hole', i: 0 },
-    { runs: baseData, state: 'data', i: 0 },
-  ];
+// Sweeps sorted, non-overlapping layers of runs (trim and zero ranges never
+// overlap each other); the topmost layer covering a piece decides its state,
+// and a piece no layer covers is a hole.
+function layer(startBlock: number, endBlock: number, input: { runs: Run[]; state: State }[]): { blocks: number; state: State }[] {
+  const layers = input.map((l) => ({ ...l, i: 0 }));
   const bounds = new Set<number>([startBlock, endBlock]);
   for (const l of layers) {
     for (const r of l.runs) {
@@ -126,7 +136,7 @@ function clipToBytes(pieces: { blocks: number; state: State }[], startBlock: num
     const end = pos + piece.blocks * BLOCK_BYTES;
     const a = Math.max(pos, fromBytes);
     const b = Math.min(end, toBytes);
-    if (b > a) out.push({ lengthBytes: b - a, hole: piece.state === 'hole', zero: piece.state === 'hole' });
+    if (b > a) out.push({ lengthBytes: b - a, hole: piece.state === 'hole', zero: piece.state !== 'data' });
     pos = end;
   }
   return out;

@@ -52,6 +52,8 @@ export interface VolumeOptions {
   flushTriggerBytes?: number;
   // A checkpoint runs after this long without writes (default 1000 ms; 0: never by time).
   flushIdleMs?: number;
+  // Called once if an I/O failure (fsync error, EIO) stops writes, with the reason.
+  onFailure?: (failure: BlockwalError) => void;
 }
 
 export interface VolumeCreateOptions extends VolumeOptions {
@@ -75,6 +77,7 @@ export interface VolumeStatus {
   dirtyBytes: number;
   zeroRanges: number;
   walSegments: number;
+  walSegmentsMax: number;
   walSegmentBytes: number;
   walRetentionBytes: number;
   checkpoints: number;
@@ -92,6 +95,7 @@ export class Volume {
     private readonly flusher: Flusher,
     private readonly lock: FileLock,
     private readonly allocation: BaseAllocation,
+    private readonly walSegmentsMax: number,
   ) {}
 
   // Makes a new volume in dir (which must be missing or empty) and opens it.
@@ -136,6 +140,9 @@ export class Volume {
   }
 
   static async open(dir: string, options: VolumeOptions & { walSegmentsMax?: number } = {}): Promise<Volume> {
+    if (!fs.existsSync(dir)) {
+      throw new BlockwalError('ERR_NOT_A_VOLUME', `${dir} does not exist; create a volume there with \`blockwal create\``);
+    }
     if (!fs.existsSync(path.join(dir, FILES.superblock))) {
       throw new BlockwalError('ERR_NOT_A_VOLUME', `${dir} holds no volume (no ${FILES.superblock}); create one with \`blockwal create\``);
     }
@@ -184,6 +191,7 @@ export class Volume {
         'volume opened',
       );
       const io = new VolumeIo(ring, new ArenaPool(ring), wal, base, sb, dirty, new RangeLocks(), opened.fallbackReason, log);
+      io.onFailure = options.onFailure;
       const walBytes = walSegmentsMax * f.walSegmentBytes;
       const flusher = new Flusher(io, {
         triggerBytes: options.flushTriggerBytes ?? Math.max(BLOCK_BYTES, Math.floor(walBytes / 4)),
@@ -195,7 +203,7 @@ export class Volume {
       // its segments only through a checkpoint.
       flusher.noteWrite();
       if (wal.status().segmentCount >= walSegmentsMax) flusher.kick();
-      return new Volume(dir, io, flusher, lock, new BaseAllocation(path.join(dir, FILES.base)));
+      return new Volume(dir, io, flusher, lock, new BaseAllocation(path.join(dir, FILES.base)), walSegmentsMax);
     } catch (err) {
       if (wal !== undefined) await wal.close().catch(() => undefined);
       base?.close();
@@ -281,6 +289,7 @@ export class Volume {
       dirtyBytes: this.io.dirty.dirtyBlocks * BLOCK_BYTES,
       zeroRanges: this.io.dirty.zeroRanges,
       walSegments: w.segmentCount,
+      walSegmentsMax: this.walSegmentsMax,
       walSegmentBytes: f.walSegmentBytes,
       walRetentionBytes: f.walRetentionBytes,
       checkpoints: this.flusher.checkpoints,

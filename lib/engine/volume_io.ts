@@ -24,6 +24,8 @@ const LOOKUP_RETRIES_MAX = 4;
 
 export class VolumeIo {
   failure: BlockwalError | undefined;
+  // Told once, when the volume fails.
+  onFailure: ((failure: BlockwalError) => void) | undefined;
   // Called when appends wait because the WAL is full: only a checkpoint frees it.
   onPressure: () => void = () => undefined;
   private inflight = 0;
@@ -259,6 +261,7 @@ export class VolumeIo {
           ? err
           : new BlockwalError('ERR_VOLUME_FAILED', cause.message, { cause, errno: (cause as BlockwalError).errno });
       this.log.error({ err: this.failure }, 'volume failed: writes are refused from now on; reads go on');
+      this.onFailure?.(this.failure);
     }
     return this.failure;
   }

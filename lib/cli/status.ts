@@ -1,0 +1,69 @@
+// `blockwal status DIR|URL [--json]`: a running server's status (through the
+// volume's control socket, or the metrics URL), or an offline volume's.
+import { Volume, type VolumeStatus } from '../engine/volume';
+import { queryControl } from '../node/control';
+import type { NodeStatus } from '../node/storage_node';
+import { type Command, formatBytes, parse } from './args';
+import { help } from './create';
+
+export const status: Command = {
+  usage: `usage: blockwal status DIR|URL [--json]
+
+Shows a volume's state: size, LSNs (head, durable, checkpoint, WAL tail),
+dirty bytes, WAL use, failures. DIR: asks the server serving it, or opens it
+offline (read-only use; recovery runs). URL: a server's --metrics address
+(http://HOST:PORT).
+  --json   one JSON document on stdout`,
+
+  async run(args) {
+    const { values, positionals } = parse(args, { json: { type: 'boolean' } }, { min: 1, max: 1, names: 'DIR or URL' });
+    if (values.help === true) return help(this.usage);
+    const target = positionals[0]!;
+    const answer = target.startsWith('http://') ? await fetchStatus(target) : await statusOfDir(target);
+    process.stdout.write(values.json === true ? JSON.stringify(answer, null, 2) + '\n' : render(answer));
+    return 0;
+  },
+};
+
+type Answer = { served: NodeStatus } | { offline: VolumeStatus };
+
+async function fetchStatus(url: string): Promise<Answer> {
+  const res = await fetch(new URL('/status', url));
+  if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`);
+  return { served: (await res.json()) as NodeStatus };
+}
+
+async function statusOfDir(dir: string): Promise<Answer> {
+  const live = await queryControl(dir);
+  if (live !== undefined) return { served: live as NodeStatus };
+  const vol = await Volume.open(dir, { flushIdleMs: 0 });
+  try {
+    return { offline: vol.status() };
+  } finally {
+    await vol.close();
+  }
+}
+
+function render(answer: Answer): string {
+  if ('offline' in answer) return `offline volume\n${renderVolume(answer.offline)}`;
+  const n = answer.served;
+  const nbd = n.nbd.address === undefined ? 'stdio' : 'path' in n.nbd.address ? `unix:${n.nbd.address.path}` : `${n.nbd.address.host}:${n.nbd.address.port}`;
+  const lines = [
+    `node ${n.nodeId} (pid ${n.pid}), up ${n.uptimeSeconds} s`,
+    `nbd ${nbd}, ${n.nbd.connections} connection(s)${n.metrics === undefined ? '' : `, metrics http://${n.metrics.host}:${n.metrics.port}/metrics`}`,
+  ];
+  for (const v of n.volumes) lines.push(`export '${v.exportName}'${v.readOnly ? ' (read-only)' : ''}`, renderVolume(v));
+  return lines.join('\n') + '\n';
+}
+
+function renderVolume(s: VolumeStatus): string {
+  const lines = [
+    `  volume     ${s.dir}  uuid ${s.uuid}  size ${formatBytes(s.sizeBytes)}  epoch ${s.epoch}`,
+    `  state      ${s.failure === undefined ? 'ok' : `FAILED (writes refused): ${s.failure}`}`,
+    `  lsn        head ${s.lsnHead}  durable ${s.lsnDurable}  checkpoint ${s.checkpointLsn}  wal tail ${s.lsnTail}`,
+    `  dirty      ${formatBytes(s.dirtyBytes)} in ${s.dirtyBlocks} blocks, ${s.zeroRanges} zeroed ranges`,
+    `  wal        ${s.walSegments} of ${s.walSegmentsMax} segments of ${formatBytes(s.walSegmentBytes)}, retention ${formatBytes(s.walRetentionBytes)}`,
+  ];
+  if (s.superblockFallback !== undefined) lines.push(`  warning    superblock fell back to its older slot: ${s.superblockFallback}`);
+  return lines.join('\n') + '\n';
+}

@@ -1,0 +1,243 @@
+// A storage node: the volumes one process serves, its NBD server, metrics and
+// control sockets. The `blockwal serve` command is a thin shell around it; a
+// TypeScript process embeds it the same way:
+//
+//   const node = new StorageNode({ logger });
+//   await node.openVolume('/data/vol1', { exportName: 'vol1' });
+//   await node.listenNbd({ host: '127.0.0.1', port: 10809 });
+//   await node.listenMetrics({ host: '127.0.0.1', port: 9100 });
+//   ...
+//   await node.close(); // finishes requests in flight, checkpoints, releases locks
+import { EventEmitter } from 'node:events';
+import * as http from 'node:http';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import type { Readable, Writable } from 'node:stream';
+
+import pino, { type Logger } from 'pino';
+
+import { Volume, type VolumeOptions, type VolumeStatus } from '../engine/volume';
+import { NbdServer } from '../nbd/server';
+import { ControlServer } from './control';
+import { NodeMetrics } from './metrics';
+import { VolumeBackend } from './volume_backend';
+
+export interface StorageNodeOptions {
+  nodeId?: string;
+  logger?: Logger;
+}
+
+export interface OpenVolumeOptions extends VolumeOptions {
+  // The NBD export name (default: the directory's base name).
+  exportName?: string;
+  description?: string;
+  readOnly?: boolean;
+}
+
+export type NbdAddress = { host: string; port: number } | { path: string };
+
+export interface ServedVolumeStatus extends VolumeStatus {
+  exportName: string;
+  readOnly: boolean;
+}
+
+export interface NodeStatus {
+  nodeId: string;
+  pid: number;
+  uptimeSeconds: number;
+  nbd: { address: NbdAddress | undefined; connections: number; stats: unknown };
+  metrics: { host: string; port: number } | undefined;
+  volumes: ServedVolumeStatus[];
+}
+
+interface Served {
+  volume: Volume;
+  exportName: string;
+  description: string;
+  backend: VolumeBackend;
+  control: ControlServer | undefined;
+}
+
+// Events: 'volume-opened' (exportName, dir), 'volume-closed' (exportName),
+// 'volume-failed' (exportName, reason: string), 'closed'.
+export class StorageNode extends EventEmitter {
+  readonly nodeId: string;
+  readonly log: Logger;
+  readonly metrics: NodeMetrics;
+  private readonly served = new Map<string, Served>();
+  private readonly nbd: NbdServer;
+  private nbdAddress: NbdAddress | undefined;
+  private metricsServer: http.Server | undefined;
+  private metricsAddress: { host: string; port: number } | undefined;
+  private readonly startedMs = Date.now();
+  private closing: Promise<void> | undefined;
+  private readonly activated: net.Server[] = [];
+
+  constructor(options: StorageNodeOptions = {}) {
+    super();
+    this.nodeId = options.nodeId ?? `node-${process.pid}`;
+    this.log = (options.logger ?? pino({ level: 'silent' })).child({ node: this.nodeId });
+    this.metrics = new NodeMetrics(() => [...this.served.values()].map((s) => ({ exportName: s.exportName, status: () => s.volume.status() })));
+    this.nbd = new NbdServer({
+      exports: () => [...this.served.values()].map((s) => ({ name: s.exportName, description: s.description, backend: s.backend })),
+      logger: this.log.child({ component: 'nbd' }),
+      onRequest: (command, bytes, seconds, ok) => this.metrics.observe(command, bytes, seconds, ok),
+    });
+  }
+
+  // Opens (with recovery) the volume in dir and exports it over NBD.
+  async openVolume(dir: string, options: OpenVolumeOptions = {}): Promise<Volume> {
+    this.checkOpen();
+    const exportName = options.exportName ?? defaultExportName(dir);
+    if (this.served.has(exportName)) throw new Error(`export name '${exportName}' is already served by this node`);
+    const volume = await Volume.open(dir, {
+      ...options,
+      logger: options.logger ?? this.log,
+      onFailure: (failure) => {
+        this.log.error({ exportName, reason: failure.message }, 'volume failed: writes are refused, reads go on; restart the server to recover');
+        this.emit('volume-failed', exportName, failure.message);
+        options.onFailure?.(failure);
+      },
+    });
+    const served: Served = {
+      volume,
+      exportName,
+      description: options.description ?? `blockwal volume ${volume.status().uuid}`,
+      backend: new VolumeBackend(volume, options.readOnly === true),
+      control: undefined,
+    };
+    this.served.set(exportName, served);
+    served.control = await ControlServer.start(dir, () => this.status());
+    if (served.control === undefined) this.log.warn({ dir }, 'directory path too long for a control socket: `blockwal status DIR` will not reach this server');
+    this.log.info({ dir, exportName, sizeBytes: volume.sizeBytes }, 'volume served');
+    this.emit('volume-opened', exportName, dir);
+    return volume;
+  }
+
+  volume(exportName: string): Volume | undefined {
+    return this.served.get(exportName)?.volume;
+  }
+
+  async listenNbd(address: NbdAddress): Promise<NbdAddress> {
+    this.checkOpen();
+    if ('path' in address) await removeStaleSocket(address.path);
+    this.nbdAddress = await this.nbd.listen(address);
+    this.log.info({ address: this.nbdAddress }, 'NBD listening');
+    return this.nbdAddress;
+  }
+
+  // Serves NBD on a listening socket inherited as a file descriptor: systemd
+  // socket activation, which is how \`nbdinfo -- [ CMD ]\`, nbdcopy and
+  // nbdfuse start a server (LISTEN_FDS, the socket on fd 3).
+  async listenNbdOnFd(fd: number): Promise<void> {
+    this.checkOpen();
+    const listener = net.createServer({ allowHalfOpen: true }, (socket) => this.nbd.handleSocket(socket));
+    await new Promise<void>((resolve, reject) => {
+      listener.once('error', reject);
+      listener.listen({ fd }, () => resolve());
+    });
+    this.activated.push(listener);
+    this.log.info({ fd }, 'NBD listening on an inherited socket');
+  }
+
+  // One NBD connection over a pair of streams (stdin/stdout), for clients that
+  // start the server themselves (`nbdinfo [ CMD ]`). Resolves when it ends.
+  serveNbdStreams(input: Readable, output: Writable): Promise<void> {
+    this.checkOpen();
+    return this.nbd.serveConnection(input, output);
+  }
+
+  // HTTP: /metrics (Prometheus text) and /status (JSON).
+  async listenMetrics(address: { host: string; port: number }): Promise<{ host: string; port: number }> {
+    this.checkOpen();
+    const server = http.createServer((req, res) => void this.answerHttp(req, res));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(address.port, address.host, () => resolve());
+    });
+    this.metricsServer = server;
+    const bound = server.address() as AddressInfo;
+    this.metricsAddress = { host: bound.address, port: bound.port };
+    this.log.info({ address: this.metricsAddress }, 'metrics listening');
+    return this.metricsAddress;
+  }
+
+  status(): NodeStatus {
+    return {
+      nodeId: this.nodeId,
+      pid: process.pid,
+      uptimeSeconds: Math.round((Date.now() - this.startedMs) / 1000),
+      nbd: { address: this.nbdAddress, connections: this.nbd.connections, stats: this.nbd.stats() },
+      metrics: this.metricsAddress,
+      volumes: [...this.served.values()].map((s) => ({ ...s.volume.status(), exportName: s.exportName, readOnly: s.backend.readOnly })),
+    };
+  }
+
+  // Stops accepting, lets requests in flight finish, then closes every volume
+  // (WAL durable, checkpoint) and releases its lock. Safe to call twice.
+  close(): Promise<void> {
+    this.closing ??= this.closeAll();
+    return this.closing;
+  }
+
+  private async closeAll(): Promise<void> {
+    for (const listener of this.activated) listener.close();
+    await this.nbd.close();
+    if (this.metricsServer !== undefined) {
+      this.metricsServer.closeAllConnections();
+      await new Promise<void>((resolve) => this.metricsServer!.close(() => resolve()));
+    }
+    for (const [exportName, s] of this.served) {
+      await s.control?.close();
+      await s.volume.close();
+      this.log.info({ exportName }, 'volume closed');
+      this.emit('volume-closed', exportName);
+    }
+    this.served.clear();
+    this.emit('closed');
+  }
+
+  private async answerHttp(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    try {
+      if (req.url === '/metrics') {
+        res.writeHead(200, { 'content-type': this.metrics.registry.contentType });
+        res.end(await this.metrics.text());
+      } else if (req.url === '/status') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(this.status()));
+      } else {
+        res.writeHead(404, { 'content-type': 'text/plain' });
+        res.end('not found: try /metrics or /status\n');
+      }
+    } catch (err) {
+      res.writeHead(500, { 'content-type': 'text/plain' });
+      res.end(`${(err as Error).message}\n`);
+    }
+  }
+
+  private checkOpen(): void {
+    if (this.closing !== undefined) throw new Error('storage node is closed');
+  }
+}
+
+// A socket file nobody answers on is left from a killed server: remove it.
+// One that answers belongs to a live server: refuse to take its place.
+async function removeStaleSocket(socketPath: string): Promise<void> {
+  if (!fs.existsSync(socketPath)) return;
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (live) throw new Error(`${socketPath} is in use by another server; stop it or choose another --nbd path`);
+  fs.rmSync(socketPath, { force: true });
+}
+
+function defaultExportName(dir: string): string {
+  const parts = dir.split('/').filter((p) => p.length > 0);
+  return parts[parts.length - 1] ?? 'volume';
+}

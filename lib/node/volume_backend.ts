@@ -1,0 +1,57 @@
+// A Volume as an NBD export's backend. The volume does the work: bounds,
+// read-modify-write, ordering, durability. Flush is volume-wide, so a FLUSH on
+// any connection covers writes completed on every connection (multi-conn).
+import type { Volume } from '../engine/volume';
+import { BlockwalError } from '../native/errors';
+import type { Extent, NbdBackend, ZeroOptions } from '../nbd/backend';
+
+export class VolumeBackend implements NbdBackend {
+  constructor(
+    private readonly volume: Volume,
+    readonly readOnly: boolean,
+  ) {}
+
+  get sizeBytes(): number {
+    return this.volume.sizeBytes;
+  }
+
+  read(offsetBytes: number, lengthBytes: number): Promise<Uint8Array> {
+    return this.volume.read(offsetBytes, lengthBytes);
+  }
+
+  write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<void> {
+    this.checkWritable();
+    return this.volume.write(offsetBytes, data, { fua });
+  }
+
+  flush(): Promise<void> {
+    return this.volume.flush();
+  }
+
+  async trim(offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void> {
+    this.checkWritable();
+    await this.volume.trim(offsetBytes, lengthBytes);
+    if (fua) await this.volume.flush();
+  }
+
+  // Zeroing is one metadata record whatever the length, so it is always fast.
+  // Without NO_HOLE the range may be deallocated: a trim, which reads back as
+  // zeros here. With NO_HOLE it stays allocated until a checkpoint.
+  async writeZeroes(offsetBytes: number, lengthBytes: number, options: ZeroOptions): Promise<void> {
+    this.checkWritable();
+    if (options.noHole) return this.volume.writeZeroes(offsetBytes, lengthBytes, { fua: options.fua });
+    return this.trim(offsetBytes, lengthBytes, options.fua);
+  }
+
+  async cache(): Promise<void> {
+    // Reads come from the WAL or base.img with O_DIRECT; there is no cache to fill.
+  }
+
+  async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
+    return this.volume.blockStatus(offsetBytes, lengthBytes);
+  }
+
+  private checkWritable(): void {
+    if (this.readOnly) throw new BlockwalError('ERR_READ_ONLY', `volume ${this.volume.dir} is served read-only`);
+  }
+}

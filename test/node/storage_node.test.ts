@@ -1,0 +1,90 @@
+// A storage node embedded the way a TypeScript storage process would: two
+// volumes served over NBD on a Unix socket, real clients (nbdcopy, nbdinfo)
+// against them, metrics and status over HTTP, a volume failure reported as an
+// event and as NBD errors while the other export goes on.
+import { spawn, spawnSync } from 'node:child_process';
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { StorageNode, Volume } from '../../lib/index';
+import { OpKind, OpPurpose } from '../../lib/native/ring';
+import { tempDir } from '../support/tmp';
+
+const MiB = 1 << 20;
+
+function missingTool(): string | undefined {
+  return ['nbdcopy', 'nbdinfo'].find((tool) => spawnSync(tool, ['--version']).error !== undefined);
+}
+
+// Asynchronous: the server runs in this process's event loop.
+function run(tool: string, args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(tool, args, { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+}
+
+test('an embedded storage node serves two volumes to real clients, with metrics, status and failure events', async (t) => {
+  const missing = missingTool();
+  if (missing !== undefined) return t.skip(`missing ${missing}`);
+  const { dir, cleanup } = tempDir('node');
+  const socket = path.join(dir, 'nbd.sock');
+  for (const name of ['a', 'b']) await (await Volume.create(path.join(dir, name), { sizeBytes: 16 * MiB, walSegmentBytes: MiB })).close();
+  const node = new StorageNode({ nodeId: 'test-node' });
+  const events: string[] = [];
+  node.on('volume-opened', (name: string) => events.push(`opened ${name}`));
+  node.on('volume-failed', (name: string, reason: string) => events.push(`failed ${name}: ${reason}`));
+  node.on('volume-closed', (name: string) => events.push(`closed ${name}`));
+  try {
+    await node.openVolume(path.join(dir, 'a'));
+    await node.openVolume(path.join(dir, 'b'), { exportName: 'bee', description: 'the second volume' });
+    await assert.rejects(node.openVolume(path.join(dir, 'a'), { exportName: 'again' }), { code: 'ERR_LOCKED' });
+    await node.listenNbd({ path: socket });
+    const metrics = await node.listenMetrics({ host: '127.0.0.1', port: 0 });
+
+    const image = path.join(dir, 'image.raw');
+    fs.writeFileSync(image, crypto.randomBytes(8 * MiB));
+    const copy = await run('nbdcopy', ['--flush', image, `nbd+unix:///a?socket=${socket}`]);
+    assert.equal(copy.status, 0, copy.stderr);
+    assert.ok((await node.volume('a')!.read(0, 8 * MiB)).equals(fs.readFileSync(image)), 'the embedding process reads what the client wrote');
+
+    const list = await run('nbdinfo', ['--list', '--json', `nbd+unix:///?socket=${socket}`]);
+    assert.equal(list.status, 0, list.stderr);
+    const exports = (JSON.parse(list.stdout) as { exports: { 'export-name': string; description?: string }[] }).exports;
+    assert.deepEqual(exports.map((e) => e['export-name']).sort(), ['a', 'bee']);
+    assert.equal(exports.find((e) => e['export-name'] === 'bee')!.description, 'the second volume');
+
+    const text = await (await fetch(`http://127.0.0.1:${metrics.port}/metrics`)).text();
+    const writes = /blockwal_nbd_requests_total\{command="write",result="ok"\} (\d+)/.exec(text);
+    assert.ok(writes !== null && Number(writes[1]) > 0, 'write requests counted');
+    assert.match(text, /blockwal_nbd_bytes_total\{direction="write"\} 8388608/);
+    assert.match(text, /blockwal_volume_lsn_head\{export="a"\} [1-9]/);
+    assert.match(text, /blockwal_volume_lsn_head\{export="bee"\} 0/);
+    const status = (await (await fetch(`http://127.0.0.1:${metrics.port}/status`)).json()) as { nodeId: string; volumes: { exportName: string }[] };
+    assert.equal(status.nodeId, 'test-node');
+    assert.deepEqual(status.volumes.map((v) => v.exportName), ['a', 'bee']);
+
+    // An I/O error on a's WAL: the node says so, a's writes fail over NBD, b goes on.
+    node.volume('a')!.ring.injectFault({ kind: OpKind.write, purpose: OpPurpose.walGroup, errno: 5 });
+    const failed = await run('nbdcopy', ['--flush', image, `nbd+unix:///a?socket=${socket}`]);
+    assert.notEqual(failed.status, 0, 'a write to the failed volume is refused');
+    assert.ok(events.some((e) => /^failed a: /.test(e)), events.join('; '));
+    assert.equal(node.status().volumes[0]!.failure !== undefined, true);
+    const other = await run('nbdcopy', ['--flush', image, `nbd+unix:///bee?socket=${socket}`]);
+    assert.equal(other.status, 0, other.stderr);
+    const readA = await run('nbdcopy', [`nbd+unix:///a?socket=${socket}`, path.join(dir, 'a.raw')]);
+    assert.equal(readA.status, 0, `reads of the failed volume go on: ${readA.stderr}`);
+    assert.ok(fs.readFileSync(path.join(dir, 'a.raw')).subarray(0, 8 * MiB).equals(fs.readFileSync(image)));
+  } finally {
+    await node.close();
+    cleanup();
+  }
+  assert.deepEqual(events.filter((e) => !e.startsWith('failed')), ['opened a', 'opened bee', 'closed a', 'closed bee']);
+});
