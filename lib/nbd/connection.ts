@@ -13,11 +13,13 @@
 // Held input is thus at most one Readable high-water mark plus the chunks
 // already received; held output at most the in-flight bytes plus one request.
 //
-// Replies go out as requests finish (out of order), batched per tick under
-// cork. After DISC, EOF at a message boundary, or a server shutdown the
-// connection reads no more requests, finishes the ones the backend is doing,
-// flushes their replies and ends. A broken stream drops everything: late
-// completions release their slot and write nothing.
+// Replies go out as requests finish (out of order). Those ready in one tick
+// are batched: headers and small data are copied into a reused arena, large
+// data follows by reference, one write callback frees the batch's slots.
+// After DISC, EOF at a message boundary, or a server shutdown the connection
+// reads no more requests, finishes the ones the backend is doing, flushes
+// their replies and ends. A broken stream drops everything: late completions
+// release their slot and write nothing.
 import type { Readable, Writable } from 'node:stream';
 import type { Logger } from 'pino';
 
@@ -119,7 +121,7 @@ const BLOCK_STATUS_CHARGE_BYTES = 24 + 8 * EXTENTS_MAX;
 // After we end a socket, how long the peer gets to close its side.
 const LINGER_MS = 2000;
 // Reads of all zeros go out as an OFFSET_HOLE chunk; compared against this.
-const ZEROES = Buffer.alloc(1 << 20);
+const ZEROES = Buffer.alloc(64 * 1024);
 // Reply batches: arena size, data copied rather than referenced, batches kept for reuse.
 const ARENA_BYTES = 128 * 1024;
 const COPY_BYTES_MAX = 16 * 1024;
@@ -340,6 +342,7 @@ export class Connection {
   private pumping = false;
   private pumpAgain = false;
   private inputPaused = false;
+  private inputEnded = false;
   private batch: ReplyBatch | undefined;
   private spareBatches: ReplyBatch[] = [];
   private flushScheduled = false;
@@ -360,7 +363,6 @@ export class Connection {
   // Transmission state.
   private backend: NbdBackend | undefined;
   private ctx: RequestContext | undefined;
-  private slots: Slot[] = [];
   private freeSlots: Slot[] = [];
   private requestsInFlight = 0;
   private bytesInFlight = 0;
@@ -382,6 +384,11 @@ export class Connection {
 
   get isClosed(): boolean {
     return this.closed;
+  }
+
+  // Input received but not yet parsed: ours plus the stream's buffer.
+  get queuedBytes(): number {
+    return this.queue.bytes + this.input.readableLength;
   }
 
   start(): void {
@@ -428,16 +435,24 @@ export class Connection {
     this.pump();
   };
 
+  // EOF is judged once the requests already received have been parsed.
   private readonly onEnd = (): void => {
     if (this.closed) return;
-    const midMessage =
-      this.queue.bytes > 0 || this.state === Parse.optionData || this.state === Parse.writePayload || this.state === Parse.discardPayload;
-    if (midMessage) {
-      this.violation(`end of input in the middle of a message (state ${Parse[this.state]}, ${this.queue.bytes} bytes pending)`, true);
+    this.inputEnded = true;
+    this.pump();
+  };
+
+  private afterEnd(): void {
+    if (this.state === Parse.stopped) return;
+    const waiting = this.state === Parse.requestHeader && this.queue.bytes >= REQUEST_HEADER_BYTES && !this.canAdmit();
+    if (waiting) return; // a release pumps again
+    const atBoundary = this.queue.bytes === 0 && (this.state === Parse.clientFlags || this.state === Parse.optionHeader || this.state === Parse.requestHeader);
+    if (atBoundary) {
+      this.stopReading('end of input');
       return;
     }
-    this.stopReading('end of input');
-  };
+    this.violation(`end of input in the middle of a message (state ${Parse[this.state]}, ${this.queue.bytes} bytes pending)`, true);
+  }
 
   private readonly onStreamError = (err: Error): void => {
     if (this.closed) return;
@@ -472,6 +487,7 @@ export class Connection {
       this.parse();
     } while (this.pumpAgain && !this.closed);
     this.pumping = false;
+    if (this.inputEnded && !this.closed) this.afterEnd();
     this.updateInputFlow();
   }
 
@@ -681,8 +697,7 @@ export class Connection {
       blockStatus: this.structuredReplies && this.meta?.exportName === exp.name,
       shuttingDown: this.host.shuttingDown,
     };
-    for (let i = 0; i < this.host.limits.maxRequestsInFlight; i++) this.slots.push(new Slot(this));
-    this.freeSlots = this.slots.slice().reverse();
+    for (let i = 0; i < this.host.limits.maxRequestsInFlight; i++) this.freeSlots.push(new Slot(this));
     this.state = Parse.requestHeader;
     this.log.info({ export: exp.name, structuredReplies: this.structuredReplies, blockStatus: this.ctx.blockStatus }, 'transmission');
   }
@@ -913,10 +928,15 @@ export class Connection {
     this.batch!.add(slot);
   }
 
+  // A throwing observer must not cost the client its reply.
   private observe(slot: Slot, ok: boolean): void {
     const onRequest = this.host.onRequest;
     if (onRequest === undefined) return;
-    onRequest(commandName(slot.type), slot.lengthBytes, (performance.now() - slot.startedMs) / 1000, ok);
+    try {
+      onRequest(commandName(slot.type), slot.lengthBytes, (performance.now() - slot.startedMs) / 1000, ok);
+    } catch (err) {
+      this.log.error({ err: err instanceof Error ? err.message : String(err) }, 'onRequest threw');
+    }
   }
 
   private sendHandshake(reply: Buffer): void {
@@ -1041,7 +1061,7 @@ function chargeOf(h: RequestHeader): number {
 }
 
 // Cheap for data (the first and last bytes usually differ from zero), a
-// memcmp per MiB for zeroes: worth it to send 32 bytes instead of the data.
+// memcmp per 64 KiB for zeroes: worth it to send 32 bytes instead of the data.
 function isAllZero(data: Uint8Array): boolean {
   if (data[0] !== 0 || data[data.byteLength - 1] !== 0) return false;
   const b = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);

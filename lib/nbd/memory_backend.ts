@@ -4,9 +4,12 @@
 //   absent       a hole: reads as zeros, nothing allocated (HOLE|ZERO)
 //   ZERO_PAGE    allocated and known to be zeros, after NO_HOLE zeroing (ZERO)
 //   a Buffer     data (0)
-// Trim and zeroing punch whole pages and zero the partial edges. Every
-// operation is checked as a real backend would (codes as in backend.ts), and
-// an optional hook runs before each one so tests can delay, gate or fail it.
+// Trim and zeroing punch whole pages and zero the partial edges. A read
+// within one page returns a view of it without copying (callers must not
+// modify what read() returns); such a page is then never modified in place:
+// the next write to it stores a new page. Every operation is checked as a real backend would (codes
+// as in backend.ts), and an optional hook runs before each one so tests can
+// delay, gate or fail it.
 import type { Extent, NbdBackend, ZeroOptions } from './backend';
 
 export type MemoryOp = 'read' | 'write' | 'flush' | 'trim' | 'writeZeroes' | 'cache' | 'blockStatus';
@@ -22,9 +25,9 @@ export const MEMORY_PAGE_BYTES = 4096;
 // Block status stops short after this many extents (the server asks again).
 const EXTENTS_MAX = 1 << 16;
 const ZERO_PAGE = null;
-const SLAB_BYTES = 1 << 20;
-const SLAB_PIECE_BYTES_MAX = 64 * 1024;
 type Page = Buffer | typeof ZERO_PAGE;
+// What a read of a page that holds no data returns a view of.
+const ZEROES = Buffer.alloc(MEMORY_PAGE_BYTES);
 
 export class MemoryBackend implements NbdBackend {
   readonly sizeBytes: number;
@@ -32,9 +35,9 @@ export class MemoryBackend implements NbdBackend {
   // Operations started, per kind (for tests).
   readonly calls: Record<MemoryOp, number> = { read: 0, write: 0, flush: 0, trim: 0, writeZeroes: 0, cache: 0, blockStatus: 0 };
   private readonly pages = new Map<number, Page>();
+  // Pages a read has returned a view of: copied before they change.
+  private readonly lent = new Set<number>();
   private readonly beforeOp: MemoryBackendOptions['beforeOp'];
-  private slab = Buffer.allocUnsafeSlow(0);
-  private slabUsed = SLAB_BYTES; // full: the first read cuts a new slab
 
   constructor(options: MemoryBackendOptions) {
     if (!Number.isSafeInteger(options.sizeBytes) || options.sizeBytes < 0) {
@@ -80,37 +83,42 @@ export class MemoryBackend implements NbdBackend {
   }
 
   private readNow(offsetBytes: number, lengthBytes: number): Buffer {
-    const out = this.allocate(lengthBytes);
-    this.forEachPage(offsetBytes, lengthBytes, (index, pageAt, outAt, n) => {
+    const index = Math.floor(offsetBytes / MEMORY_PAGE_BYTES);
+    const pageAt = offsetBytes - index * MEMORY_PAGE_BYTES;
+    if (pageAt + lengthBytes <= MEMORY_PAGE_BYTES) {
       const page = this.pages.get(index);
-      if (page) page.copy(out, outAt, pageAt, pageAt + n);
+      if (!page) return ZEROES.subarray(pageAt, pageAt + lengthBytes);
+      this.lent.add(index);
+      return page.subarray(pageAt, pageAt + lengthBytes);
+    }
+    const out = Buffer.allocUnsafe(lengthBytes);
+    this.forEachPage(offsetBytes, lengthBytes, (i, at, outAt, n) => {
+      const page = this.pages.get(i);
+      if (page) out.set(n === MEMORY_PAGE_BYTES ? page : page.subarray(at, at + n), outAt);
       else out.fill(0, outAt, outAt + n);
     });
     return out;
   }
 
-  // Small results are cut from a shared slab (one ArrayBuffer per many reads,
-  // as Buffer.allocUnsafe does below 4 KiB); a slab is never reused, only dropped.
-  private allocate(lengthBytes: number): Buffer {
-    if (lengthBytes > SLAB_PIECE_BYTES_MAX) return Buffer.allocUnsafe(lengthBytes);
-    if (this.slabUsed + lengthBytes > SLAB_BYTES) {
-      this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
-      this.slabUsed = 0;
-    }
-    const out = this.slab.subarray(this.slabUsed, this.slabUsed + lengthBytes);
-    this.slabUsed += (lengthBytes + 7) & ~7;
-    return out;
-  }
-
   private writeNow(offsetBytes: number, data: Uint8Array): void {
     this.forEachPage(offsetBytes, data.byteLength, (index, pageAt, dataAt, n) => {
-      let page = this.pages.get(index);
-      if (!page) {
-        page = Buffer.alloc(MEMORY_PAGE_BYTES);
-        this.pages.set(index, page);
-      }
-      page.set(data.subarray(dataAt, dataAt + n), pageAt);
+      this.writablePage(index, n).set(data.subarray(dataAt, dataAt + n), pageAt);
     });
+  }
+
+  // Page `index`, ready to take `n` bytes in place: a new page if it had none
+  // or lent it out (with the old bytes, unless all of them are overwritten).
+  private writablePage(index: number, n: number): Buffer {
+    const old = this.pages.get(index);
+    if (old && !this.lent.has(index)) return old;
+    const page = Buffer.allocUnsafeSlow(MEMORY_PAGE_BYTES);
+    if (n !== MEMORY_PAGE_BYTES) {
+      if (old) page.set(old);
+      else page.fill(0);
+    }
+    this.lent.delete(index);
+    this.pages.set(index, page);
+    return page;
   }
 
   private extentsNow(offsetBytes: number, lengthBytes: number): Extent[] {
@@ -128,15 +136,16 @@ export class MemoryBackend implements NbdBackend {
     return extents;
   }
 
-  // Whole pages become holes (or allocated zeros with noHole); edges are zeroed in place.
+  // Whole pages become holes (or allocated zeros with noHole); edges are zeroed.
   private zeroRange(offsetBytes: number, lengthBytes: number, noHole: boolean): void {
     this.forEachPage(offsetBytes, lengthBytes, (index, pageAt, _at, n) => {
       const page = this.pages.get(index);
       if (n === MEMORY_PAGE_BYTES) {
         if (noHole) this.pages.set(index, ZERO_PAGE);
         else this.pages.delete(index);
+        this.lent.delete(index);
       } else if (page) {
-        page.fill(0, pageAt, pageAt + n);
+        this.writablePage(index, n).fill(0, pageAt, pageAt + n);
       } else if (page === undefined && noHole) {
         this.pages.set(index, ZERO_PAGE);
       }

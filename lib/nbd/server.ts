@@ -45,6 +45,8 @@ export interface NbdServerStats {
   protocolViolations: number;
   requestsInFlight: number;
   bytesInFlight: number;
+  // Input received and not yet parsed (it waits while a connection is at its limits).
+  bytesQueued: number;
 }
 
 export const DEFAULT_LIMITS: Readonly<ConnectionLimits> = {
@@ -94,9 +96,12 @@ export class NbdServer {
     const listener = net.createServer({ allowHalfOpen: true }, (socket) => this.handleSocket(socket));
     this.listeners.push(listener);
     return new Promise((resolve, reject) => {
-      listener.once('error', reject);
+      listener.once('error', (err) => {
+        this.listeners.splice(this.listeners.indexOf(listener), 1);
+        reject(err);
+      });
       const onListening = (): void => {
-        listener.off('error', reject);
+        listener.removeAllListeners('error');
         listener.on('error', (err) => this.log.error({ err: err.message }, 'listener error'));
         const bound = listener.address();
         const result = typeof bound === 'object' && bound !== null ? { host: bound.address, port: bound.port } : { path: String(bound) };
@@ -132,7 +137,9 @@ export class NbdServer {
 
   stats(): NbdServerStats {
     const c = this.counters;
-    return { ...c, requests: { ...c.requests }, connectionsOpen: this.open.size };
+    let bytesQueued = 0;
+    for (const conn of this.open) bytesQueued += conn.queuedBytes;
+    return { ...c, requests: { ...c.requests }, connectionsOpen: this.open.size, bytesQueued };
   }
 
   close(): Promise<void> {

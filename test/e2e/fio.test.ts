@@ -24,6 +24,7 @@ interface FioJob {
   sync?: { total_ios: number };
 }
 
+// fio writes its verify state files into its working directory: the volume's temp dir.
 async function fio(uri: string, outFile: string, extraArgs: string[]): Promise<FioJob[]> {
   const args = [
     '--name=e2e-verify',
@@ -42,7 +43,7 @@ async function fio(uri: string, outFile: string, extraArgs: string[]): Promise<F
     `--output=${outFile}`,
     ...extraArgs,
   ];
-  const r = await runProgram('fio', args, { timeoutMs: 300_000 });
+  const r = await runProgram('fio', args, { timeoutMs: 300_000, cwd: path.dirname(outFile) });
   const label = `fio ${extraArgs.join(' ')}`;
   assert.equal(r.code, 0, describeRun(label, r));
   assert.doesNotMatch(r.stderr + r.stdout, /verify:|bad magic|crc32c: verify failed/, describeRun(label, r));

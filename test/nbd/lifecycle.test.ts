@@ -111,7 +111,7 @@ test('2000 pipelined mixed requests: every cookie answered once, replies out of 
   await t.close();
 });
 
-test('bytes in flight: a client that does not read its replies stops the server reading requests', async () => {
+test('bytes in flight: a client that does not read its replies gets no more requests admitted than the limit allows', async () => {
   const maxBytesInFlight = 4 * MiB;
   const t = await startServer({ server: { maxBytesInFlight } });
   await t.backend.write(0, pattern(1, MiB), false);
@@ -151,9 +151,10 @@ test('bytes in flight: behind a slow backend, pipelined writes stay in the clien
     const payload = pattern(5, MiB);
     for (let i = 1; i <= count; i++) c.sendRequest({ type: Cmd.write, cookie: BigInt(i), offset: BigInt(i * MiB) % BigInt(60 * MiB), payload });
     await until(() => t.server.stats().bytesInFlight >= maxBytesInFlight, 'the limit to be reached');
-    const unsent = await settled(() => c.socket.writableLength);
-    // The server holds about 4 MiB; the kernel's buffers a few more; the rest waits in the client.
-    assert.ok(unsent > (count / 2) * MiB, `only ${unsent >> 20} MiB of ${count} MiB are still in the client`);
+    const queued = await settled(() => t.server.stats().bytesQueued);
+    // The server holds about 4 MiB of payloads plus what it read before pausing; the rest
+    // waits in the kernel's socket buffers and the client.
+    assert.ok(queued < 4 * MiB, `the server holds ${queued} bytes of unparsed input`);
     assert.ok(t.backend.calls.write <= 5, `${t.backend.calls.write} writes were admitted`);
     writes.open();
     for (let i = 0; i < count; i++) assert.equal((await c.readSimple()).error, 0);
@@ -184,6 +185,28 @@ test('DISC behind 50 writes in flight: all 50 complete and are answered, then th
     assert.equal(cookies.size, 50);
     await c.expectClosed();
     for (let i = 1; i <= 50; i++) assert.deepEqual(await t.backend.read(i * BLOCK, BLOCK), pattern(i, BLOCK));
+  });
+  await t.close();
+});
+
+test('requests, DISC and EOF sent together are all answered even while they wait behind the limits', async () => {
+  const t = await startServer({ server: { maxRequestsInFlight: 4 } });
+  await t.backend.write(0, pattern(2, 64 * 1024), false);
+  await withBystander(t.address, async () => {
+    const c = await RawClient.open(t.address, { structured: false });
+    for (let i = 1; i <= 100; i++) c.sendRequest({ type: Cmd.read, cookie: BigInt(i), offset: 0n, length: 64 * 1024 });
+    c.disconnect();
+    c.socket.end(); // EOF right behind DISC
+    const seen = new Set<bigint>();
+    for (let i = 0; i < 100; i++) {
+      const r = await c.readSimple(64 * 1024);
+      assert.equal(r.error, 0);
+      assert.deepEqual(r.data, pattern(2, 64 * 1024));
+      seen.add(r.cookie);
+    }
+    assert.equal(seen.size, 100);
+    await c.expectClosed();
+    assert.equal(t.server.stats().protocolViolations, 0);
   });
   await t.close();
 });
