@@ -3,23 +3,48 @@
 // A checkpoint at `to` (the head LSN when it starts, snapshotted at once;
 // applied once the WAL has written it): punch every zeroed
 // range with LSN <= to, then write every block whose newest version has
-// LSN <= to, coalesced into runs of consecutive blocks, then fdatasync
-// base.img (and the WAL up to `to`, so its segments may be recycled), then
-// write the checkpoint into the superblock (RWF_DSYNC), and
-// only then forget those entries and release the WAL below `to`. Zero ranges
-// go first: a block written after a trim is in both sets, and the write must
-// land last. Newer records that arrive meanwhile keep their dirty entries.
-// A failure stops writes to the volume (io.fail) and is never retried.
+// LSN <= to, then fdatasync base.img (and the WAL up to `to`, so its segments
+// may be recycled), then write the checkpoint into the superblock (RWF_DSYNC),
+// and only then forget those entries and release the WAL below `to`. Zero
+// ranges go first: a block written after a trim is in both sets, and the
+// write must land last. Newer records that arrive meanwhile keep their dirty
+// entries. A failure stops writes to the volume (io.fail) and is never retried.
+//
+// How the blocks are applied: a pure plan groups them into pieces
+// (consecutive blocks of one record on consecutive LBAs), the records in WAL
+// order into extents (nearby records of one segment, read as one span of a
+// few MiB), and each extent's pieces in LBA order into runs (base.img writes
+// of consecutive blocks). Per extent: one arena slice [write area | read
+// area]; one read of the span (served from the WAL's group slots when they
+// still hold it); one native call that verifies every record (checksum, LSN,
+// kind, block range) and copies its pieces into the write area; then the
+// runs are written. No payload byte crosses into a JS Buffer. Extents run
+// concurrently within a byte budget (APPLY_BYTES_MAX, at most a share of the
+// arena's JS part, so foreground reads keep room), writes within
+// WRITES_IN_FLIGHT_MAX. One allocation per extent means no hold-and-wait on
+// the arena between the flusher's own buffers.
 import { performance } from 'node:perf_hooks';
 
 import { BLOCK_BYTES } from '../native/base_image';
+import type { ArenaSlice } from '../native/ring';
+import { GATHER, GATHER_FIELDS, GATHER_OPS_MAX } from '../native/wal';
 import type { BlockEntry } from './dirty_map';
-import { RECORD_BLOCKS_MAX, type VolumeIo } from './volume_io';
+import type { VolumeIo } from './volume_io';
 
-const RUNS_IN_FLIGHT = 16;
 const PUNCH_BYTES_MAX = 1 << 30;
-const RECORD_CACHE_MAX = 64;
-const RECORD_HEADER_BYTES = 64;
+// Bytes of arena the flusher holds at once (reads and writes in flight), and
+// at most this share of the arena's JS part.
+const APPLY_BYTES_MAX = 32 << 20;
+const APPLY_ARENA_SHARE = 0.5;
+// One WAL read: at most this much (and a quarter of the budget), bridging
+// gaps of obsolete records up to EXTENT_GAP_BYTES_MAX rather than splitting.
+const EXTENT_READ_BYTES_MAX = 4 << 20;
+const EXTENT_GAP_BYTES_MAX = 64 << 10;
+// One base.img write: at most this many blocks (4 MiB).
+const RUN_BLOCKS_MAX = 1024;
+// base.img writes in flight at once: 4 KiB random workloads make many, and
+// the disk wants a deep queue for them; the ring (256) keeps room for others.
+const WRITES_IN_FLIGHT_MAX = 128;
 
 export interface FlusherOptions {
   triggerBytes: number;
@@ -94,7 +119,7 @@ export class Flusher {
     try {
       await io.wal.waitWritten(to); // base.img gets only what the WAL has written
       for (const z of zeros) await this.punch(z.startBlock, z.endBlock);
-      await this.writeRuns(blocks);
+      await this.applyBlocks(blocks);
       // The WAL below `to` is released afterwards, and the writer recycles only
       // durable segments: make it durable alongside base.img.
       await Promise.all([io.base.fdatasync(), io.wal.waitDurable(to)]);
@@ -134,43 +159,222 @@ export class Flusher {
     }
   }
 
-  private async writeRuns(blocks: [number, BlockEntry][]): Promise<void> {
-    const runs: [number, BlockEntry][][] = [];
-    for (const item of blocks) {
-      const run = runs[runs.length - 1];
-      const last = run?.[run.length - 1];
-      if (run !== undefined && last !== undefined && last[0] + 1 === item[0] && run.length < RECORD_BLOCKS_MAX) run.push(item);
-      else runs.push([item]);
+  // Applies the blocks extent by extent in WAL order, several extents at once
+  // within the byte budget (see the module comment).
+  private async applyBlocks(blocks: [number, BlockEntry][]): Promise<void> {
+    if (blocks.length === 0) return;
+    const io = this.io;
+    const budgetBytes = Math.max(BLOCK_BYTES, Math.min(APPLY_BYTES_MAX, alignDown(io.ring.jsRegionBytes * APPLY_ARENA_SHARE, BLOCK_BYTES)));
+    const readBytesMax = Math.max(BLOCK_BYTES, Math.min(EXTENT_READ_BYTES_MAX, alignDown(budgetBytes / 4, BLOCK_BYTES)));
+    const extents = planExtents(blocks, { readBytesMax, gapBytesMax: EXTENT_GAP_BYTES_MAX });
+    const budget = new Budget(budgetBytes);
+    const writeSlots = new Budget(WRITES_IN_FLIGHT_MAX);
+    const jobs: Promise<void>[] = [];
+    let failure: { err: unknown } | undefined;
+    for (const extent of extents) {
+      const runs = planRuns(extent, RUN_BLOCKS_MAX);
+      const needBytes = extent.blocks * BLOCK_BYTES + (extent.endBytes - extent.startBytes);
+      await budget.take(needBytes);
+      if (failure !== undefined) {
+        budget.give(needBytes);
+        break;
+      }
+      jobs.push(
+        this.applyExtent(extent, runs, budget, writeSlots).catch((err: unknown) => {
+          failure ??= { err };
+        }),
+      );
     }
-    const records = new Map<string, Promise<Buffer>>();
-    let next = 0;
-    const worker = async (): Promise<void> => {
-      while (next < runs.length) await this.writeRun(runs[next++]!, records);
-    };
-    await Promise.all(Array.from({ length: Math.min(RUNS_IN_FLIGHT, runs.length) }, worker));
+    await Promise.all(jobs);
+    if (failure !== undefined) throw failure.err;
   }
 
-  // Fills one slice for a run of consecutive blocks and writes it. Blocks that
-  // sit next to each other in one record are copied as one span.
-  private async writeRun(run: [number, BlockEntry][], records: Map<string, Promise<Buffer>>): Promise<void> {
-    const slice = await this.io.pool.alloc(run.length * BLOCK_BYTES);
+  // One extent: a slice holding [write area | read area]; read the extent
+  // into the read area, verify and copy its pieces into the write area (one
+  // native call), free the read area, write the runs, free the write area.
+  // Holds needBytes of the budget until then and gives it back in two parts.
+  private async applyExtent(extent: Extent, runs: Run[], budget: Budget, writeSlots: Budget): Promise<void> {
+    const io = this.io;
+    const writeBytes = extent.blocks * BLOCK_BYTES;
+    const readBytes = extent.endBytes - extent.startBytes;
+    let slice: ArenaSlice;
     try {
-      let i = 0;
-      while (i < run.length) {
-        const entry = run[i]![1];
-        let n = 1;
-        while (i + n < run.length && sameRecordNext(entry, run[i + n]![1], n)) n++;
-        if (records.size > RECORD_CACHE_MAX) records.clear();
-        const record = await this.io.readRecordCached(entry, records);
-        const from = RECORD_HEADER_BYTES + entry.indexInRecord * BLOCK_BYTES;
-        slice.bytes.set(record.subarray(from, from + n * BLOCK_BYTES), i * BLOCK_BYTES);
-        i += n;
-      }
-      await this.io.base.writeBlocks(run[0]![0], run.length, slice);
+      slice = await io.ring.allocWait(writeBytes + readBytes);
+    } catch (err) {
+      budget.give(writeBytes + readBytes);
+      throw err;
+    }
+    const writeArea = this.subSlice(slice, 0, writeBytes);
+    const readArea = this.subSlice(slice, writeBytes, readBytes);
+    try {
+      await io.wal.readSpan(extent.segmentSeq, extent.startBytes, readBytes, readArea);
+      this.gather(extent, readArea, writeArea);
+    } catch (err) {
+      io.ring.free(writeArea);
+      budget.give(writeBytes);
+      throw err;
     } finally {
-      this.io.pool.free(slice);
+      io.ring.free(readArea);
+      budget.give(readBytes);
+    }
+    // Every write settles before the area is freed: the kernel may still be
+    // reading a buffer whose write has not completed.
+    const results = await Promise.allSettled(runs.map((run) => this.writeRun(run, writeArea, writeSlots)));
+    io.ring.free(writeArea);
+    budget.give(writeBytes);
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  private async writeRun(run: Run, writeArea: ArenaSlice, writeSlots: Budget): Promise<void> {
+    await writeSlots.take(1);
+    try {
+      await this.io.base.writeBlocks(run.lba, run.lengthBlocks, this.subSlice(writeArea, run.dstBytes, run.lengthBlocks * BLOCK_BYTES));
+    } finally {
+      writeSlots.give(1);
     }
   }
+
+  // Verifies every record of the extent and copies its pieces to their places
+  // in the write area, in batches of descriptors (one record's together).
+  private gather(extent: Extent, readArea: ArenaSlice, writeArea: ArenaSlice): void {
+    const pieces = extent.records.reduce((n, r) => n + r.pieces.length, 0);
+    const batch = Math.min(pieces, GATHER_OPS_MAX);
+    const desc = new Float64Array(batch * GATHER_FIELDS);
+    let count = 0;
+    for (const rec of extent.records) {
+      if (count + rec.pieces.length > batch) {
+        this.io.wal.gatherBlocks(desc, count);
+        count = 0;
+      }
+      for (const piece of rec.pieces) {
+        const d = count * GATHER_FIELDS;
+        desc[d + GATHER.src] = readArea.offsetBytes + (rec.offsetBytes - extent.startBytes);
+        desc[d + GATHER.spanBytes] = rec.spanBytes;
+        desc[d + GATHER.lsn] = rec.lsn;
+        desc[d + GATHER.firstIndex] = piece.indexInRecord;
+        desc[d + GATHER.lengthBlocks] = piece.lengthBlocks;
+        desc[d + GATHER.dst] = writeArea.offsetBytes + piece.dstBytes;
+        count++;
+      }
+    }
+    if (count > 0) this.io.wal.gatherBlocks(desc, count);
+  }
+
+  private subSlice(slice: ArenaSlice, fromBytes: number, lengthBytes: number): ArenaSlice {
+    const offsetBytes = slice.offsetBytes + fromBytes;
+    return { offsetBytes, lengthBytes, bytes: this.io.ring.arenaView(offsetBytes, lengthBytes) };
+  }
+}
+// ---- the plan (pure) ------------------------------------------------------
+
+// Consecutive blocks of one record that land on consecutive LBAs.
+export interface Piece {
+  lba: number;
+  lengthBlocks: number;
+  indexInRecord: number;
+  dstBytes: number; // where in its extent's write area (set by planRuns)
+}
+
+// A record the checkpoint needs, with the pieces of it that are newest.
+export interface PlannedRecord {
+  lsn: number;
+  segmentSeq: number;
+  offsetBytes: number;
+  spanBytes: number;
+  pieces: Piece[]; // in LBA order
+}
+
+// One read: [startBytes, endBytes) of a segment (4 KiB aligned) holding
+// records, in LSN order; blocks = the blocks their pieces carry.
+export interface Extent {
+  segmentSeq: number;
+  startBytes: number;
+  endBytes: number;
+  records: PlannedRecord[];
+  blocks: number;
+}
+
+// One base.img write: lengthBlocks blocks at lba from the write area at dstBytes.
+export interface Run {
+  lba: number;
+  lengthBlocks: number;
+  dstBytes: number;
+}
+
+// Splits the checkpoint's blocks (LBA order, one entry per block, the
+// newest version) into pieces, groups them by record, and the records, in
+// WAL order (LSN order is WAL order), into extents: records of one segment
+// whose gap is at most gapBytesMax, read as one span of at most readBytesMax
+// (a record larger than that gets an extent of its own). Every block lands in
+// exactly one piece.
+export function planExtents(blocks: [number, BlockEntry][], limits: { readBytesMax: number; gapBytesMax: number }): Extent[] {
+  const byLsn = new Map<number, PlannedRecord>();
+  for (let i = 0; i < blocks.length; ) {
+    const [lba, entry] = blocks[i]!;
+    let n = 1;
+    while (i + n < blocks.length && blocks[i + n]![0] === lba + n && sameRecordNext(entry, blocks[i + n]![1], n)) n++;
+    let rec = byLsn.get(entry.lsn);
+    if (rec === undefined) {
+      rec = { lsn: entry.lsn, segmentSeq: entry.segmentSeq, offsetBytes: entry.recordOffsetBytes, spanBytes: entry.recordSpanBytes, pieces: [] };
+      byLsn.set(entry.lsn, rec);
+    }
+    rec.pieces.push({ lba, lengthBlocks: n, indexInRecord: entry.indexInRecord, dstBytes: 0 });
+    i += n;
+  }
+  const records = [...byLsn.values()].sort((a, b) => a.lsn - b.lsn);
+  const extents: Extent[] = [];
+  let ext: Extent | undefined;
+  let usedEndBytes = 0; // end of the last record in ext (unaligned)
+  for (const rec of records) {
+    const recEndBytes = rec.offsetBytes + rec.spanBytes;
+    const fits =
+      ext !== undefined &&
+      rec.segmentSeq === ext.segmentSeq &&
+      rec.offsetBytes >= usedEndBytes &&
+      rec.offsetBytes - usedEndBytes <= limits.gapBytesMax &&
+      alignUp(recEndBytes, BLOCK_BYTES) - ext.startBytes <= limits.readBytesMax;
+    if (!fits) {
+      ext = { segmentSeq: rec.segmentSeq, startBytes: alignDown(rec.offsetBytes, BLOCK_BYTES), endBytes: 0, records: [], blocks: 0 };
+      extents.push(ext);
+    }
+    ext!.records.push(rec);
+    ext!.endBytes = alignUp(recEndBytes, BLOCK_BYTES);
+    for (const p of rec.pieces) ext!.blocks += p.lengthBlocks;
+    usedEndBytes = recEndBytes;
+  }
+  return extents;
+}
+
+// Lays the extent's pieces out in its write area in LBA order (setting each
+// piece's dstBytes) and returns the base.img writes: maximal runs of
+// consecutive LBAs, at most runBlocksMax blocks each.
+export function planRuns(extent: Extent, runBlocksMax: number): Run[] {
+  const pieces: Piece[] = [];
+  for (const rec of extent.records) for (const p of rec.pieces) pieces.push(p);
+  pieces.sort((a, b) => a.lba - b.lba);
+  const runs: Run[] = [];
+  let dstBytes = 0;
+  for (const p of pieces) {
+    p.dstBytes = dstBytes;
+    let lba = p.lba;
+    let left = p.lengthBlocks;
+    while (left > 0) {
+      const last = runs[runs.length - 1];
+      if (last !== undefined && last.lba + last.lengthBlocks === lba && last.lengthBlocks < runBlocksMax) {
+        const n = Math.min(left, runBlocksMax - last.lengthBlocks);
+        last.lengthBlocks += n;
+        lba += n;
+        left -= n;
+      } else {
+        const n = Math.min(left, runBlocksMax);
+        runs.push({ lba, lengthBlocks: n, dstBytes: dstBytes + (lba - p.lba) * BLOCK_BYTES });
+        lba += n;
+        left -= n;
+      }
+    }
+    dstBytes += p.lengthBlocks * BLOCK_BYTES;
+  }
+  return runs;
 }
 
 // True when `next` is the block `distance` places after `first` in the same record.
@@ -181,4 +385,44 @@ function sameRecordNext(first: BlockEntry, next: BlockEntry, distance: number): 
     next.lsn === first.lsn &&
     next.indexInRecord === first.indexInRecord + distance
   );
+}
+
+function alignUp(value: number, multiple: number): number {
+  return Math.ceil(value / multiple) * multiple;
+}
+
+function alignDown(value: number, multiple: number): number {
+  return Math.floor(value / multiple) * multiple;
+}
+
+// A counting limit with a FIFO of waiters (bytes, or write slots). A request
+// larger than the whole limit is let through when nothing else is held, so
+// it can never wait forever.
+class Budget {
+  private held = 0;
+  private readonly waiting: { amount: number; resolve: () => void }[] = [];
+
+  constructor(private readonly limit: number) {}
+
+  take(amount: number): Promise<void> {
+    if (this.waiting.length === 0 && this.fits(amount)) {
+      this.held += amount;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve) => this.waiting.push({ amount, resolve }));
+  }
+
+  give(amount: number): void {
+    this.held -= amount;
+    if (this.held < 0) throw new Error(`flusher budget below zero (${this.held})`);
+    while (this.waiting.length > 0 && this.fits(this.waiting[0]!.amount)) {
+      const w = this.waiting.shift()!;
+      this.held += w.amount;
+      w.resolve();
+    }
+  }
+
+  private fits(amount: number): boolean {
+    return this.held === 0 || this.held + amount <= this.limit;
+  }
 }

@@ -27,7 +27,6 @@ import { FileLock } from '../native/lock';
 import { Ring } from '../native/ring';
 import { Wal } from '../native/wal';
 import type { ScanResult } from '../native/wal_format';
-import { ArenaPool } from './arena_pool';
 import { type AllocationExtent, BaseAllocation, blockStatus } from './allocation';
 import { DirtyMap } from './dirty_map';
 import { Flusher } from './flusher';
@@ -54,6 +53,10 @@ export interface VolumeOptions {
   flushIdleMs?: number;
   // Called once if an I/O failure (fsync error, EIO) stops writes, with the reason.
   onFailure?: (failure: BlockwalError) => void;
+  // Runs the volume on the caller's ring (tests recording I/O, several volumes
+  // sharing one ring). The caller keeps it: close() waits for the volume's
+  // operations on it but leaves it open.
+  ring?: Ring;
 }
 
 export interface VolumeCreateOptions extends VolumeOptions {
@@ -153,7 +156,8 @@ export class Volume {
   private static async openLocked(dir: string, lock: FileLock, options: VolumeOptions & { walSegmentsMax?: number }): Promise<Volume> {
     const log = (options.logger ?? pino({ level: 'silent' })).child({ volume: dir });
     const startedMs = performance.now();
-    const ring = Ring.open({ depth: RING_DEPTH, arenaBytes: options.arenaBytes ?? ARENA_BYTES_DEFAULT });
+    const ownsRing = options.ring === undefined;
+    const ring = options.ring ?? Ring.open({ depth: RING_DEPTH, arenaBytes: options.arenaBytes ?? ARENA_BYTES_DEFAULT });
     let sb: Superblock | undefined;
     let wal: Wal | undefined;
     let base: BaseImage | undefined;
@@ -190,7 +194,7 @@ export class Volume {
         },
         'volume opened',
       );
-      const io = new VolumeIo(ring, new ArenaPool(ring), wal, base, sb, dirty, new RangeLocks(), opened.fallbackReason, log);
+      const io = new VolumeIo(ring, ownsRing, wal, base, sb, dirty, new RangeLocks(), opened.fallbackReason, log);
       io.onFailure = options.onFailure;
       const walBytes = walSegmentsMax * f.walSegmentBytes;
       const flusher = new Flusher(io, {
@@ -208,7 +212,8 @@ export class Volume {
       if (wal !== undefined) await wal.close().catch(() => undefined);
       base?.close();
       sb?.close();
-      await ring.close().catch(() => undefined);
+      if (ownsRing) await ring.close().catch(() => undefined);
+      else await ring.settle().catch(() => undefined);
       lock.release();
       throw err;
     }

@@ -8,7 +8,6 @@ import { BaseImage, BLOCK_BYTES } from '../native/base_image';
 import { BlockwalError } from '../native/errors';
 import type { Ring } from '../native/ring';
 import type { AppendedRecord, Wal } from '../native/wal';
-import type { ArenaPool } from './arena_pool';
 import type { BlockEntry, DirtyMap } from './dirty_map';
 import type { RangeLocks } from './range_locks';
 import type { Superblock } from './superblock';
@@ -33,7 +32,7 @@ export class VolumeIo {
 
   constructor(
     readonly ring: Ring,
-    readonly pool: ArenaPool,
+    private readonly ownsRing: boolean,
     readonly wal: Wal,
     readonly base: BaseImage,
     readonly sb: Superblock,
@@ -107,12 +106,12 @@ export class VolumeIo {
   }
 
   private async readBase(startBlock: number, lengthBlocks: number, view: RequestView): Promise<void> {
-    const slice = await this.pool.alloc(lengthBlocks * BLOCK_BYTES);
+    const slice = await this.ring.allocWait(lengthBlocks * BLOCK_BYTES);
     try {
       await this.base.readBlocks(startBlock, lengthBlocks, slice);
       for (let i = 0; i < lengthBlocks; i++) view.copyBlock(startBlock + i, slice.bytes.subarray(i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES));
     } finally {
-      this.pool.free(slice);
+      this.ring.free(slice);
     }
   }
 
@@ -293,7 +292,8 @@ export class VolumeIo {
     await this.wal.close();
     this.base.close();
     this.sb.close();
-    await this.ring.close();
+    if (this.ownsRing) await this.ring.close();
+    else await this.ring.settle();
   }
 }
 

@@ -176,6 +176,9 @@ export class Ring {
   private kickScheduled = false;
   private drainListeners: (() => void)[] = [];
   private allocator: ArenaAllocator | undefined;
+  private jsBaseBytes = 0;
+  // allocWait's callers, oldest first, retried on every free().
+  private readonly allocWaiters: { length: number; resolve: (s: ArenaSlice) => void; reject: (e: Error) => void }[] = [];
   private closed = false;
 
   private constructor(depth: number, arenaBytes: number, registerBuffers: boolean) {
@@ -208,20 +211,75 @@ export class Ring {
   // The first allocation fixes the JS region: a WAL opened later must fit in
   // space an earlier WAL released.
   alloc(lengthBytes: number): ArenaSlice {
-    if (this.allocator === undefined) {
-      const base = this.raw.claimJsRegion();
-      this.allocator = new ArenaAllocator(base, this.arenaBytes - base);
-    }
+    const allocator = this.jsAllocator();
     const length = roundUp(Math.max(lengthBytes, 1), BLOCK_BYTES);
-    const offset = this.allocator.alloc(length);
+    const offset = allocator.alloc(length);
     if (offset < 0) {
       throw new BlockwalError('ERR_ARENA', `arena exhausted: no ${length} free bytes (arena ${this.arenaBytes} bytes)`);
     }
     return { offsetBytes: offset, lengthBytes: length, bytes: this.arena.subarray(offset, offset + length) };
   }
 
+  // Like alloc, but waits for space when the arena is exhausted instead of
+  // failing: the caller is retried (first come, first served) whenever any
+  // slice is freed, by whichever path. Fails at once (ERR_ARENA) only when
+  // lengthBytes exceeds the whole JS part of the arena.
+  allocWait(lengthBytes: number): Promise<ArenaSlice> {
+    if (this.closed) return Promise.reject(new BlockwalError('ERR_RING_CLOSED', 'the ring is closed'));
+    const length = roundUp(Math.max(lengthBytes, 1), BLOCK_BYTES);
+    if (length > this.jsRegionBytes) {
+      return Promise.reject(new BlockwalError('ERR_ARENA', `no ${length} bytes can ever be free (the arena's JS part holds ${this.jsRegionBytes})`));
+    }
+    if (this.allocWaiters.length === 0) {
+      const slice = this.tryAlloc(lengthBytes);
+      if (slice !== undefined) return Promise.resolve(slice);
+    }
+    return new Promise<ArenaSlice>((resolve, reject) => this.allocWaiters.push({ length: lengthBytes, resolve, reject }));
+  }
+
   free(slice: ArenaSlice): void {
     this.allocator?.release(slice.offsetBytes, slice.lengthBytes);
+    while (this.allocWaiters.length > 0) {
+      const w = this.allocWaiters[0]!;
+      let slice: ArenaSlice | undefined;
+      try {
+        slice = this.tryAlloc(w.length);
+      } catch (err) {
+        this.allocWaiters.shift();
+        w.reject(err as Error);
+        continue;
+      }
+      if (slice === undefined) return;
+      this.allocWaiters.shift();
+      w.resolve(slice);
+    }
+  }
+
+  // A slice, or undefined while the arena is too full for it; ERR_ARENA when
+  // it could never fit.
+  private tryAlloc(lengthBytes: number): ArenaSlice | undefined {
+    try {
+      return this.alloc(lengthBytes);
+    } catch (err) {
+      if (!(err instanceof BlockwalError) || err.code !== 'ERR_ARENA') throw err;
+      if (roundUp(Math.max(lengthBytes, 1), BLOCK_BYTES) > this.jsRegionBytes) throw err;
+      return undefined;
+    }
+  }
+
+  // Bytes of the arena JS allocates from (what the WAL did not reserve first).
+  get jsRegionBytes(): number {
+    this.jsAllocator();
+    return this.arenaBytes - this.jsBaseBytes;
+  }
+
+  // The first allocation fixes the JS region.
+  private jsAllocator(): ArenaAllocator {
+    if (this.allocator === undefined) {
+      this.jsBaseBytes = this.raw.claimJsRegion();
+      this.allocator = new ArenaAllocator(this.jsBaseBytes, this.arenaBytes - this.jsBaseBytes);
+    }
+    return this.allocator;
   }
 
   arenaView(offsetBytes: number, lengthBytes: number): Uint8Array {
@@ -473,7 +531,15 @@ export class Ring {
   // Waits for every operation to complete, then releases the ring.
   async close(): Promise<void> {
     if (this.closed) return;
-    while (this.queued.length > 0 || this.raw.info().inFlight > 0) {
+    await this.settle();
+    this.closed = true;
+    for (const w of this.allocWaiters.splice(0)) w.reject(new BlockwalError('ERR_RING_CLOSED', 'the ring was closed'));
+    nativeCall(() => this.raw.close());
+  }
+
+  // Waits until no operation is queued or in flight; the ring stays open.
+  async settle(): Promise<void> {
+    while (!this.closed && (this.queued.length > 0 || this.raw.info().inFlight > 0)) {
       await new Promise<void>((resolve) => {
         const off = this.onAfterDrain(() => {
           off();
@@ -482,8 +548,6 @@ export class Ring {
         this.scheduleKick();
       });
     }
-    this.closed = true;
-    nativeCall(() => this.raw.close());
   }
 }
 

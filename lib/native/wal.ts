@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 
 import { addon } from './addon';
 import { BlockwalError, nativeCall } from './errors';
-import type { Ring } from './ring';
+import type { ArenaSlice, Ring } from './ring';
 import { type RecordKind, scanWal, type ScanResult as WalScanResult } from './wal_format';
 
 export type { RecordKind };
@@ -67,6 +67,14 @@ export interface WalStatus {
 }
 
 const KIND_CODE: Record<RecordKind, number> = { write: 1, trim: 2, zero: 3, control: 4 };
+const EBUSY = 16;
+// The largest readSpan (native/wal/writer.h kReadSpanBytesMax).
+export const READ_SPAN_BYTES_MAX = 64 << 20;
+// A gatherBlocks descriptor: six numbers (native/binding/wal_binding.cc).
+export const GATHER_FIELDS = 6;
+export const GATHER = { src: 0, spanBytes: 1, lsn: 2, firstIndex: 3, lengthBlocks: 4, dst: 5 } as const;
+// Descriptors per gatherBlocks call, at most.
+export const GATHER_OPS_MAX = 1 << 16;
 const RECORD_HEADER_BYTES = 64;
 const BUSY_REASONS = ['none', 'slots', 'segment', 'wal_full'] as const;
 // Appends waiting for space, at most; past that append() rejects (ERR_WAL_FULL)
@@ -101,6 +109,8 @@ interface RawWal {
   requestDurable(lsn: number): void;
   release(lsn: number): void;
   readRecord(seq: number, offsetBytes: number, spanBytes: number, destOffset: number, destBytes: number, tag: number): number;
+  readSpan(seq: number, offsetBytes: number, lengthBytes: number, destOffset: number, tag: number): number;
+  gatherBlocks(descriptors: Float64Array, count: number): void;
   failureMessage(): string;
   close(): void;
 }
@@ -281,29 +291,99 @@ export class Wal {
 
   // Reads one record (header + payload) back, from memory when its group is
   // still there, else from its segment; verified against its checksum.
+  // Waits for arena space rather than failing while the arena is busy.
   async readRecord(segmentSeq: number, offsetBytes: number, spanBytes: number): Promise<Buffer> {
-    const slice = this.ring.alloc(spanBytes + 8192);
+    const slice = await this.ring.allocWait(spanBytes + 8192);
     try {
-      const lead = await new Promise<number>((resolve, reject) => {
-        const tag = this.ring.takeTag((result) => {
-          if (result >= 0) resolve(result);
-          else reject(new BlockwalError(result === -74 ? 'ERR_RECORD' : 'ERR_IO', `WAL record read failed (errno ${-result})`, { errno: -result }));
+      // No read slot free in the addon (many readers at once): wait for a drain.
+      let lead: number | undefined;
+      while ((lead = await this.tryReadRecord(segmentSeq, offsetBytes, spanBytes, slice)) === undefined) {
+        if (this.closed) throw new BlockwalError('ERR_WAL_CLOSED', 'the WAL is closed');
+        await new Promise<void>((resolve) => {
+          const off = this.ring.onAfterDrain(() => {
+            off();
+            resolve();
+          });
         });
-        const rc = this.raw.readRecord(segmentSeq, offsetBytes, spanBytes, slice.offsetBytes, slice.lengthBytes, tag);
-        if (rc === 1) {
-          this.ring.releaseTag(tag);
-          resolve(0);
-        } else if (rc < 0) {
-          this.ring.releaseTag(tag);
-          reject(new BlockwalError('ERR_IO', `WAL record read refused (errno ${-rc})`, { errno: -rc }));
-        } else {
-          this.ring.scheduleKick();
-        }
-      });
+      }
       return Buffer.from(slice.bytes.subarray(lead, lead + spanBytes));
     } finally {
       this.ring.free(slice);
     }
+  }
+
+  // The record's offset in slice once read; undefined when the addon had no read slot free.
+  private tryReadRecord(segmentSeq: number, offsetBytes: number, spanBytes: number, slice: ArenaSlice): Promise<number | undefined> {
+    return new Promise<number | undefined>((resolve, reject) => {
+      const tag = this.ring.takeTag((result) => {
+        if (result >= 0) resolve(result);
+        else reject(new BlockwalError(result === -74 ? 'ERR_RECORD' : 'ERR_IO', `WAL record read failed (errno ${-result})`, { errno: -result }));
+      });
+      const rc = this.raw.readRecord(segmentSeq, offsetBytes, spanBytes, slice.offsetBytes, slice.lengthBytes, tag);
+      if (rc === 1) {
+        this.ring.releaseTag(tag);
+        resolve(0);
+      } else if (rc === -EBUSY) {
+        this.ring.releaseTag(tag);
+        resolve(undefined);
+      } else if (rc < 0) {
+        this.ring.releaseTag(tag);
+        reject(new BlockwalError('ERR_IO', `WAL record read refused (errno ${-rc})`, { errno: -rc }));
+      } else {
+        this.ring.scheduleKick();
+      }
+    });
+  }
+
+  // Reads lengthBytes of segment segmentSeq at offsetBytes (4 KiB multiples)
+  // into the start of slice, unverified (gatherBlocks verifies the records
+  // used): from the group slots when they still hold all of it, else with one
+  // O_DIRECT read. When the addon has no read slot free it waits for a drain
+  // and tries again.
+  async readSpan(segmentSeq: number, offsetBytes: number, lengthBytes: number, slice: ArenaSlice): Promise<void> {
+    if (lengthBytes > slice.lengthBytes) throw new RangeError('lengthBytes exceeds the slice');
+    for (;;) {
+      if (this.closed) throw new BlockwalError('ERR_WAL_CLOSED', 'the WAL is closed');
+      const rc = await new Promise<number>((resolve, reject) => {
+        const tag = this.ring.takeTag((result) => {
+          if (result >= 0) resolve(0);
+          else reject(new BlockwalError('ERR_IO', `WAL read of segment ${segmentSeq} at ${offsetBytes} failed (errno ${-result})`, { errno: -result }));
+        });
+        let now: number;
+        try {
+          now = nativeCall(() => this.raw.readSpan(segmentSeq, offsetBytes, lengthBytes, slice.offsetBytes, tag));
+        } catch (err) {
+          this.ring.releaseTag(tag);
+          reject(err as Error);
+          return;
+        }
+        if (now !== 0) {
+          this.ring.releaseTag(tag);
+          resolve(now);
+        } else {
+          this.ring.scheduleKick();
+        }
+      });
+      if (rc >= 0) return;
+      if (rc !== -EBUSY) {
+        throw new BlockwalError('ERR_IO', `WAL read of segment ${segmentSeq} at ${offsetBytes} refused (errno ${-rc})`, { errno: -rc });
+      }
+      await new Promise<void>((resolve) => {
+        const off = this.ring.onAfterDrain(() => {
+          off();
+          resolve();
+        });
+      });
+    }
+  }
+
+  // Verifies records read into the arena and copies block ranges of them into
+  // 4 KiB-aligned places of the arena: count descriptors of GATHER_FIELDS
+  // numbers each (see GATHER), one record's descriptors next to each other.
+  // A record that fails verification throws ERR_RECORD (details.index,
+  // details.reason); malformed descriptors throw RangeError.
+  gatherBlocks(descriptors: Float64Array, count: number): void {
+    nativeCall(() => this.raw.gatherBlocks(descriptors, count));
   }
 
   // Makes everything durable, waits for every operation, and closes.

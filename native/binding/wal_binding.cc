@@ -2,17 +2,22 @@
 // payload is copied into the open group in the arena, XXH3 computed there);
 // progress (written and durable LSNs, failure, back-pressure) is published
 // into a shared Float64Array after every append and every drain, so JS reads
-// numbers instead of making calls.
+// numbers instead of making calls. The flusher's path crosses in batches too:
+// readSpan reads many records of a segment into the arena at once, and one
+// gatherBlocks call verifies them and copies their blocks into write buffers.
 #include <napi.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "binding/errors.h"
 #include "binding/init.h"
 #include "binding/ring_binding.h"
 #include "util/assert.h"
+#include "wal/gather.h"
 #include "wal/writer.h"
 
 namespace blockwal::binding {
@@ -46,6 +51,13 @@ enum StateField : uint32_t {
 // argument (no unwrap, no per-field conversion).
 enum AppendField : uint32_t { kArgKind = 0, kArgEpoch, kArgLba, kArgLengthBlocks, kArgFua, kAppendFields };
 
+// Fields of one gatherBlocks descriptor (mirrored in lib/native/wal.ts).
+enum GatherField : uint32_t { kGatherSrc = 0, kGatherSpan, kGatherLsn, kGatherFirstIndex, kGatherBlocks, kGatherDst, kGatherFields };
+// Descriptors per gatherBlocks call, at most (a WAL extent's pieces).
+constexpr uint32_t kGatherOpsMax = 1u << 16;
+
+constexpr double kSafeIntegerMax = 9007199254740991.0;  // 2^53 - 1
+
 constexpr int32_t kAppendBusy = 0;
 constexpr int32_t kAppendFailed = -1;
 constexpr int32_t kAppendClosed = -2;
@@ -65,6 +77,8 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
                            InstanceMethod<&WalWrap::request_durable>("requestDurable"),
                            InstanceMethod<&WalWrap::release>("release"),
                            InstanceMethod<&WalWrap::read_record>("readRecord"),
+                           InstanceMethod<&WalWrap::read_span>("readSpan"),
+                           InstanceMethod<&WalWrap::gather_blocks>("gatherBlocks"),
                            InstanceMethod<&WalWrap::failure_message>("failureMessage"),
                            InstanceMethod<&WalWrap::close>("close"),
                        });
@@ -253,6 +267,76 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
     return Napi::Number::New(env, rc);
   }
 
+  // readSpan(seq, offsetBytes, lengthBytes, destOffset, tag) -> 1 | 0 | -errno
+  // (wal::Writer::read_span). The destination must lie in the JS part of the
+  // arena: a bad offset must never overwrite the writer's group slots.
+  Napi::Value read_span(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    wal::Writer& w = writer(env);
+    uint64_t seq = arg_u64(info, 0, "seq", wal::kSegmentSeqMax);
+    uint64_t offset = arg_u64(info, 1, "offsetBytes", segment_bytes_);
+    uint32_t length = arg_u32(info, 2, "lengthBytes", wal::kReadSpanBytesMax);
+    uint64_t dest = arg_u64(info, 3, "destOffset", UINT64_MAX);
+    uint32_t tag = arg_u32(info, 4, "tag", INT32_MAX);
+    const ring::Ring& r = ring_->ring();
+    if (!is_aligned(offset, kBlockBytes) || !is_aligned(length, kBlockBytes) || length == 0) {
+      throw Napi::RangeError::New(env, "offsetBytes and lengthBytes must be multiples of 4096 (lengthBytes > 0)");
+    }
+    if (!is_aligned(dest, kDirectAlignBytes) || dest < r.reserved_bytes() || dest > r.arena_bytes() ||
+        length > r.arena_bytes() - dest) {
+      throw Napi::RangeError::New(env, "destOffset must be 4096-aligned with the span inside the JS part of the arena");
+    }
+    return Napi::Number::New(env, w.read_span(seq, offset, length, dest, tag));
+  }
+
+  // gatherBlocks(descriptors: Float64Array, count) -> undefined. Each
+  // descriptor (GatherField order) names a record in the arena, the LSN it
+  // must carry, a block range of it and a 4096-aligned destination; all lie in
+  // the JS part of the arena. Malformed descriptors are a RangeError (nothing
+  // is copied); a record that fails verification is ERR_RECORD (with
+  // details: index, reason), after the descriptors before it were copied.
+  Napi::Value gather_blocks(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!ring_->open()) throw_error(env, "ERR_RING_CLOSED", "the ring is closed");
+    if (info.Length() < 2 || !info[0].IsTypedArray() ||
+        info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+      throw Napi::TypeError::New(env, "gatherBlocks(descriptors: Float64Array, count)");
+    }
+    Napi::Float64Array desc = info[0].As<Napi::Float64Array>();
+    uint32_t count = arg_u32(info, 1, "count", std::min<uint32_t>(kGatherOpsMax, static_cast<uint32_t>(desc.ElementLength() / kGatherFields)));
+    const ring::Ring& r = ring_->ring();
+    ops_.resize(count);
+    for (uint32_t i = 0; i < count; i++) {
+      const double* d = desc.Data() + uint64_t{i} * kGatherFields;
+      uint64_t f[kGatherFields];
+      for (uint32_t k = 0; k < kGatherFields; k++) {
+        if (!field_u64(d[k], kSafeIntegerMax, &f[k])) throw Napi::RangeError::New(env, "gather descriptor " + std::to_string(i) + ": fields must be non-negative integers");
+      }
+      if (f[kGatherSpan] > UINT32_MAX || f[kGatherFirstIndex] > UINT32_MAX || f[kGatherBlocks] > UINT32_MAX) {
+        throw Napi::RangeError::New(env, "gather descriptor " + std::to_string(i) + ": out of range");
+      }
+      wal::GatherOp op{f[kGatherSrc], static_cast<uint32_t>(f[kGatherSpan]), f[kGatherLsn],
+                       static_cast<uint32_t>(f[kGatherFirstIndex]), static_cast<uint32_t>(f[kGatherBlocks]), f[kGatherDst]};
+      if (!wal::gather_op_in_bounds(op, r.reserved_bytes(), r.arena_bytes())) {
+        throw Napi::RangeError::New(env, "gather descriptor " + std::to_string(i) +
+                                             ": ranges must lie in the JS part of the arena, disjoint, destination 4096-aligned, "
+                                             "1-256 blocks of a record span of at most 1 MiB + 64 bytes");
+      }
+      ops_[i] = op;
+    }
+    uint32_t failed = 0;
+    wal::GatherError err = wal::gather_blocks(r.arena(), r.arena_bytes(), ops_.data(), count, &failed);
+    if (err != wal::GatherError::ok) {
+      Napi::Error e = make_error(env, "ERR_RECORD", "WAL record for gather descriptor " + std::to_string(failed) + " (LSN " +
+                                                        std::to_string(ops_[failed].lsn) + ") failed verification: " +
+                                                        wal::gather_error_name(err));
+      e.Value().Set("index", Napi::Number::New(env, failed));
+      e.Value().Set("reason", Napi::String::New(env, wal::gather_error_name(err)));
+      throw e;
+    }
+    return env.Undefined();
+  }
+
   Napi::Value failure_message(const Napi::CallbackInfo& info) {
     return Napi::String::New(info.Env(), writer_ ? writer_->failure_message() : "");
   }
@@ -277,6 +361,7 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
   double* append_args_ = nullptr;
   Napi::ObjectReference args_ref_;
   uint64_t segment_bytes_ = 0;
+  std::vector<wal::GatherOp> ops_;  // gatherBlocks' decoded descriptors (grows to the largest batch)
 };
 
 void init_wal(Napi::Env env, Napi::Object exports) { exports.Set("Wal", WalWrap::define(env)); }

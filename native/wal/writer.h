@@ -27,6 +27,10 @@
 
 namespace blockwal::wal {
 
+// The largest read_span: bounds one flusher read (a few MiB in practice).
+constexpr uint32_t kReadSpanBytesMax = 64u << 20;
+static_assert(kReadSpanBytesMax % kBlockBytes == 0);
+
 struct ExistingSegment {
   uint64_t seq;
   uint64_t lsn_first;  // 0 when it holds no part of the log
@@ -84,6 +88,16 @@ class Writer : public ring::Owner {
   // -EBADMSG when it fails verification), or -errno now.
   int read_record(uint64_t seq, uint64_t offset_bytes, uint32_t span_bytes, uint64_t dest_offset,
                   uint64_t dest_bytes, uint64_t tag);
+  // Reads length_bytes of segment seq at offset_bytes (both 4 KiB multiples,
+  // at most kReadSpanBytesMax) into the arena at dest_offset (4 KiB aligned),
+  // unverified: the caller verifies the records it uses (wal/gather.h). For
+  // the flusher, which reads many records per call. Returns 1 when the range
+  // was copied from group slots still in memory, 0 when a read was submitted
+  // (the js_sink later gets tag with length_bytes, or -errno; a short read is
+  // -EIO), or -errno now: -ENOENT when seq is not a segment of the log,
+  // -EINVAL for a range outside it, -EBUSY when no read or ring slot is free
+  // (retry after a drain).
+  int read_span(uint64_t seq, uint64_t offset_bytes, uint32_t length_bytes, uint64_t dest_offset, uint64_t tag);
 
   void on_complete(uint64_t cookie, int32_t result) override;
 
@@ -134,6 +148,7 @@ class Writer : public ring::Owner {
     uint32_t lead_bytes;
     uint32_t span_bytes;
     uint32_t read_bytes;
+    bool verify;  // read_record: decode the record; read_span: bytes only
     bool used;
   };
 
@@ -151,6 +166,8 @@ class Writer : public ring::Owner {
   void fail_prepare(int err, const std::string& what);
   void on_group_written(uint32_t slot_index, int32_t result);
   void on_read(uint32_t read_index, int32_t result);
+  bool copy_from_slots(uint64_t seq, uint64_t start, uint64_t end, uint64_t dest_offset);
+  int submit_read(int fd, uint64_t seq, uint64_t start, uint64_t end, uint64_t dest_offset, const PendingRead& read);
   void trace_progress();
   bool ring_has_room(uint32_t ops) const;
   std::string segment_path(uint64_t seq, bool tmp) const;

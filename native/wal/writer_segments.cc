@@ -1,4 +1,4 @@
-// Segment preparation and record reads for the WAL writer.
+// Segment preparation and record/span reads for the WAL writer.
 //
 // A spare segment is ready only when it is fully allocated and written (zeros
 // for a new file, stale frames of an older seq for a recycled one) and its
@@ -147,11 +147,62 @@ int Writer::read_record(uint64_t seq, uint64_t offset_bytes, uint32_t span_bytes
   uint64_t end = align_up(offset_bytes + span_bytes, kBlockBytes);
   if (end > options_.segment_bytes) return -EINVAL;
   if (end - start > dest_bytes || !is_aligned(dest_offset, kBlockBytes)) return -EINVAL;
+  PendingRead read{tag, dest_offset, static_cast<uint32_t>(offset_bytes - start), span_bytes,
+                   static_cast<uint32_t>(end - start), true, true};
+  return submit_read(seg->second.fd, seq, start, end, dest_offset, read);
+}
+
+int Writer::read_span(uint64_t seq, uint64_t offset_bytes, uint32_t length_bytes, uint64_t dest_offset, uint64_t tag) {
+  if (closed_) return -EBADF;
+  if (length_bytes == 0 || length_bytes > kReadSpanBytesMax || !is_aligned(offset_bytes, kBlockBytes) ||
+      !is_aligned(length_bytes, kBlockBytes) || !is_aligned(dest_offset, kDirectAlignBytes) ||
+      dest_offset > ring_.arena_bytes() || length_bytes > ring_.arena_bytes() - dest_offset) {
+    return -EINVAL;
+  }
+  auto seg = segments_.find(seq);
+  if (seg == segments_.end()) return -ENOENT;
+  const SegState state = seg->second.state;
+  if (state != SegState::chain && state != SegState::active) return -ENOENT;
+  if (offset_bytes > options_.segment_bytes || length_bytes > options_.segment_bytes - offset_bytes) return -EINVAL;
+  const uint64_t end = offset_bytes + length_bytes;
+  if (copy_from_slots(seq, offset_bytes, end, dest_offset)) return 1;
+  PendingRead read{tag, dest_offset, 0, length_bytes, length_bytes, false, true};
+  return submit_read(seg->second.fd, seq, offset_bytes, end, dest_offset, read);
+}
+
+// Copies [start, end) of segment seq from the group slots when sealed frames
+// in memory cover all of it (the open group's bytes are not final: never
+// used). False, with nothing copied, otherwise.
+bool Writer::copy_from_slots(uint64_t seq, uint64_t start, uint64_t end, uint64_t dest_offset) {
+  const auto covering = [&](uint64_t at) -> const Slot* {
+    for (const Slot& s : slots_) {
+      if (s.state == SlotState::free || s.state == SlotState::open || s.segment_seq != seq) continue;
+      if (at >= s.file_offset && at < s.file_offset + s.frame_bytes) return &s;
+    }
+    return nullptr;
+  };
+  for (uint64_t at = start; at < end;) {
+    const Slot* s = covering(at);
+    if (s == nullptr) return false;
+    at = std::min<uint64_t>(end, s->file_offset + s->frame_bytes);
+  }
+  for (uint64_t at = start; at < end;) {
+    const Slot* s = covering(at);
+    BW_ASSERT(s != nullptr);
+    const uint64_t until = std::min<uint64_t>(end, s->file_offset + s->frame_bytes);
+    std::memcpy(ring_.arena() + dest_offset + (at - start), ring_.arena() + s->arena_offset + (at - s->file_offset), until - at);
+    at = until;
+  }
+  return true;
+}
+
+int Writer::submit_read(int fd, uint64_t seq, uint64_t start, uint64_t end, uint64_t dest_offset, const PendingRead& read) {
+  BW_ASSERT(is_aligned(start, kBlockBytes) && is_aligned(end, kBlockBytes) && end > start);
+  BW_ASSERT(is_aligned(dest_offset, kDirectAlignBytes) && dest_offset + (end - start) <= ring_.arena_bytes());
   auto free_read = std::find_if(reads_.begin(), reads_.end(), [](const PendingRead& r) { return !r.used; });
   if (free_read == reads_.end() || !ring_has_room(1)) return -EBUSY;
-  *free_read = PendingRead{tag, dest_offset, static_cast<uint32_t>(offset_bytes - start), span_bytes,
-                           static_cast<uint32_t>(end - start), true};
-  ring::Op op{ring::OpKind::read, seg->second.fd, dest_offset, static_cast<uint32_t>(end - start), start, 0, ring::Purpose::wal_read};
+  *free_read = read;
+  ring::Op op{ring::OpKind::read, fd, dest_offset, static_cast<uint32_t>(end - start), start, 0, ring::Purpose::wal_read};
   ring_.prep(op, this, cookie(OpType::read, static_cast<uint64_t>(free_read - reads_.begin())), seq, 0);
   ops_in_flight_++;
   return 0;
@@ -163,6 +214,7 @@ void Writer::on_read(uint32_t index, int32_t result) {
   reads_[index].used = false;
   if (result < 0) return js_sink_->on_complete(r.tag, result);
   if (static_cast<uint32_t>(result) < r.read_bytes) return js_sink_->on_complete(r.tag, -EIO);
+  if (!r.verify) return js_sink_->on_complete(r.tag, static_cast<int32_t>(r.read_bytes));
   RecordHeader header{};
   const uint8_t* src = ring_.arena() + r.dest_offset + r.lead_bytes;
   RecordError err = decode_record(src, r.span_bytes, &header);
