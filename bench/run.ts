@@ -30,6 +30,7 @@ const BENCHES: Readonly<Record<string, () => Promise<Bench>>> = {
   anchors: async () => (await import('./anchors_only')).bench,
   wal_replay: async () => (await import('./wal_replay')).bench,
   flusher: async () => (await import('./flusher')).bench,
+  nbd: async () => (await import('./nbd')).bench,
 };
 // `anchors` is a subset of wal_append, so running everything skips it.
 const DEFAULT_BENCHES: readonly string[] = ['wal_append', 'wal_replay', 'flusher'];

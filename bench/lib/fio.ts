@@ -133,19 +133,26 @@ export async function prewriteFile(filename: string, sizeBytes: number, outputDi
 }
 
 export function parseFioJson(job: FioJob, text: string): FioMeasurement {
+  return { job, ...parseFioFigures(job.name, job.rw, text) };
+}
+
+/** What a fio report says about one job, whatever built the job (FioJob or another engine's job type). */
+export type FioFigures = Omit<FioMeasurement, 'job'>;
+
+/** Parses the JSON report of a one-job fio run; rw picks the direction whose figures count. */
+export function parseFioFigures(name: string, rw: FioRw, text: string): FioFigures {
   // fio can print notices before the JSON even with --output; start at the object.
   const start = text.indexOf('{');
-  assert(start >= 0, `fio ${job.name}: no JSON in output`);
+  assert(start >= 0, `fio ${name}: no JSON in output`);
   const report = JSON.parse(text.slice(start)) as FioReport;
-  assert(report.jobs.length === 1, `fio ${job.name}: expected 1 job, got ${report.jobs.length}`);
+  assert(report.jobs.length === 1, `fio ${name}: expected 1 job, got ${report.jobs.length}`);
   const j = report.jobs[0]!;
-  if (j.error !== 0) throw new Error(`fio ${job.name}: job error ${j.error}`);
-  const dir = job.rw === 'read' || job.rw === 'randread' ? j.read : j.write;
+  if (j.error !== 0) throw new Error(`fio ${name}: job error ${j.error}`);
+  const dir = rw === 'read' || rw === 'randread' ? j.read : j.write;
   const runtimeMs = dir.runtime;
-  assert(dir.total_ios > 0 && runtimeMs > 0, `fio ${job.name}: no I/O measured`);
+  assert(dir.total_ios > 0 && runtimeMs > 0, `fio ${name}: no I/O measured`);
   const cpuUs = ((j.usr_cpu + j.sys_cpu) / 100) * j.job_runtime * 1000;
   return {
-    job,
     fioVersion: report['fio version'],
     ops: dir.total_ios,
     runtimeMs,
@@ -171,7 +178,8 @@ function latency(stat: FioLatStat): FioLatencyNs {
   };
 }
 
-function spawnCollect(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {
+/** Runs a command to its end with stdin and stdout ignored; resolves with its exit code and stderr. */
+export function spawnCollect(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';

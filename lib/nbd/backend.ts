@@ -25,7 +25,13 @@ export interface ZeroOptions {
 export interface NbdBackend {
   readonly sizeBytes: number;
   readonly readOnly: boolean;
+  // The server never modifies the returned bytes. They may be a view of
+  // backend memory, which the backend must leave unchanged until the reply
+  // has been sent (large reads go to the socket by reference, after the
+  // promise has settled).
   read(offsetBytes: number, lengthBytes: number): Promise<Uint8Array>;
+  // `data` is a view of the server's input buffer, valid only until the
+  // returned promise settles: a backend that keeps it longer must copy it.
   write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<void>;
   // Durable: every write completed (replied to) on any connection before this call.
   flush(): Promise<void>;

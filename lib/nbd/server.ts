@@ -13,7 +13,8 @@ import type { Readable, Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 
 import type { NbdExport } from './backend';
-import { Connection, type ConnectionHost, type ConnectionLimits, type Counters, type RequestObserver } from './connection';
+import { Connection } from './connection';
+import type { ConnectionHost, ConnectionLimits, Counters, RequestObserver } from './host';
 import { COMMAND_NAMES, type CommandName } from './protocol';
 
 export interface NbdServerOptions {
