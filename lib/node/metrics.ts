@@ -1,6 +1,6 @@
 // Prometheus metrics of a storage node: NBD requests (count, bytes, latency)
 // and, at scrape time, each volume's LSNs, dirty bytes and WAL fill.
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Gauge, Registry } from 'prom-client';
 
 import type { VolumeStatus } from '../engine/volume';
 
@@ -12,42 +12,78 @@ export interface VolumeGaugeSource {
 // Latency buckets in seconds: 10 µs to 1 s.
 const LATENCY_BUCKETS_S = [1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.25, 1];
 
+// One command's figures, kept as plain numbers: observe() runs once per NBD
+// request, so it must cost a few additions, not prom-client's label lookups.
+// They become Prometheus text at scrape time.
+class CommandFigures {
+  ok = 0;
+  errors = 0;
+  bytes = 0;
+  secondsSum = 0;
+  readonly buckets = new Float64Array(LATENCY_BUCKETS_S.length + 1); // last: +Inf
+
+  observe(bytes: number, seconds: number, ok: boolean): void {
+    if (ok) {
+      this.ok++;
+      this.bytes += bytes;
+    } else {
+      this.errors++;
+    }
+    this.secondsSum += seconds;
+    let i = 0;
+    while (i < LATENCY_BUCKETS_S.length && seconds > LATENCY_BUCKETS_S[i]!) i++;
+    this.buckets[i]!++;
+  }
+}
+
 export class NodeMetrics {
   readonly registry = new Registry();
-  private readonly requests: Counter<'command' | 'result'>;
-  private readonly bytes: Counter<'direction'>;
-  private readonly latency: Histogram<'command'>;
-  // Label children cached per command: observe() runs once per request.
-  private readonly latencyByCommand = new Map<string, ReturnType<Histogram<'command'>['labels']>>();
+  private readonly commands = new Map<string, CommandFigures>();
 
   constructor(volumes: () => VolumeGaugeSource[]) {
-    const registers = [this.registry];
-    this.requests = new Counter({ name: 'blockwal_nbd_requests_total', help: 'NBD requests answered', labelNames: ['command', 'result'], registers });
-    this.bytes = new Counter({ name: 'blockwal_nbd_bytes_total', help: 'Payload bytes moved through NBD', labelNames: ['direction'], registers });
-    this.latency = new Histogram({
-      name: 'blockwal_nbd_request_seconds',
-      help: 'NBD request latency from receipt to reply',
-      labelNames: ['command'],
-      buckets: LATENCY_BUCKETS_S,
-      registers,
-    });
-    this.volumeGauges(volumes, registers);
+    this.volumeGauges(volumes, [this.registry]);
   }
 
   // NbdServer's onRequest hook.
   observe(command: string, bytes: number, seconds: number, ok: boolean): void {
-    this.requests.inc({ command, result: ok ? 'ok' : 'error' });
-    if (bytes > 0 && ok) this.bytes.inc({ direction: command === 'read' ? 'read' : 'write' }, bytes);
-    let child = this.latencyByCommand.get(command);
-    if (child === undefined) {
-      child = this.latency.labels({ command });
-      this.latencyByCommand.set(command, child);
+    let figures = this.commands.get(command);
+    if (figures === undefined) {
+      figures = new CommandFigures();
+      this.commands.set(command, figures);
     }
-    child.observe(seconds);
+    figures.observe(bytes, seconds, ok);
   }
 
-  text(): Promise<string> {
-    return this.registry.metrics();
+  async text(): Promise<string> {
+    return (await this.registry.metrics()) + this.requestText();
+  }
+
+  private requestText(): string {
+    const lines = [
+      '# HELP blockwal_nbd_requests_total NBD requests answered',
+      '# TYPE blockwal_nbd_requests_total counter',
+    ];
+    for (const [command, f] of this.commands) {
+      lines.push(`blockwal_nbd_requests_total{command="${command}",result="ok"} ${f.ok}`);
+      lines.push(`blockwal_nbd_requests_total{command="${command}",result="error"} ${f.errors}`);
+    }
+    const read = this.commands.get('read')?.bytes ?? 0;
+    const written = this.commands.get('write')?.bytes ?? 0;
+    lines.push('# HELP blockwal_nbd_bytes_total Payload bytes moved through NBD', '# TYPE blockwal_nbd_bytes_total counter');
+    lines.push(`blockwal_nbd_bytes_total{direction="read"} ${read}`, `blockwal_nbd_bytes_total{direction="write"} ${written}`);
+    lines.push('# HELP blockwal_nbd_request_seconds NBD request latency from receipt to reply', '# TYPE blockwal_nbd_request_seconds histogram');
+    for (const [command, f] of this.commands) {
+      let cumulative = 0;
+      LATENCY_BUCKETS_S.forEach((le, i) => {
+        cumulative += f.buckets[i]!;
+        lines.push(`blockwal_nbd_request_seconds_bucket{command="${command}",le="${le}"} ${cumulative}`);
+      });
+      cumulative += f.buckets[LATENCY_BUCKETS_S.length]!;
+      lines.push(`blockwal_nbd_request_seconds_bucket{command="${command}",le="+Inf"} ${cumulative}`);
+      lines.push(`blockwal_nbd_request_seconds_sum{command="${command}"} ${f.secondsSum}`);
+      lines.push(`blockwal_nbd_request_seconds_count{command="${command}"} ${cumulative}`);
+    }
+    return lines.join('\n') + '\n';
   }
 
   private volumeGauges(volumes: () => VolumeGaugeSource[], registers: Registry[]): void {

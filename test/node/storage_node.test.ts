@@ -65,6 +65,10 @@ test('an embedded storage node serves two volumes to real clients, with metrics,
     const writes = /blockwal_nbd_requests_total\{command="write",result="ok"\} (\d+)/.exec(text);
     assert.ok(writes !== null && Number(writes[1]) > 0, 'write requests counted');
     assert.match(text, /blockwal_nbd_bytes_total\{direction="write"\} 8388608/);
+    const observed = /blockwal_nbd_request_seconds_count\{command="write"\} (\d+)/.exec(text);
+    assert.equal(observed?.[1], writes[1], 'every write request is in the latency histogram');
+    const infBucket = /blockwal_nbd_request_seconds_bucket\{command="write",le="\+Inf"\} (\d+)/.exec(text);
+    assert.equal(infBucket?.[1], writes[1]);
     assert.match(text, /blockwal_volume_lsn_head\{export="a"\} [1-9]/);
     assert.match(text, /blockwal_volume_lsn_head\{export="bee"\} 0/);
     const status = (await (await fetch(`http://127.0.0.1:${metrics.port}/status`)).json()) as { nodeId: string; volumes: { exportName: string }[] };
