@@ -1,0 +1,91 @@
+// Reads frames out of a replication link's byte stream.
+//
+// push() queues received chunks as they are (chunk_queue.ts); next() returns
+// the next whole frame, or undefined while more bytes are needed. A header is
+// checked as soon as its 32 bytes are in (frames.ts: checkFrameHeader), so an
+// oversized or garbage length is refused before any of its body is buffered.
+// A body that lies in one chunk is decoded in place, and its WAL records are
+// views of that chunk; a body spanning chunks is copied once into a buffer of
+// its own length. Callers must not modify a chunk after pushing it.
+//
+// Rule (poisoned): after a FrameError the stream has no trustworthy frame
+// boundary left, so every later next() throws that same error and queued
+// bytes are dropped; the shell closes the link.
+//
+// bytesQueued lets the shell stop reading from the socket while too much
+// input waits (back-pressure stays with the shell).
+import { ChunkQueue } from './chunk_queue';
+import {
+  checkFrameHeader,
+  decodeFrameBody,
+  FRAME_BODY_BYTES_FLOOR,
+  FRAME_BODY_BYTES_MAX,
+  FRAME_HEADER_BYTES,
+  FrameError,
+  type Frame,
+  type FrameHeader,
+} from './frames';
+
+export interface FrameDecoderOptions {
+  // A lower body limit than FRAME_BODY_BYTES_MAX, at least
+  // FRAME_BODY_BYTES_FLOOR (one maximal WAL record must always fit).
+  bodyBytesMax?: number;
+}
+
+export class FrameDecoder {
+  readonly bodyBytesMax: number;
+  private readonly queue = new ChunkQueue();
+  // Where a header split across chunks is gathered; reused for every frame
+  // (a frame's header is no longer needed once its body is decoded).
+  private readonly headerScratch = new Uint8Array(FRAME_HEADER_BYTES);
+  private header: FrameHeader | undefined;
+  private poison: FrameError | undefined;
+
+  constructor(options: FrameDecoderOptions = {}) {
+    const bodyBytesMax = options.bodyBytesMax ?? FRAME_BODY_BYTES_MAX;
+    if (!Number.isSafeInteger(bodyBytesMax) || bodyBytesMax < FRAME_BODY_BYTES_FLOOR || bodyBytesMax > FRAME_BODY_BYTES_MAX) {
+      throw new RangeError(`bodyBytesMax must be in [${FRAME_BODY_BYTES_FLOOR}, ${FRAME_BODY_BYTES_MAX}], got ${bodyBytesMax}`);
+    }
+    this.bodyBytesMax = bodyBytesMax;
+  }
+
+  get bytesQueued(): number {
+    return this.queue.bytesQueued;
+  }
+
+  // The error that poisoned the decoder, if any.
+  get error(): FrameError | undefined {
+    return this.poison;
+  }
+
+  push(chunk: Uint8Array): void {
+    if (!(chunk instanceof Uint8Array)) throw new TypeError('chunk must be a Buffer or Uint8Array');
+    if (this.poison !== undefined) return; // the link is closing; keep nothing
+    this.queue.push(chunk);
+  }
+
+  next(): Frame | undefined {
+    if (this.poison !== undefined) throw this.poison;
+    try {
+      return this.step();
+    } catch (err) {
+      if (err instanceof FrameError) {
+        this.poison = err;
+        this.header = undefined;
+        this.queue.clear();
+      }
+      throw err;
+    }
+  }
+
+  private step(): Frame | undefined {
+    if (this.header === undefined) {
+      if (this.queue.bytesQueued < FRAME_HEADER_BYTES) return undefined;
+      this.header = checkFrameHeader(this.queue.take(FRAME_HEADER_BYTES, this.headerScratch), this.bodyBytesMax);
+    }
+    const header = this.header;
+    if (this.queue.bytesQueued < header.bodyBytes) return undefined;
+    this.header = undefined;
+    return decodeFrameBody(header, this.queue.take(header.bodyBytes));
+  }
+}

@@ -1,0 +1,625 @@
+// The replication wire format: length-prefixed binary frames, each covered by
+// an XXH3-64 checksum. Pure: no sockets, no clock. frame_decoder.ts reads
+// frames out of a byte stream with the checks exported here.
+//
+// Every frame is a 32-byte header and a body. Integers are little-endian
+// (like the WAL and the superblock); u64 LSNs, epochs and sequences stay at
+// or below 2^53 - 1 so they cross into JS as exact numbers.
+//
+//   header   offset size  field
+//            0      4     magic 0x50574c42 (bytes "BLWP")
+//            4      1     protocol version (PROTOCOL_VERSION)
+//            5      1     frame type (FRAME_TYPE_CODES)
+//            6      2     flags (none defined: must be 0)
+//            8      8     epoch of the sender
+//            16     4     body length in bytes
+//            20     4     reserved (must be 0)
+//            24     8     XXH3-64 (seed 0) of header bytes [0, 24) ‖ body,
+//                         the digest's 8 bytes in canonical (big-endian) order
+//
+// The protocol version is the HELLO's version too: HELLO is the first frame
+// on a link, so a peer speaking another version fails there with
+// ERR_FRAME_VERSION (the error carries the version seen).
+//
+// A receiver checks, in this order: magic, version, body length against its
+// limit (ERR_FRAME_TOO_LARGE, before any body byte is buffered), type, body
+// length against the type's bounds; then, once the body is in: checksum,
+// flags, reserved, epoch range, and the body's own shape. Anything wrong
+// closes the link: a frame stream has no resynchronisation point.
+//
+// Bodies (offset: field):
+//   HELLO        0 role u8 (1 primary, 2 replica), 1 nodeIdBytes u8,
+//                2..7 reserved 0, 8 volume UUID (16 bytes), 24 lsnDurable,
+//                32 lsnApplied, 40 lsnTail, 48 lsnHead, 56 applyChecksum u64,
+//                64 node id (UTF-8, 1..NODE_ID_BYTES_MAX bytes). Exactly
+//                64 + nodeIdBytes bytes.
+//   WAL_RECORDS  0 recordCount u32 (1..WAL_RECORDS_PER_FRAME_MAX), 4 reserved
+//                0, 8 index: recordCount entries of {lsn u64, lengthBytes
+//                u32}, then the records' bytes back to back in index order.
+//                LSNs strictly increase; each record is 1..WAL_RECORD_BYTES_MAX
+//                bytes; the body ends exactly after the last record. Records
+//                are opaque here (the WAL format verifies them).
+//   ACK          0 lsnReceived, 8 lsnDurable, 16 lsnApplied, 24 applyChecksum
+//                u64 (the chain at lsnApplied). 32 bytes.
+//   COMMIT       0 lsnCommit. 8 bytes.
+//   HEARTBEAT    0 sequence (no sender time: the core reads no clock). 8 bytes.
+//   ERROR,
+//   GOODBYE      0 close code u16 (CLOSE_CODES), 2 messageBytes u16,
+//                4 message (UTF-8, 0..CLOSE_MESSAGE_BYTES_MAX bytes).
+//
+// The codec checks shape, not meaning: whether lsnApplied <= lsnDurable, or a
+// frame's epoch is acceptable (epoch.ts), is for the protocol to judge.
+import { constants as bufferConstants } from 'node:buffer';
+import { XXHash3 } from 'xxhash-addon';
+
+import { BlockwalError } from '../native/errors';
+import type { ApplyChecksum } from './apply_checksum';
+import { assert, assertNever } from './assert';
+import type { Role } from './epoch';
+
+const MiB = 1 << 20;
+const U32_MAX = 0xffff_ffff;
+const U53_MAX = Number.MAX_SAFE_INTEGER;
+const U64_LIMIT = 1n << 64n;
+
+// ---- Layout ----
+
+export const FRAME_MAGIC = 0x50574c42;
+export const PROTOCOL_VERSION = 1;
+export const FRAME_HEADER_BYTES = 32;
+// Header bytes the checksum covers, followed by the body.
+const CHECKSUM_COVERED_HEADER_BYTES = 24;
+const H_MAGIC = 0;
+const H_VERSION = 4;
+const H_TYPE = 5;
+const H_FLAGS = 6;
+const H_EPOCH = 8;
+const H_BODY_BYTES = 16;
+const H_RESERVED = 20;
+const H_CHECKSUM = 24;
+// No flag is defined in version 1; a set bit is malformed.
+const FRAME_FLAGS_KNOWN = 0;
+
+export const HELLO_FIXED_BYTES = 64;
+export const WAL_RECORDS_PREFIX_BYTES = 8;
+export const WAL_RECORD_ENTRY_BYTES = 12;
+export const ACK_BODY_BYTES = 32;
+export const COMMIT_BODY_BYTES = 8;
+export const HEARTBEAT_BODY_BYTES = 8;
+export const CLOSE_FIXED_BYTES = 4;
+
+// ---- Limits ----
+
+// Mirrors of native/util/constants.h and native/wal/format.h (a test checks
+// them against the addon): a WAL record is a 64-byte header and at most
+// 1 MiB of payload; a commit group is at most 4 MiB.
+export const WAL_RECORD_HEADER_BYTES = 64;
+export const WAL_RECORD_PAYLOAD_MAX = 1 * MiB;
+export const WAL_GROUP_BYTES_MAX = 4 * MiB;
+export const WAL_RECORD_BYTES_MAX = WAL_RECORD_HEADER_BYTES + WAL_RECORD_PAYLOAD_MAX;
+// A full commit group of the smallest records (a header and no payload).
+export const WAL_RECORDS_PER_FRAME_MAX = WAL_GROUP_BYTES_MAX / WAL_RECORD_HEADER_BYTES;
+export const NODE_ID_BYTES_MAX = 255;
+export const CLOSE_MESSAGE_BYTES_MAX = 1024;
+export const FRAME_BODY_BYTES_MAX = 64 * MiB;
+// The lowest body limit a decoder may set: one maximal WAL record alone must
+// always fit, or a large write could never be shipped.
+export const FRAME_BODY_BYTES_FLOOR = WAL_RECORDS_PREFIX_BYTES + WAL_RECORD_ENTRY_BYTES + WAL_RECORD_BYTES_MAX;
+const HELLO_BODY_BYTES_MAX = HELLO_FIXED_BYTES + NODE_ID_BYTES_MAX;
+const CLOSE_BODY_BYTES_MAX = CLOSE_FIXED_BYTES + CLOSE_MESSAGE_BYTES_MAX;
+
+assert(FRAME_HEADER_BYTES + FRAME_BODY_BYTES_MAX <= U32_MAX, 'body length fits its u32 field');
+assert(FRAME_HEADER_BYTES + FRAME_BODY_BYTES_MAX <= bufferConstants.MAX_LENGTH, 'a whole frame fits one Buffer');
+assert(FRAME_BODY_BYTES_FLOOR <= FRAME_BODY_BYTES_MAX, 'one maximal record fits a frame');
+assert(HELLO_BODY_BYTES_MAX <= FRAME_BODY_BYTES_FLOOR, 'a HELLO fits under any decoder limit');
+assert(CLOSE_BODY_BYTES_MAX <= FRAME_BODY_BYTES_FLOOR, 'an ERROR/GOODBYE fits under any decoder limit');
+assert(
+  WAL_RECORDS_PREFIX_BYTES + WAL_RECORDS_PER_FRAME_MAX * WAL_RECORD_ENTRY_BYTES + WAL_GROUP_BYTES_MAX <= FRAME_BODY_BYTES_MAX,
+  'a full commit group fits one frame with its index',
+);
+assert(WAL_RECORD_BYTES_MAX <= U32_MAX && WAL_RECORDS_PER_FRAME_MAX <= U32_MAX, 'record length and count fit u32');
+assert(NODE_ID_BYTES_MAX <= 0xff && CLOSE_MESSAGE_BYTES_MAX <= 0xffff, 'string lengths fit their fields');
+
+// ---- Frames ----
+
+export type CloseCode =
+  | 'stale_epoch' // the frame's epoch is lower than ours (fencing)
+  | 'wrong_volume' // HELLO named another volume UUID
+  | 'bad_frame' // a frame from the peer did not decode
+  | 'unsupported_version'
+  | 'role_conflict' // e.g. a primary greeted by a primary
+  | 'shutdown' // orderly stop of the sender
+  | 'stepping_down' // a primary that learned of a higher epoch
+  | 'reassigned'; // the coordinator moved this replica elsewhere
+
+export interface HelloFrame {
+  readonly type: 'hello';
+  readonly epoch: number;
+  readonly role: Role;
+  readonly volumeUuid: string; // 32 lower-case hex digits, as in the superblock
+  readonly nodeId: string;
+  readonly lsnDurable: number;
+  readonly lsnApplied: number;
+  readonly lsnTail: number;
+  readonly lsnHead: number;
+  readonly applyChecksum: ApplyChecksum; // the chain at lsnApplied
+}
+
+export interface WalRecord {
+  readonly lsn: number;
+  readonly bytes: Uint8Array;
+}
+
+export interface WalRecordsFrame {
+  readonly type: 'wal_records';
+  readonly epoch: number;
+  readonly records: readonly WalRecord[];
+}
+
+export interface AckFrame {
+  readonly type: 'ack';
+  readonly epoch: number;
+  readonly lsnReceived: number;
+  readonly lsnDurable: number;
+  readonly lsnApplied: number;
+  readonly applyChecksum: ApplyChecksum; // the chain at lsnApplied
+}
+
+export interface CommitFrame {
+  readonly type: 'commit';
+  readonly epoch: number;
+  readonly lsnCommit: number;
+}
+
+export interface HeartbeatFrame {
+  readonly type: 'heartbeat';
+  readonly epoch: number;
+  readonly sequence: number;
+}
+
+// ERROR: the sender closes the link because something is wrong.
+// GOODBYE: the sender closes it in order (shutdown, stepping down, moved).
+export interface CloseFrame {
+  readonly type: 'error' | 'goodbye';
+  readonly epoch: number;
+  readonly code: CloseCode;
+  readonly message: string;
+}
+
+export type Frame = HelloFrame | WalRecordsFrame | AckFrame | CommitFrame | HeartbeatFrame | CloseFrame;
+export type FrameType = Frame['type'];
+
+export const FRAME_TYPE_CODES: Readonly<Record<FrameType, number>> = {
+  hello: 1,
+  wal_records: 2,
+  ack: 3,
+  commit: 4,
+  heartbeat: 5,
+  error: 6,
+  goodbye: 7,
+};
+export const ROLE_CODES: Readonly<Record<Role, number>> = { primary: 1, replica: 2 };
+export const CLOSE_CODES: Readonly<Record<CloseCode, number>> = {
+  stale_epoch: 1,
+  wrong_volume: 2,
+  bad_frame: 3,
+  unsupported_version: 4,
+  role_conflict: 5,
+  shutdown: 6,
+  stepping_down: 7,
+  reassigned: 8,
+};
+const FRAME_TYPE_BY_CODE = inverse(FRAME_TYPE_CODES);
+const ROLE_BY_CODE = inverse(ROLE_CODES);
+const CLOSE_CODE_BY_NUMBER = inverse(CLOSE_CODES);
+
+function inverse<K extends string>(codes: Readonly<Record<K, number>>): ReadonlyMap<number, K> {
+  return new Map(Object.entries<number>(codes).map(([name, code]) => [code, name as K]));
+}
+
+// ---- Errors ----
+
+export type FrameErrorCode =
+  | 'ERR_FRAME_MAGIC'
+  | 'ERR_FRAME_VERSION'
+  | 'ERR_FRAME_TOO_LARGE'
+  | 'ERR_FRAME_CHECKSUM'
+  | 'ERR_FRAME_TYPE'
+  | 'ERR_FRAME_MALFORMED';
+
+// A frame that must not be used: the link that carried it is closed.
+export class FrameError extends BlockwalError {
+  declare readonly code: FrameErrorCode;
+  constructor(code: FrameErrorCode, message: string, details: Record<string, unknown> = {}) {
+    super(code, message, { details });
+    this.name = 'FrameError';
+  }
+}
+
+function malformed(message: string): FrameError {
+  return new FrameError('ERR_FRAME_MALFORMED', message);
+}
+
+// ---- Checksum ----
+
+// One streaming hasher for the module (JS is single-threaded, the hash is
+// synchronous) so header and body are hashed where they lie, never joined.
+const hasher = new XXHash3(Buffer.alloc(8));
+
+function frameChecksum(header: Uint8Array, body: readonly Uint8Array[]): Buffer {
+  hasher.reset();
+  hasher.update(asBuffer(header.subarray(0, CHECKSUM_COVERED_HEADER_BYTES)));
+  for (const part of body) hasher.update(asBuffer(part));
+  return hasher.digest();
+}
+
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+function viewOf(bytes: Uint8Array): DataView {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+// ---- Encoding ----
+
+// The frame as chunks for a gathered write: the header, the body's own
+// bytes, and (WAL_RECORDS) the callers' record bytes as they are, not copied.
+// Fields are checked first: a bad one is a caller bug (RangeError/TypeError).
+export function encodeFrameChunks(frame: Frame): Uint8Array[] {
+  checkU53('epoch', frame.epoch, 0);
+  const typeCode = FRAME_TYPE_CODES[frame.type];
+  if (typeCode === undefined) throw new RangeError(`unknown frame type ${String(frame.type)}`);
+  const body = encodeBody(frame);
+  const bodyBytes = body.reduce((sum, part) => sum + part.byteLength, 0);
+  if (bodyBytes > FRAME_BODY_BYTES_MAX) {
+    throw new RangeError(`${frame.type} body of ${bodyBytes} bytes is over FRAME_BODY_BYTES_MAX (${FRAME_BODY_BYTES_MAX}): split it`);
+  }
+  const header = Buffer.alloc(FRAME_HEADER_BYTES);
+  const view = viewOf(header);
+  view.setUint32(H_MAGIC, FRAME_MAGIC, true);
+  view.setUint8(H_VERSION, PROTOCOL_VERSION);
+  view.setUint8(H_TYPE, typeCode);
+  view.setUint16(H_FLAGS, 0, true);
+  writeU53(view, H_EPOCH, frame.epoch);
+  view.setUint32(H_BODY_BYTES, bodyBytes, true);
+  view.setUint32(H_RESERVED, 0, true);
+  header.set(frameChecksum(header, body), H_CHECKSUM);
+  return [header, ...body];
+}
+
+// The frame in one buffer (copies WAL record bytes; see encodeFrameChunks).
+export function encodeFrame(frame: Frame): Buffer {
+  const chunks = encodeFrameChunks(frame);
+  return Buffer.concat(chunks, chunks.reduce((sum, part) => sum + part.byteLength, 0));
+}
+
+function encodeBody(frame: Frame): Uint8Array[] {
+  switch (frame.type) {
+    case 'hello':
+      return [encodeHello(frame)];
+    case 'wal_records':
+      return encodeWalRecords(frame);
+    case 'ack':
+      return [encodeAck(frame)];
+    case 'commit':
+      return [encodeSingleU53('lsnCommit', frame.lsnCommit)];
+    case 'heartbeat':
+      return [encodeSingleU53('sequence', frame.sequence)];
+    case 'error':
+    case 'goodbye':
+      return [encodeClose(frame)];
+    default:
+      return assertNever(frame);
+  }
+}
+
+function encodeHello(frame: HelloFrame): Buffer {
+  const roleCode = ROLE_CODES[frame.role];
+  if (roleCode === undefined) throw new RangeError(`role must be primary or replica, got ${String(frame.role)}`);
+  if (typeof frame.volumeUuid !== 'string' || !/^[0-9a-f]{32}$/.test(frame.volumeUuid)) {
+    throw new RangeError(`volumeUuid must be 32 lower-case hex digits, got ${JSON.stringify(frame.volumeUuid)}`);
+  }
+  const nodeId = utf8Bytes('nodeId', frame.nodeId, 1, NODE_ID_BYTES_MAX);
+  checkU64('applyChecksum', frame.applyChecksum);
+  const body = Buffer.alloc(HELLO_FIXED_BYTES + nodeId.length);
+  const view = viewOf(body);
+  body[0] = roleCode;
+  body[1] = nodeId.length;
+  body.write(frame.volumeUuid, 8, 'hex');
+  writeLsn(view, 24, 'lsnDurable', frame.lsnDurable);
+  writeLsn(view, 32, 'lsnApplied', frame.lsnApplied);
+  writeLsn(view, 40, 'lsnTail', frame.lsnTail);
+  writeLsn(view, 48, 'lsnHead', frame.lsnHead);
+  view.setBigUint64(56, frame.applyChecksum, true);
+  body.set(nodeId, HELLO_FIXED_BYTES);
+  return body;
+}
+
+// The prefix and index in one buffer, then each record's bytes as given.
+function encodeWalRecords(frame: WalRecordsFrame): Uint8Array[] {
+  const records = frame.records;
+  if (!Array.isArray(records) || records.length < 1 || records.length > WAL_RECORDS_PER_FRAME_MAX) {
+    throw new RangeError(`records must hold 1..${WAL_RECORDS_PER_FRAME_MAX} records, got ${records?.length}`);
+  }
+  const index = Buffer.alloc(WAL_RECORDS_PREFIX_BYTES + records.length * WAL_RECORD_ENTRY_BYTES);
+  const view = viewOf(index);
+  view.setUint32(0, records.length, true);
+  const chunks: Uint8Array[] = [index];
+  let lsnPrevious = 0;
+  records.forEach((record, i) => {
+    checkRecord(record, i, lsnPrevious);
+    const entryOffset = WAL_RECORDS_PREFIX_BYTES + i * WAL_RECORD_ENTRY_BYTES;
+    writeU53(view, entryOffset, record.lsn);
+    view.setUint32(entryOffset + 8, record.bytes.byteLength, true);
+    chunks.push(record.bytes);
+    lsnPrevious = record.lsn;
+  });
+  return chunks;
+}
+
+function checkRecord(record: WalRecord, i: number, lsnPrevious: number): void {
+  checkU53(`records[${i}].lsn`, record.lsn, 1);
+  if (record.lsn <= lsnPrevious) {
+    throw new RangeError(`records[${i}].lsn ${record.lsn} does not follow ${lsnPrevious}: LSNs must strictly increase`);
+  }
+  if (!(record.bytes instanceof Uint8Array)) throw new TypeError(`records[${i}].bytes must be a Uint8Array`);
+  const lengthBytes = record.bytes.byteLength;
+  if (lengthBytes < 1 || lengthBytes > WAL_RECORD_BYTES_MAX) {
+    throw new RangeError(`records[${i}] is ${lengthBytes} bytes, outside 1..${WAL_RECORD_BYTES_MAX}`);
+  }
+}
+
+function encodeAck(frame: AckFrame): Buffer {
+  checkU64('applyChecksum', frame.applyChecksum);
+  const body = Buffer.alloc(ACK_BODY_BYTES);
+  const view = viewOf(body);
+  writeLsn(view, 0, 'lsnReceived', frame.lsnReceived);
+  writeLsn(view, 8, 'lsnDurable', frame.lsnDurable);
+  writeLsn(view, 16, 'lsnApplied', frame.lsnApplied);
+  view.setBigUint64(24, frame.applyChecksum, true);
+  return body;
+}
+
+function encodeSingleU53(name: string, value: number): Buffer {
+  const body = Buffer.alloc(8);
+  writeLsn(viewOf(body), 0, name, value);
+  return body;
+}
+
+function encodeClose(frame: CloseFrame): Buffer {
+  const code = CLOSE_CODES[frame.code];
+  if (code === undefined) throw new RangeError(`unknown close code ${String(frame.code)}`);
+  const message = utf8Bytes('message', frame.message, 0, CLOSE_MESSAGE_BYTES_MAX);
+  const body = Buffer.alloc(CLOSE_FIXED_BYTES + message.length);
+  body.writeUInt16LE(code, 0);
+  body.writeUInt16LE(message.length, 2);
+  body.set(message, CLOSE_FIXED_BYTES);
+  return body;
+}
+
+function utf8Bytes(name: string, text: string, minBytes: number, maxBytes: number): Buffer {
+  if (typeof text !== 'string') throw new TypeError(`${name} must be a string`);
+  const bytes = Buffer.from(text, 'utf8');
+  // A lone surrogate would be sent as U+FFFD and come back as another string.
+  if (bytes.toString('utf8') !== text) throw new RangeError(`${name} is not well-formed Unicode`);
+  if (bytes.length < minBytes || bytes.length > maxBytes) {
+    throw new RangeError(`${name} is ${bytes.length} UTF-8 bytes, outside ${minBytes}..${maxBytes}`);
+  }
+  return bytes;
+}
+
+function writeLsn(view: DataView, offset: number, name: string, value: number): void {
+  checkU53(name, value, 0);
+  writeU53(view, offset, value);
+}
+
+function writeU53(view: DataView, offset: number, value: number): void {
+  view.setUint32(offset, value % 0x1_0000_0000, true);
+  view.setUint32(offset + 4, Math.floor(value / 0x1_0000_0000), true);
+}
+
+function checkU53(name: string, value: number, min: number): void {
+  if (!Number.isSafeInteger(value) || value < min) {
+    throw new RangeError(`${name} must be an integer in [${min}, ${U53_MAX}], got ${value}`);
+  }
+}
+
+function checkU64(name: string, value: bigint): void {
+  if (typeof value !== 'bigint' || value < 0n || value >= U64_LIMIT) {
+    throw new RangeError(`${name} must be a bigint in [0, 2^64), got ${String(value)}`);
+  }
+}
+
+// ---- Decoding: the header ----
+
+// What the header says, checked as far as it can be before the body arrives.
+export interface FrameHeader {
+  readonly type: FrameType;
+  readonly bodyBytes: number;
+  readonly bytes: Uint8Array; // the FRAME_HEADER_BYTES header bytes
+}
+
+// Checks a header alone: magic, version, body length against bodyBytesMax,
+// type, and body length against the type's bounds. Throws a FrameError.
+export function checkFrameHeader(bytes: Uint8Array, bodyBytesMax: number = FRAME_BODY_BYTES_MAX): FrameHeader {
+  assert(bytes.byteLength === FRAME_HEADER_BYTES, `header of ${bytes.byteLength} bytes`);
+  const view = viewOf(bytes);
+  const magic = view.getUint32(H_MAGIC, true);
+  if (magic !== FRAME_MAGIC) throw new FrameError('ERR_FRAME_MAGIC', `bad frame magic 0x${magic.toString(16)}`, { magic });
+  const version = view.getUint8(H_VERSION);
+  if (version !== PROTOCOL_VERSION) {
+    throw new FrameError('ERR_FRAME_VERSION', `protocol version ${version}, expected ${PROTOCOL_VERSION}`, { version });
+  }
+  const bodyBytes = view.getUint32(H_BODY_BYTES, true);
+  if (bodyBytes > bodyBytesMax) {
+    throw new FrameError('ERR_FRAME_TOO_LARGE', `frame body of ${bodyBytes} bytes is over the limit of ${bodyBytesMax}`, {
+      bodyBytes,
+      bodyBytesMax,
+    });
+  }
+  const typeCode = view.getUint8(H_TYPE);
+  const type = FRAME_TYPE_BY_CODE.get(typeCode);
+  if (type === undefined) throw new FrameError('ERR_FRAME_TYPE', `unknown frame type ${typeCode}`, { typeCode });
+  const [bodyBytesMin, bodyBytesTypeMax] = bodyBoundsOf(type, bodyBytesMax);
+  if (bodyBytes < bodyBytesMin || bodyBytes > bodyBytesTypeMax) {
+    throw malformed(`${type} body of ${bodyBytes} bytes, outside ${bodyBytesMin}..${bodyBytesTypeMax}`);
+  }
+  return { type, bodyBytes, bytes };
+}
+
+// [min, max] body bytes a frame of this type may have.
+function bodyBoundsOf(type: FrameType, bodyBytesMax: number): [number, number] {
+  switch (type) {
+    case 'hello':
+      return [HELLO_FIXED_BYTES + 1, HELLO_BODY_BYTES_MAX];
+    case 'wal_records':
+      return [WAL_RECORDS_PREFIX_BYTES + WAL_RECORD_ENTRY_BYTES + 1, bodyBytesMax];
+    case 'ack':
+      return [ACK_BODY_BYTES, ACK_BODY_BYTES];
+    case 'commit':
+      return [COMMIT_BODY_BYTES, COMMIT_BODY_BYTES];
+    case 'heartbeat':
+      return [HEARTBEAT_BODY_BYTES, HEARTBEAT_BODY_BYTES];
+    case 'error':
+    case 'goodbye':
+      return [CLOSE_FIXED_BYTES, CLOSE_BODY_BYTES_MAX];
+    default:
+      return assertNever(type);
+  }
+}
+
+// ---- Decoding: the body ----
+
+// Verifies the checksum and the rest of the header, then decodes the body.
+// WAL record bytes in the result are views of `body`, not copies.
+export function decodeFrameBody(header: FrameHeader, body: Uint8Array): Frame {
+  assert(body.byteLength === header.bodyBytes, `body of ${body.byteLength} bytes, header says ${header.bodyBytes}`);
+  const checksum = frameChecksum(header.bytes, [body]);
+  if (!checksum.equals(asBuffer(header.bytes.subarray(H_CHECKSUM, FRAME_HEADER_BYTES)))) {
+    throw new FrameError('ERR_FRAME_CHECKSUM', `${header.type} frame checksum mismatch`);
+  }
+  const view = viewOf(header.bytes);
+  const flags = view.getUint16(H_FLAGS, true);
+  if ((flags & ~FRAME_FLAGS_KNOWN) !== 0) throw malformed(`unknown frame flags 0x${flags.toString(16)}`);
+  if (view.getUint32(H_RESERVED, true) !== 0) throw malformed('reserved header bytes are not zero');
+  const epoch = readU53(view, H_EPOCH, 'epoch');
+  return decodeBody(header.type, epoch, body);
+}
+
+function decodeBody(type: FrameType, epoch: number, body: Uint8Array): Frame {
+  switch (type) {
+    case 'hello':
+      return decodeHello(epoch, body);
+    case 'wal_records':
+      return { type, epoch, records: decodeWalRecords(body) };
+    case 'ack':
+      return decodeAck(epoch, body);
+    case 'commit':
+      return { type, epoch, lsnCommit: readU53(viewOf(body), 0, 'lsnCommit') };
+    case 'heartbeat':
+      return { type, epoch, sequence: readU53(viewOf(body), 0, 'sequence') };
+    case 'error':
+    case 'goodbye':
+      return decodeClose(type, epoch, body);
+    default:
+      return assertNever(type);
+  }
+}
+
+function decodeHello(epoch: number, body: Uint8Array): HelloFrame {
+  const view = viewOf(body);
+  const role = ROLE_BY_CODE.get(body[0]!);
+  if (role === undefined) throw malformed(`hello: bad role ${body[0]}`);
+  const nodeIdBytes = body[1]!;
+  if (nodeIdBytes === 0) throw malformed('hello: empty node id');
+  if (body.byteLength !== HELLO_FIXED_BYTES + nodeIdBytes) {
+    throw malformed(`hello: ${body.byteLength} bytes for a node id of ${nodeIdBytes} bytes`);
+  }
+  if (!body.subarray(2, 8).every((b) => b === 0)) throw malformed('hello: reserved bytes are not zero');
+  return {
+    type: 'hello',
+    epoch,
+    role,
+    volumeUuid: asBuffer(body.subarray(8, 24)).toString('hex'),
+    nodeId: decodeUtf8(body.subarray(HELLO_FIXED_BYTES), 'hello: node id'),
+    lsnDurable: readU53(view, 24, 'lsnDurable'),
+    lsnApplied: readU53(view, 32, 'lsnApplied'),
+    lsnTail: readU53(view, 40, 'lsnTail'),
+    lsnHead: readU53(view, 48, 'lsnHead'),
+    applyChecksum: view.getBigUint64(56, true),
+  };
+}
+
+// Walks the index, checking every entry before slicing its bytes.
+function decodeWalRecords(body: Uint8Array): WalRecord[] {
+  const view = viewOf(body);
+  const recordCount = view.getUint32(0, true);
+  if (recordCount < 1 || recordCount > WAL_RECORDS_PER_FRAME_MAX) {
+    throw malformed(`wal_records: ${recordCount} records, outside 1..${WAL_RECORDS_PER_FRAME_MAX}`);
+  }
+  if (view.getUint32(4, true) !== 0) throw malformed('wal_records: reserved bytes are not zero');
+  let offsetBytes = WAL_RECORDS_PREFIX_BYTES + recordCount * WAL_RECORD_ENTRY_BYTES;
+  if (offsetBytes > body.byteLength) throw malformed(`wal_records: index of ${recordCount} entries runs past the end`);
+  const records: WalRecord[] = new Array(recordCount);
+  let lsnPrevious = 0;
+  for (let i = 0; i < recordCount; i++) {
+    const entryOffset = WAL_RECORDS_PREFIX_BYTES + i * WAL_RECORD_ENTRY_BYTES;
+    const lsn = readU53(view, entryOffset, `wal_records: records[${i}].lsn`);
+    if (lsn === 0) throw malformed(`wal_records: records[${i}].lsn is 0 (LSNs start at 1)`);
+    if (lsn <= lsnPrevious) throw malformed(`wal_records: records[${i}].lsn ${lsn} does not follow ${lsnPrevious}`);
+    const lengthBytes = view.getUint32(entryOffset + 8, true);
+    if (lengthBytes < 1 || lengthBytes > WAL_RECORD_BYTES_MAX) {
+      throw malformed(`wal_records: records[${i}] is ${lengthBytes} bytes, outside 1..${WAL_RECORD_BYTES_MAX}`);
+    }
+    if (lengthBytes > body.byteLength - offsetBytes) throw malformed(`wal_records: records[${i}] runs past the end`);
+    records[i] = { lsn, bytes: new Uint8Array(body.buffer, body.byteOffset + offsetBytes, lengthBytes) };
+    offsetBytes += lengthBytes;
+    lsnPrevious = lsn;
+  }
+  if (offsetBytes !== body.byteLength) throw malformed(`wal_records: ${body.byteLength - offsetBytes} trailing bytes`);
+  return records;
+}
+
+function decodeAck(epoch: number, body: Uint8Array): AckFrame {
+  const view = viewOf(body);
+  return {
+    type: 'ack',
+    epoch,
+    lsnReceived: readU53(view, 0, 'lsnReceived'),
+    lsnDurable: readU53(view, 8, 'lsnDurable'),
+    lsnApplied: readU53(view, 16, 'lsnApplied'),
+    applyChecksum: view.getBigUint64(24, true),
+  };
+}
+
+function decodeClose(type: 'error' | 'goodbye', epoch: number, body: Uint8Array): CloseFrame {
+  const view = viewOf(body);
+  const codeNumber = view.getUint16(0, true);
+  const code = CLOSE_CODE_BY_NUMBER.get(codeNumber);
+  if (code === undefined) throw malformed(`${type}: unknown close code ${codeNumber}`);
+  const messageBytes = view.getUint16(2, true);
+  if (messageBytes > CLOSE_MESSAGE_BYTES_MAX) throw malformed(`${type}: message of ${messageBytes} bytes is too long`);
+  if (body.byteLength !== CLOSE_FIXED_BYTES + messageBytes) {
+    throw malformed(`${type}: ${body.byteLength} bytes for a message of ${messageBytes} bytes`);
+  }
+  return { type, epoch, code, message: decodeUtf8(body.subarray(CLOSE_FIXED_BYTES), `${type}: message`) };
+}
+
+const utf8Decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+function decodeUtf8(bytes: Uint8Array, what: string): string {
+  try {
+    return utf8Decoder.decode(bytes);
+  } catch {
+    throw malformed(`${what} is not valid UTF-8`);
+  }
+}
+
+// A u64 field that must be an exact JS number (<= 2^53 - 1).
+function readU53(view: DataView, offset: number, name: string): number {
+  const low = view.getUint32(offset, true);
+  const high = view.getUint32(offset + 4, true);
+  if (high > 0x1f_ffff) throw malformed(`${name} is over 2^53 - 1`);
+  return high * 0x1_0000_0000 + low;
+}

@@ -1,0 +1,318 @@
+// The streaming frame decoder: frames come out whole however the bytes are
+// chunked, record bytes are views unless a body spans chunks, every bad frame
+// gets its error code (a too-large length before its body arrives), any
+// single-bit flip is rejected, and a decoder that threw stays poisoned.
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+
+import fc from 'fast-check';
+
+import { FrameDecoder } from '../../lib/replication/frame_decoder';
+import {
+  encodeFrame,
+  FRAME_BODY_BYTES_FLOOR,
+  FRAME_BODY_BYTES_MAX,
+  FRAME_HEADER_BYTES,
+  FrameError,
+  WAL_RECORD_BYTES_MAX,
+  WAL_RECORDS_PER_FRAME_MAX,
+  type FrameErrorCode,
+  type WalRecordsFrame,
+} from '../../lib/replication/frames';
+import { BlockwalError } from '../../lib/native/errors';
+import { anyFrameArb, craftFrame, decodeChunks, own, SAMPLES, type CraftFields } from './frame_samples';
+
+const STREAM = Buffer.concat(SAMPLES.map(encodeFrame));
+// Offset just past each sample frame in STREAM.
+const FRAME_ENDS = SAMPLES.map(encodeFrame).reduce<number[]>((ends, f) => [...ends, (ends.at(-1) ?? 0) + f.length], []);
+const WAL_SAMPLE = SAMPLES[1] as WalRecordsFrame;
+
+function expectFrameError(decoder: FrameDecoder, code: FrameErrorCode, message?: RegExp): FrameError {
+  let caught: unknown;
+  assert.throws(
+    () => decoder.next(),
+    (err: unknown) => {
+      caught = err;
+      return true;
+    },
+  );
+  assert.ok(caught instanceof FrameError, `expected a FrameError, got ${String(caught)}`);
+  assert.ok(caught instanceof BlockwalError);
+  assert.equal(caught.code, code, caught.message);
+  if (message !== undefined) assert.match(caught.message, message);
+  return caught;
+}
+
+// ---- Chunking ----
+
+test('a stream of every frame type split at every byte boundary decodes each frame once it is whole', () => {
+  for (let cut = 0; cut <= STREAM.length; cut++) {
+    const decoder = new FrameDecoder();
+    const early = decodeChunks([own(STREAM.subarray(0, cut))], decoder);
+    assert.equal(early.length, FRAME_ENDS.filter((end) => end <= cut).length, `cut at ${cut}`);
+    const late = decodeChunks([own(STREAM.subarray(cut))], decoder);
+    assert.deepEqual([...early, ...late], SAMPLES, `cut at ${cut}`);
+    assert.equal(decoder.bytesQueued, 0);
+  }
+});
+
+test('a HELLO frame split at every pair of byte boundaries decodes', () => {
+  const bytes = encodeFrame(SAMPLES[0]!);
+  for (let i = 0; i <= bytes.length; i++) {
+    for (let j = i; j <= bytes.length; j++) {
+      const parts = [bytes.subarray(0, i), bytes.subarray(i, j), bytes.subarray(j)].map(own);
+      assert.deepEqual(decodeChunks(parts), [SAMPLES[0]], `cuts at ${i}, ${j}`);
+    }
+  }
+});
+
+test('a stream fed one byte at a time decodes', () => {
+  const bytes = Array.from(STREAM, (b) => Uint8Array.of(b));
+  assert.deepEqual(decodeChunks(bytes), SAMPLES);
+});
+
+test('random frames in random chunkings decode to the frames sent', () => {
+  fc.assert(
+    fc.property(
+      fc.array(anyFrameArb, { minLength: 1, maxLength: 6 }),
+      fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 12 }),
+      (frames, cutFractions) => {
+        const stream = Buffer.concat(frames.map(encodeFrame));
+        const cuts = [...new Set(cutFractions.map((f) => Math.floor(f * stream.length)))].sort((a, b) => a - b);
+        const chunks = [0, ...cuts].map((from, i) => own(stream.subarray(from, cuts[i] ?? stream.length)));
+        const decoder = new FrameDecoder();
+        assert.deepEqual(decodeChunks(chunks, decoder), frames);
+        assert.equal(decoder.bytesQueued, 0);
+      },
+    ),
+    { numRuns: 300 },
+  );
+});
+
+// ---- Views, not copies ----
+
+test('record bytes are views of the pushed chunk when the body lies in one chunk', () => {
+  const bytes = encodeFrame(WAL_SAMPLE);
+  const whole = own(bytes);
+  const [frame] = decodeChunks([whole]) as WalRecordsFrame[];
+  for (const record of frame!.records) assert.equal(record.bytes.buffer, whole.buffer, 'a view of the one chunk');
+
+  // The header split across chunks, the body whole in the last one.
+  const head = [own(bytes.subarray(0, 10)), own(bytes.subarray(10, FRAME_HEADER_BYTES))];
+  const body = own(bytes.subarray(FRAME_HEADER_BYTES));
+  const [split] = decodeChunks([...head, body]) as WalRecordsFrame[];
+  for (const record of split!.records) assert.equal(record.bytes.buffer, body.buffer, 'a view of the body chunk');
+});
+
+test('a body spanning chunks is copied once and decodes equal', () => {
+  const bytes = encodeFrame(WAL_SAMPLE);
+  const chunks = [own(bytes.subarray(0, 100)), own(bytes.subarray(100))];
+  const [frame] = decodeChunks(chunks) as WalRecordsFrame[];
+  assert.deepEqual(frame, WAL_SAMPLE);
+  const copy = frame!.records[0]!.bytes.buffer;
+  for (const record of frame!.records) {
+    assert.equal(record.bytes.buffer, copy, 'all records share the one copy of the body');
+    for (const chunk of chunks) assert.notEqual(record.bytes.buffer, chunk.buffer);
+  }
+});
+
+test('bytesQueued counts what waits to be decoded', () => {
+  const decoder = new FrameDecoder();
+  const bytes = encodeFrame(WAL_SAMPLE);
+  decoder.push(own(bytes.subarray(0, 50)));
+  assert.equal(decoder.next(), undefined);
+  assert.equal(decoder.bytesQueued, 50 - FRAME_HEADER_BYTES, 'the header was taken, the body waits');
+  decoder.push(own(bytes.subarray(50)));
+  assert.deepEqual(decoder.next(), WAL_SAMPLE);
+  assert.equal(decoder.bytesQueued, 0);
+  assert.equal(decoder.next(), undefined);
+});
+
+// ---- Errors ----
+
+function bodyOf(frameIndex: number): Buffer {
+  return Buffer.from(encodeFrame(SAMPLES[frameIndex]!).subarray(FRAME_HEADER_BYTES));
+}
+
+// A sample's body, changed by `edit`, re-framed with a good checksum.
+function edited(frameIndex: number, typeCode: number, edit: (body: Buffer) => Buffer | void, header: Partial<CraftFields> = {}): Buffer {
+  const body = bodyOf(frameIndex);
+  return craftFrame({ typeCode, body: edit(body) ?? body, ...header });
+}
+
+interface BadFrameCase {
+  name: string;
+  bytes: Buffer;
+  code: FrameErrorCode;
+  message: RegExp;
+  // The header alone must be enough to refuse the frame.
+  headerOnly?: boolean;
+}
+
+const OVER_U53 = 0x0020_0000; // high u32 of 2^53
+const u32At = (offset: number, value: number) => (b: Buffer) => void b.writeUInt32LE(value, offset);
+const hello = (edit: (b: Buffer) => Buffer | void, header?: Partial<CraftFields>): Buffer => edited(0, 1, edit, header);
+const walRecords = (edit: (b: Buffer) => Buffer | void): Buffer => edited(1, 2, edit);
+const close = (edit: (b: Buffer) => Buffer | void): Buffer => edited(5, 6, edit);
+
+const BAD_FRAMES: BadFrameCase[] = [
+  { name: 'zero magic', bytes: craftFrame({ magic: 0, typeCode: 4, body: Buffer.alloc(8) }), code: 'ERR_FRAME_MAGIC', message: /magic/, headerOnly: true },
+  { name: 'an HTTP request', bytes: Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n......'), code: 'ERR_FRAME_MAGIC', message: /magic/, headerOnly: true },
+  { name: 'version 2', bytes: craftFrame({ version: 2, typeCode: 4, body: Buffer.alloc(8) }), code: 'ERR_FRAME_VERSION', message: /version 2/, headerOnly: true },
+  { name: 'version 0', bytes: craftFrame({ version: 0, typeCode: 4, body: Buffer.alloc(8) }), code: 'ERR_FRAME_VERSION', message: /version 0/, headerOnly: true },
+  { name: 'a body over FRAME_BODY_BYTES_MAX', bytes: craftFrame({ typeCode: 2, bodyBytes: FRAME_BODY_BYTES_MAX + 1, body: new Uint8Array(0) }), code: 'ERR_FRAME_TOO_LARGE', message: /over the limit/, headerOnly: true },
+  { name: 'type 0', bytes: craftFrame({ typeCode: 0, body: Buffer.alloc(8) }), code: 'ERR_FRAME_TYPE', message: /type 0/, headerOnly: true },
+  { name: 'type 8', bytes: craftFrame({ typeCode: 8, body: Buffer.alloc(8) }), code: 'ERR_FRAME_TYPE', message: /type 8/, headerOnly: true },
+  { name: 'type 255', bytes: craftFrame({ typeCode: 255, body: Buffer.alloc(8) }), code: 'ERR_FRAME_TYPE', message: /type 255/, headerOnly: true },
+  { name: 'bad checksum', bytes: craftFrame({ typeCode: 4, body: Buffer.alloc(8), badChecksum: true }), code: 'ERR_FRAME_CHECKSUM', message: /checksum/ },
+  { name: 'a body byte changed', bytes: (() => { const b = encodeFrame(SAMPLES[2]!); b[40]! ^= 0x80; return b; })(), code: 'ERR_FRAME_CHECKSUM', message: /ack frame checksum/ },
+  // Body length outside the type's bounds: refused from the header.
+  { name: 'ack of 31 bytes', bytes: craftFrame({ typeCode: 3, body: Buffer.alloc(31) }), code: 'ERR_FRAME_MALFORMED', message: /ack body of 31 bytes/, headerOnly: true },
+  { name: 'commit of 9 bytes', bytes: craftFrame({ typeCode: 4, body: Buffer.alloc(9) }), code: 'ERR_FRAME_MALFORMED', message: /commit body of 9 bytes/, headerOnly: true },
+  { name: 'heartbeat of 7 bytes', bytes: craftFrame({ typeCode: 5, body: Buffer.alloc(7) }), code: 'ERR_FRAME_MALFORMED', message: /heartbeat body of 7/, headerOnly: true },
+  { name: 'hello without node id', bytes: craftFrame({ typeCode: 1, body: Buffer.alloc(64) }), code: 'ERR_FRAME_MALFORMED', message: /hello body of 64/, headerOnly: true },
+  { name: 'hello of 320 bytes', bytes: craftFrame({ typeCode: 1, body: Buffer.alloc(320) }), code: 'ERR_FRAME_MALFORMED', message: /hello body of 320/, headerOnly: true },
+  { name: 'wal_records of 20 bytes', bytes: craftFrame({ typeCode: 2, body: Buffer.alloc(20) }), code: 'ERR_FRAME_MALFORMED', message: /wal_records body of 20/, headerOnly: true },
+  { name: 'error of 3 bytes', bytes: craftFrame({ typeCode: 6, body: Buffer.alloc(3) }), code: 'ERR_FRAME_MALFORMED', message: /error body of 3/, headerOnly: true },
+  { name: 'goodbye of 1029 bytes', bytes: craftFrame({ typeCode: 7, body: Buffer.alloc(1029) }), code: 'ERR_FRAME_MALFORMED', message: /goodbye body of 1029/, headerOnly: true },
+  // Header fields checked once the checksum holds.
+  { name: 'a flag set', bytes: craftFrame({ typeCode: 4, flags: 1, body: Buffer.alloc(8) }), code: 'ERR_FRAME_MALFORMED', message: /unknown frame flags 0x1/ },
+  { name: 'reserved header bytes', bytes: craftFrame({ typeCode: 4, reserved: 1, body: Buffer.alloc(8) }), code: 'ERR_FRAME_MALFORMED', message: /reserved header/ },
+  { name: 'epoch 2^53', bytes: craftFrame({ typeCode: 4, epoch: 1n << 53n, body: Buffer.alloc(8) }), code: 'ERR_FRAME_MALFORMED', message: /epoch is over/ },
+  // HELLO bodies.
+  { name: 'hello role 0', bytes: hello((b) => void (b[0] = 0)), code: 'ERR_FRAME_MALFORMED', message: /bad role 0/ },
+  { name: 'hello role 3', bytes: hello((b) => void (b[0] = 3)), code: 'ERR_FRAME_MALFORMED', message: /bad role 3/ },
+  { name: 'hello node id length 0', bytes: hello((b) => void (b[1] = 0)), code: 'ERR_FRAME_MALFORMED', message: /empty node id/ },
+  { name: 'hello trailing byte', bytes: hello((b) => void (b[1] = b[1]! - 1)), code: 'ERR_FRAME_MALFORMED', message: /for a node id of 5 bytes/ },
+  { name: 'hello node id past the end', bytes: hello((b) => void (b[1] = b[1]! + 1)), code: 'ERR_FRAME_MALFORMED', message: /for a node id of 7 bytes/ },
+  { name: 'hello reserved byte', bytes: hello((b) => void (b[5] = 1)), code: 'ERR_FRAME_MALFORMED', message: /reserved bytes/ },
+  { name: 'hello node id not UTF-8', bytes: hello((b) => void (b[64] = 0xff)), code: 'ERR_FRAME_MALFORMED', message: /node id is not valid UTF-8/ },
+  { name: 'hello lsnHead over 2^53', bytes: hello(u32At(52, OVER_U53)), code: 'ERR_FRAME_MALFORMED', message: /lsnHead is over/ },
+  // WAL_RECORDS bodies (sample: LSNs 100, 101, 103 of 64, 200 and 1 bytes).
+  { name: 'zero records', bytes: walRecords(u32At(0, 0)), code: 'ERR_FRAME_MALFORMED', message: /0 records/ },
+  { name: 'too many records', bytes: walRecords(u32At(0, WAL_RECORDS_PER_FRAME_MAX + 1)), code: 'ERR_FRAME_MALFORMED', message: /records, outside/ },
+  { name: 'index past the end', bytes: walRecords(u32At(0, 30)), code: 'ERR_FRAME_MALFORMED', message: /index of 30 entries runs past the end/ },
+  { name: 'records reserved bytes', bytes: walRecords(u32At(4, 1)), code: 'ERR_FRAME_MALFORMED', message: /reserved bytes/ },
+  { name: 'lsn 0', bytes: walRecords(u32At(8, 0)), code: 'ERR_FRAME_MALFORMED', message: /records\[0\]\.lsn is 0/ },
+  { name: 'lsn over 2^53', bytes: walRecords(u32At(12, OVER_U53)), code: 'ERR_FRAME_MALFORMED', message: /records\[0\]\.lsn is over/ },
+  { name: 'equal LSNs', bytes: walRecords(u32At(20, 100)), code: 'ERR_FRAME_MALFORMED', message: /records\[1\]\.lsn 100 does not follow 100/ },
+  { name: 'decreasing LSNs', bytes: walRecords(u32At(32, 50)), code: 'ERR_FRAME_MALFORMED', message: /records\[2\]\.lsn 50 does not follow 101/ },
+  { name: 'an empty record', bytes: walRecords(u32At(28, 0)), code: 'ERR_FRAME_MALFORMED', message: /records\[1\] is 0 bytes/ },
+  { name: 'a record over the limit', bytes: walRecords(u32At(40, WAL_RECORD_BYTES_MAX + 1)), code: 'ERR_FRAME_MALFORMED', message: /records\[2\] is \d+ bytes, outside/ },
+  { name: 'a record past the end', bytes: walRecords(u32At(40, 2)), code: 'ERR_FRAME_MALFORMED', message: /records\[2\] runs past the end/ },
+  { name: 'trailing bytes', bytes: walRecords((b) => Buffer.concat([b, Buffer.alloc(3)])), code: 'ERR_FRAME_MALFORMED', message: /3 trailing bytes/ },
+  // Fixed-size bodies.
+  { name: 'ack lsnApplied over 2^53', bytes: edited(2, 3, u32At(20, OVER_U53)), code: 'ERR_FRAME_MALFORMED', message: /lsnApplied is over/ },
+  { name: 'commit lsn over 2^53', bytes: craftFrame({ typeCode: 4, body: Buffer.alloc(8, 0xff) }), code: 'ERR_FRAME_MALFORMED', message: /lsnCommit is over/ },
+  { name: 'heartbeat sequence over 2^53', bytes: craftFrame({ typeCode: 5, body: Buffer.alloc(8, 0xff) }), code: 'ERR_FRAME_MALFORMED', message: /sequence is over/ },
+  // ERROR/GOODBYE bodies.
+  { name: 'close code 0', bytes: close((b) => void b.writeUInt16LE(0, 0)), code: 'ERR_FRAME_MALFORMED', message: /unknown close code 0/ },
+  { name: 'close code 99', bytes: close((b) => void b.writeUInt16LE(99, 0)), code: 'ERR_FRAME_MALFORMED', message: /unknown close code 99/ },
+  { name: 'message length past the end', bytes: close((b) => void b.writeUInt16LE(b.readUInt16LE(2) + 1, 2)), code: 'ERR_FRAME_MALFORMED', message: /for a message of/ },
+  { name: 'message length over the limit', bytes: craftFrame({ typeCode: 6, body: Buffer.concat([Buffer.from([1, 0, 0x01, 0x04]), Buffer.alloc(1024)]) }), code: 'ERR_FRAME_MALFORMED', message: /1025 bytes is too long/ },
+  { name: 'message not UTF-8', bytes: close((b) => void (b[4] = 0xc3)), code: 'ERR_FRAME_MALFORMED', message: /message is not valid UTF-8/ },
+];
+
+test('every bad frame gets its error code', () => {
+  for (const { name, bytes, code, message, headerOnly } of BAD_FRAMES) {
+    const decoder = new FrameDecoder();
+    decoder.push(own(headerOnly === true ? bytes.subarray(0, FRAME_HEADER_BYTES) : bytes));
+    const err = expectFrameError(decoder, code, message);
+    assert.ok(err.message.length > 0, name);
+  }
+  const codes = new Set(BAD_FRAMES.map((c) => c.code));
+  assert.equal(codes.size, 6, 'every FrameErrorCode is exercised');
+});
+
+test('a too-large length is refused from the header, before its body arrives', () => {
+  for (const bodyBytes of [FRAME_BODY_BYTES_MAX + 1, 0xffff_ffff]) {
+    const decoder = new FrameDecoder();
+    decoder.push(own(craftFrame({ typeCode: 2, bodyBytes, body: new Uint8Array(0) })));
+    const err = expectFrameError(decoder, 'ERR_FRAME_TOO_LARGE', new RegExp(`${bodyBytes} bytes`));
+    assert.equal(err.details.bodyBytes, bodyBytes);
+    assert.equal(err.details.bodyBytesMax, FRAME_BODY_BYTES_MAX);
+  }
+  // A decoder with a lower limit refuses one byte over it; at the limit it waits for the body.
+  const limited = new FrameDecoder({ bodyBytesMax: FRAME_BODY_BYTES_FLOOR });
+  limited.push(own(craftFrame({ typeCode: 2, bodyBytes: FRAME_BODY_BYTES_FLOOR + 1, body: new Uint8Array(0) })));
+  expectFrameError(limited, 'ERR_FRAME_TOO_LARGE');
+  const waiting = new FrameDecoder({ bodyBytesMax: FRAME_BODY_BYTES_FLOOR });
+  waiting.push(own(craftFrame({ typeCode: 2, bodyBytes: FRAME_BODY_BYTES_FLOOR, body: new Uint8Array(0) })));
+  assert.equal(waiting.next(), undefined);
+});
+
+test('the version error says which version the peer speaks', () => {
+  const decoder = new FrameDecoder();
+  decoder.push(own(craftFrame({ version: 9, typeCode: 1, body: bodyOf(0) })));
+  assert.equal(expectFrameError(decoder, 'ERR_FRAME_VERSION').details.version, 9);
+});
+
+test('a decoder limit outside [FRAME_BODY_BYTES_FLOOR, FRAME_BODY_BYTES_MAX] is refused', () => {
+  for (const bodyBytesMax of [FRAME_BODY_BYTES_FLOOR - 1, FRAME_BODY_BYTES_MAX + 1, 1.5, Number.NaN]) {
+    assert.throws(() => new FrameDecoder({ bodyBytesMax }), RangeError, String(bodyBytesMax));
+  }
+  assert.throws(() => new FrameDecoder().push('abc' as unknown as Uint8Array), TypeError);
+});
+
+// ---- Bit flips ----
+
+// Which codes a flip at a header offset may give; body flips: checksum only.
+function codesForFlipAt(offset: number): FrameErrorCode[] {
+  if (offset < 4) return ['ERR_FRAME_MAGIC'];
+  if (offset === 4) return ['ERR_FRAME_VERSION'];
+  if (offset === 5) return ['ERR_FRAME_TYPE', 'ERR_FRAME_MALFORMED', 'ERR_FRAME_CHECKSUM'];
+  if (offset >= 16 && offset < 20) return ['ERR_FRAME_TOO_LARGE', 'ERR_FRAME_MALFORMED', 'ERR_FRAME_CHECKSUM'];
+  return ['ERR_FRAME_CHECKSUM'];
+}
+
+// Decodes a damaged frame; when its length now claims more bytes, the link
+// delivers them (zeros), as a live link would go on delivering data.
+function decodeDamaged(bytes: Buffer): unknown {
+  const decoder = new FrameDecoder({ bodyBytesMax: FRAME_BODY_BYTES_FLOOR });
+  decoder.push(own(bytes));
+  try {
+    if (decoder.next() !== undefined) return 'decoded';
+    const claimedBytes = FRAME_HEADER_BYTES + bytes.readUInt32LE(16);
+    assert.ok(claimedBytes > bytes.length, 'waits only for a longer body');
+    decoder.push(new Uint8Array(claimedBytes - bytes.length));
+    return decoder.next() ?? 'waiting';
+  } catch (err) {
+    return err;
+  }
+}
+
+test('a single-bit flip anywhere in a frame of any type is rejected', () => {
+  for (const frame of SAMPLES) {
+    const bytes = encodeFrame(frame);
+    for (let bit = 0; bit < bytes.length * 8; bit++) {
+      const damaged = Buffer.from(bytes);
+      damaged[bit >> 3]! ^= 1 << (bit & 7);
+      const outcome = decodeDamaged(damaged);
+      const where = `${frame.type}: bit ${bit} (byte ${bit >> 3})`;
+      assert.ok(outcome instanceof FrameError, `${where} gave ${String(outcome)}`);
+      assert.ok(codesForFlipAt(bit >> 3).includes(outcome.code), `${where} gave ${outcome.code}`);
+    }
+  }
+});
+
+// ---- Poisoned ----
+
+test('after an error the decoder is poisoned: every later next() throws the same error', () => {
+  const decoder = new FrameDecoder();
+  const bad = craftFrame({ typeCode: 4, body: Buffer.alloc(8), badChecksum: true });
+  decoder.push(own(Buffer.concat([encodeFrame(SAMPLES[4]!), bad, encodeFrame(SAMPLES[3]!)])));
+  assert.deepEqual(decoder.next(), SAMPLES[4], 'the good frame before the bad one is delivered');
+  const first = expectFrameError(decoder, 'ERR_FRAME_CHECKSUM');
+  assert.equal(decoder.error, first);
+  assert.equal(decoder.bytesQueued, 0, 'queued input is dropped');
+  decoder.push(own(encodeFrame(SAMPLES[3]!)));
+  assert.equal(decoder.bytesQueued, 0, 'later input is not kept');
+  for (let i = 0; i < 3; i++) assert.throws(() => decoder.next(), (err: unknown) => err === first);
+});
+
+test('a decoder is not poisoned by waiting for bytes', () => {
+  const decoder = new FrameDecoder();
+  assert.equal(decoder.next(), undefined);
+  assert.equal(decoder.error, undefined);
+  assert.deepEqual(decodeChunks([own(STREAM)], decoder), SAMPLES);
+});

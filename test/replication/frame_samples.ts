@@ -1,0 +1,185 @@
+// Shared by the replication frame tests: one sample frame of every type,
+// fast-check arbitraries for every type, a decoder driver, and craftFrame(),
+// which builds a frame byte by byte from the layout table in frames.ts (with
+// its own XXH3, independent of the encoder) so tests can make frames the
+// encoder refuses to produce.
+import fc from 'fast-check';
+import { XXHash3 } from 'xxhash-addon';
+
+import { FrameDecoder } from '../../lib/replication/frame_decoder';
+import {
+  CLOSE_CODES,
+  CLOSE_MESSAGE_BYTES_MAX,
+  FRAME_HEADER_BYTES,
+  FRAME_MAGIC,
+  NODE_ID_BYTES_MAX,
+  PROTOCOL_VERSION,
+  type CloseCode,
+  type Frame,
+  type WalRecord,
+} from '../../lib/replication/frames';
+
+export const UUID = '0123456789abcdef0011223344556677';
+
+export function bytesOf(length: number, seed: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let x = (seed * 2654435761 + 1) >>> 0;
+  for (let i = 0; i < length; i++) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    out[i] = x >>> 24;
+  }
+  return out;
+}
+
+// One of each type, with values that use the high half of their u64 fields.
+export const SAMPLES: readonly Frame[] = [
+  {
+    type: 'hello',
+    epoch: 7,
+    role: 'primary',
+    volumeUuid: UUID,
+    nodeId: 'node-a',
+    lsnDurable: 2 ** 40 + 3,
+    lsnApplied: 2 ** 40,
+    lsnTail: 17,
+    lsnHead: 2 ** 40 + 5,
+    applyChecksum: 0xfedcba9876543210n,
+  },
+  {
+    type: 'wal_records',
+    epoch: 7,
+    records: [
+      { lsn: 100, bytes: bytesOf(64, 1) },
+      { lsn: 101, bytes: bytesOf(200, 2) },
+      { lsn: 103, bytes: bytesOf(1, 3) },
+    ],
+  },
+  { type: 'ack', epoch: 7, lsnReceived: 103, lsnDurable: 101, lsnApplied: 100, applyChecksum: 1n },
+  { type: 'commit', epoch: 7, lsnCommit: Number.MAX_SAFE_INTEGER },
+  { type: 'heartbeat', epoch: 0, sequence: 42 },
+  { type: 'error', epoch: 3, code: 'stale_epoch', message: 'stale epoch: frame epoch 3 < local epoch 7' },
+  { type: 'goodbye', epoch: 7, code: 'shutdown', message: '' },
+];
+
+// Feeds chunks one by one, taking every frame as soon as it is whole.
+export function decodeChunks(chunks: readonly Uint8Array[], decoder = new FrameDecoder()): Frame[] {
+  const frames: Frame[] = [];
+  for (const chunk of chunks) {
+    decoder.push(chunk);
+    for (let frame = decoder.next(); frame !== undefined; frame = decoder.next()) frames.push(frame);
+  }
+  return frames;
+}
+
+// A copy in an ArrayBuffer of its own (Buffer.from may share Node's pool, and
+// tests compare .buffer identity to prove views).
+export function own(bytes: Uint8Array): Uint8Array {
+  return new Uint8Array(bytes);
+}
+
+export interface CraftFields {
+  magic?: number;
+  version?: number;
+  typeCode: number;
+  flags?: number;
+  epoch?: bigint;
+  bodyBytes?: number; // the length field; default body.length
+  reserved?: number;
+  body: Uint8Array;
+  badChecksum?: boolean;
+}
+
+// A frame laid out as the table in frames.ts says, checksum computed here.
+export function craftFrame(fields: CraftFields): Buffer {
+  const header = Buffer.alloc(FRAME_HEADER_BYTES);
+  header.writeUInt32LE(fields.magic ?? FRAME_MAGIC, 0);
+  header.writeUInt8(fields.version ?? PROTOCOL_VERSION, 4);
+  header.writeUInt8(fields.typeCode, 5);
+  header.writeUInt16LE(fields.flags ?? 0, 6);
+  header.writeBigUInt64LE(fields.epoch ?? 1n, 8);
+  header.writeUInt32LE(fields.bodyBytes ?? fields.body.length, 16);
+  header.writeUInt32LE(fields.reserved ?? 0, 20);
+  const checksum = XXHash3.hash(Buffer.concat([header.subarray(0, 24), fields.body]));
+  if (fields.badChecksum === true) checksum[7]! ^= 1;
+  checksum.copy(header, 24);
+  return Buffer.concat([header, fields.body]);
+}
+
+// ---- Arbitraries ----
+
+// Frames as plain objects, like the decoder's (fc.record's default has a null
+// prototype, which deepStrictEqual tells apart).
+const PLAIN = { noNullPrototype: true } as const;
+const u53 = fc.maxSafeNat();
+const u64 = fc.bigInt({ min: 0n, max: (1n << 64n) - 1n });
+const utf8Length = (text: string): number => Buffer.byteLength(text, 'utf8');
+
+// Any code points (no lone surrogates) up to the byte limit; the extremes too.
+function utf8String(minBytes: number, maxBytes: number): fc.Arbitrary<string> {
+  return fc.oneof(
+    fc.string({ unit: 'binary', minLength: minBytes, maxLength: 64 }).filter((s) => utf8Length(s) >= minBytes && utf8Length(s) <= maxBytes),
+    fc.constant('x'.repeat(maxBytes)),
+    fc.constant('é'.repeat(Math.floor(maxBytes / 2))),
+  );
+}
+
+const uuidArb = fc.uint8Array({ minLength: 16, maxLength: 16 }).map((b) => Buffer.from(b).toString('hex'));
+
+const helloArb: fc.Arbitrary<Frame> = fc.record({
+  type: fc.constant('hello' as const),
+  epoch: u53,
+  role: fc.constantFrom('primary' as const, 'replica' as const),
+  volumeUuid: uuidArb,
+  nodeId: utf8String(1, NODE_ID_BYTES_MAX),
+  lsnDurable: u53,
+  lsnApplied: u53,
+  lsnTail: u53,
+  lsnHead: u53,
+  applyChecksum: u64,
+}, PLAIN);
+
+// Strictly increasing LSNs from a start that leaves room for the gaps.
+const recordsArb: fc.Arbitrary<WalRecord[]> = fc
+  .tuple(
+    fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER - 20 * 1000 }),
+    fc.array(fc.record({ gap: fc.integer({ min: 1, max: 1000 }), bytes: fc.uint8Array({ minLength: 1, maxLength: 300 }) }), {
+      minLength: 1,
+      maxLength: 20,
+    }),
+  )
+  .map(([lsnStart, entries]) => {
+    let lsn = lsnStart - entries[0]!.gap;
+    return entries.map(({ gap, bytes }) => ({ lsn: (lsn += gap), bytes }));
+  });
+
+const walRecordsArb: fc.Arbitrary<Frame> = fc.record({ type: fc.constant('wal_records' as const), epoch: u53, records: recordsArb }, PLAIN);
+
+const ackArb: fc.Arbitrary<Frame> = fc.record({
+  type: fc.constant('ack' as const),
+  epoch: u53,
+  lsnReceived: u53,
+  lsnDurable: u53,
+  lsnApplied: u53,
+  applyChecksum: u64,
+}, PLAIN);
+
+const commitArb: fc.Arbitrary<Frame> = fc.record({ type: fc.constant('commit' as const), epoch: u53, lsnCommit: u53 }, PLAIN);
+const heartbeatArb: fc.Arbitrary<Frame> = fc.record({ type: fc.constant('heartbeat' as const), epoch: u53, sequence: u53 }, PLAIN);
+
+const closeArb: fc.Arbitrary<Frame> = fc.record({
+  type: fc.constantFrom('error' as const, 'goodbye' as const),
+  epoch: u53,
+  code: fc.constantFrom(...(Object.keys(CLOSE_CODES) as CloseCode[])),
+  message: utf8String(0, CLOSE_MESSAGE_BYTES_MAX),
+}, PLAIN);
+
+export const FRAME_ARBITRARIES: Readonly<Record<string, fc.Arbitrary<Frame>>> = {
+  hello: helloArb,
+  wal_records: walRecordsArb,
+  ack: ackArb,
+  commit: commitArb,
+  heartbeat: heartbeatArb,
+  'error/goodbye': closeArb,
+};
+
+export const anyFrameArb: fc.Arbitrary<Frame> = fc.oneof(...Object.values(FRAME_ARBITRARIES));
