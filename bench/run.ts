@@ -33,7 +33,7 @@ const BENCHES: Readonly<Record<string, () => Promise<Bench>>> = {
   nbd: async () => (await import('./nbd')).bench,
 };
 // `anchors` is a subset of wal_append, so running everything skips it.
-const DEFAULT_BENCHES: readonly string[] = ['wal_append', 'wal_replay', 'flusher'];
+const DEFAULT_BENCHES: readonly string[] = ['wal_append', 'wal_replay', 'flusher', 'nbd'];
 const RESULTS_DIR = path.join(__dirname, '..', '..', 'bench', 'results');
 
 /** Other load (% of all CPUs) above which a figure is flagged as suspect. */
