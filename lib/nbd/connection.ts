@@ -1,7 +1,7 @@
 // One NBD connection: its streams, its input loop and its lifecycle. The
 // phases do the protocol: handshake.ts (greeting and options), then
 // transmission.ts (requests, backend calls, replies through
-// reply_writer.ts), both reading from one InputQueue of received chunks.
+// reply_writer.ts), both reading from one ChunkQueue of received chunks.
 //
 // Input loop: each received chunk is queued and the current phase handles
 // whole units of input (step) until one is incomplete or, in transmission,
@@ -22,8 +22,9 @@ import type { Logger } from 'pino';
 import type { NbdExport } from './backend';
 import { Handshake, type HandshakeOwner } from './handshake';
 import type { ConnectionHost } from './host';
-import { InputQueue } from './input_queue';
-import { assertNever, CLIENT_FLAGS_BYTES, OPTION_HEADER_BYTES, REQUEST_HEADER_BYTES } from './protocol';
+import { ChunkQueue } from '../util/chunk_queue';
+import { assertNever } from '../util/assert';
+import { CLIENT_FLAGS_BYTES, OPTION_HEADER_BYTES, REQUEST_HEADER_BYTES } from './protocol';
 import { Transmission, type TransmissionOwner } from './transmission';
 
 // After we end a socket, how long the peer gets to close its side.
@@ -43,7 +44,7 @@ export class Connection implements HandshakeOwner, TransmissionOwner {
   private readonly log: Logger;
   // One stream both ways (a socket), rather than a pair (stdin/stdout).
   private readonly duplex: boolean;
-  private readonly queue = new InputQueue(PEEK_BYTES_MAX);
+  private readonly queue = new ChunkQueue<Buffer>(Buffer.allocUnsafe(PEEK_BYTES_MAX));
   private readonly handshake: Handshake;
   private transmission: Transmission | undefined;
   private phase = Phase.handshake;
@@ -76,7 +77,7 @@ export class Connection implements HandshakeOwner, TransmissionOwner {
 
   // Input received but not yet parsed: ours plus the stream's buffer.
   get queuedBytes(): number {
-    return this.queue.bytes + this.input.readableLength;
+    return this.queue.bytesQueued + this.input.readableLength;
   }
 
   start(): void {
@@ -145,7 +146,7 @@ export class Connection implements HandshakeOwner, TransmissionOwner {
 
   // Slots are free again: parse what waited for them.
   repliesWritten(): void {
-    if (this.inputPaused || this.queue.bytes > 0) this.pump();
+    if (this.inputPaused || this.queue.bytesQueued > 0) this.pump();
   }
 
   // Ends the connection once input has stopped (DISC, EOF, shutdown) and
@@ -179,15 +180,15 @@ export class Connection implements HandshakeOwner, TransmissionOwner {
   private afterEnd(): void {
     if (this.phase === Phase.stopped) return;
     const t = this.phase === Phase.transmission ? this.transmission! : undefined;
-    const waiting = t !== undefined && t.waitingForSlot && this.queue.bytes >= REQUEST_HEADER_BYTES;
+    const waiting = t !== undefined && t.waitingForSlot && this.queue.bytesQueued >= REQUEST_HEADER_BYTES;
     if (waiting) return; // a release pumps again
     const atBoundary = t !== undefined ? t.atMessageBoundary : this.handshake.atMessageBoundary;
-    if (this.queue.bytes === 0 && atBoundary) {
+    if (this.queue.bytesQueued === 0 && atBoundary) {
       this.stopReading('end of input');
       return;
     }
     const state = t !== undefined ? t.stateName : this.handshake.stateName;
-    this.violation(`end of input in the middle of a message (state ${state}, ${this.queue.bytes} bytes pending)`, true);
+    this.violation(`end of input in the middle of a message (state ${state}, ${this.queue.bytesQueued} bytes pending)`, true);
   }
 
   private readonly onStreamError = (err: Error): void => {

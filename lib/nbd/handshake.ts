@@ -11,35 +11,9 @@ import type { Logger } from 'pino';
 
 import type { NbdExport } from './backend';
 import type { ConnectionHost } from './host';
-import type { InputQueue } from './input_queue';
-import {
-  ALLOCATION_CONTEXT_ID,
-  assertNever,
-  CLIENT_FLAG_NO_ZEROES,
-  CLIENT_FLAGS_BYTES,
-  CLIENT_FLAGS_KNOWN,
-  decodeInfoRequest,
-  decodeMetaContextRequest,
-  decodeOptionHeader,
-  encodeExportNameReply,
-  encodeGreeting,
-  encodeInfoBlockSize,
-  encodeInfoExport,
-  encodeInfoString,
-  encodeMetaContextReply,
-  encodeOptionError,
-  encodeOptionReply,
-  encodeServerReply,
-  InfoType,
-  META_CONTEXT_ALLOCATION,
-  Opt,
-  OPTION_DATA_BYTES_MAX,
-  OPTION_HEADER_BYTES,
-  queryMatchesAllocation,
-  Rep,
-  STRING_BYTES_MAX,
-  transmissionFlagsFor,
-} from './protocol';
+import type { ChunkQueue } from '../util/chunk_queue';
+import { assertNever } from '../util/assert';
+import { ALLOCATION_CONTEXT_ID, CLIENT_FLAG_NO_ZEROES, CLIENT_FLAGS_BYTES, CLIENT_FLAGS_KNOWN, decodeInfoRequest, decodeMetaContextRequest, decodeOptionHeader, encodeExportNameReply, encodeGreeting, encodeInfoBlockSize, encodeInfoExport, encodeInfoString, encodeMetaContextReply, encodeOptionError, encodeOptionReply, encodeServerReply, InfoType, META_CONTEXT_ALLOCATION, Opt, OPTION_DATA_BYTES_MAX, OPTION_HEADER_BYTES, queryMatchesAllocation, Rep, STRING_BYTES_MAX, transmissionFlagsFor } from './protocol';
 
 // What the handshake needs from its connection.
 export interface HandshakeOwner {
@@ -76,7 +50,7 @@ export class Handshake {
     private readonly owner: HandshakeOwner,
     private readonly host: ConnectionHost,
     private readonly log: Logger,
-    private readonly queue: InputQueue,
+    private readonly queue: ChunkQueue<Buffer>,
   ) {}
 
   // EOF here ends the session cleanly.
@@ -107,9 +81,9 @@ export class Handshake {
   }
 
   private parseClientFlags(): boolean {
-    if (this.queue.bytes < CLIENT_FLAGS_BYTES) return false;
+    if (this.queue.bytesQueued < CLIENT_FLAGS_BYTES) return false;
     const b = this.queue.peek(CLIENT_FLAGS_BYTES);
-    const flags = b.readUInt32BE(this.queue.peekAt);
+    const flags = b.readUInt32BE(this.queue.peekOffsetBytes);
     this.queue.consume(CLIENT_FLAGS_BYTES);
     if ((flags & ~CLIENT_FLAGS_KNOWN) !== 0) {
       this.owner.violation(`unknown client flags 0x${flags.toString(16)}`, true);
@@ -121,9 +95,9 @@ export class Handshake {
   }
 
   private parseOptionHeader(): boolean {
-    if (this.queue.bytes < OPTION_HEADER_BYTES) return false;
+    if (this.queue.bytesQueued < OPTION_HEADER_BYTES) return false;
     const b = this.queue.peek(OPTION_HEADER_BYTES);
-    const h = decodeOptionHeader(b, this.queue.peekAt);
+    const h = decodeOptionHeader(b, this.queue.peekOffsetBytes);
     this.queue.consume(OPTION_HEADER_BYTES);
     if (!h.magicOk) return this.owner.violation('bad option magic', true);
     if (h.lengthBytes > OPTION_DATA_BYTES_MAX) {
@@ -139,9 +113,9 @@ export class Handshake {
   }
 
   private parseOptionData(): boolean {
-    if (this.queue.bytes < this.optionBytes) return false;
+    if (this.queue.bytesQueued < this.optionBytes) return false;
     const data = Buffer.allocUnsafe(this.optionBytes);
-    this.queue.take(data, 0);
+    this.queue.takeInto(data, 0);
     this.state = HandshakeState.optionHeader;
     this.handleOption(this.option, data);
     return true;

@@ -594,6 +594,3 @@ export function transmissionFlagsFor(readOnly: boolean, structuredReplies: boole
   return flags;
 }
 
-export function assertNever(value: never): never {
-  throw new Error(`unreachable: ${String(value)}`);
-}

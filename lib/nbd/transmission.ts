@@ -21,24 +21,9 @@ import type { Logger } from 'pino';
 
 import type { Extent, NbdBackend } from './backend';
 import type { ConnectionHost } from './host';
-import type { InputQueue } from './input_queue';
-import {
-  assertNever,
-  checkRequest,
-  Cmd,
-  CmdFlag,
-  commandName,
-  decodeRequestHeader,
-  Errno,
-  errnoOf,
-  EXTENTS_MAX,
-  mergeExtents,
-  newRequestHeader,
-  Payload,
-  payloadOf,
-  REQUEST_HEADER_BYTES,
-  type RequestContext,
-} from './protocol';
+import type { ChunkQueue } from '../util/chunk_queue';
+import { assertNever } from '../util/assert';
+import { checkRequest, Cmd, CmdFlag, commandName, decodeRequestHeader, Errno, errnoOf, EXTENTS_MAX, mergeExtents, newRequestHeader, Payload, payloadOf, REQUEST_HEADER_BYTES, type RequestContext } from './protocol';
 import { ReplyWriter, type ReplyWriterOwner } from './reply_writer';
 import { type Slot, type SlotOwner, SlotPool, SlotState } from './slot';
 
@@ -77,7 +62,7 @@ export class Transmission implements SlotOwner, ReplyWriterOwner {
     private readonly owner: TransmissionOwner,
     private readonly host: ConnectionHost,
     private readonly log: Logger,
-    private readonly queue: InputQueue,
+    private readonly queue: ChunkQueue<Buffer>,
     output: Writable,
     private readonly backend: NbdBackend,
     structuredReplies: boolean,
@@ -160,9 +145,9 @@ export class Transmission implements SlotOwner, ReplyWriterOwner {
   // ---- Requests ----
 
   private parseRequestHeader(): boolean {
-    if (this.queue.bytes < REQUEST_HEADER_BYTES) return false;
+    if (this.queue.bytesQueued < REQUEST_HEADER_BYTES) return false;
     const h = this.header;
-    decodeRequestHeader(this.queue.peek(REQUEST_HEADER_BYTES), this.queue.peekAt, h);
+    decodeRequestHeader(this.queue.peek(REQUEST_HEADER_BYTES), this.queue.peekOffsetBytes, h);
     this.queue.consume(REQUEST_HEADER_BYTES);
     if (!h.magicOk) return this.owner.violation('bad request magic', true);
     this.host.counters.requests[commandName(h.type)]++;
@@ -203,7 +188,7 @@ export class Transmission implements SlotOwner, ReplyWriterOwner {
 
   private fillPayload(): boolean {
     const slot = this.payloadSlot!;
-    slot.payloadFilledBytes += this.queue.take(slot.payload!, slot.payloadFilledBytes);
+    slot.payloadFilledBytes += this.queue.takeInto(slot.payload!, slot.payloadFilledBytes);
     if (slot.payloadFilledBytes < slot.lengthBytes) return false;
     this.payloadSlot = undefined;
     this.state = RequestState.requestHeader;

@@ -10,7 +10,7 @@
 //    must persist the new epoch before acting on this or any later frame, so
 //    that a restart cannot bring it back in the old epoch.
 // Epochs are integers in [0, EPOCH_MAX] (exact JS numbers, like the WAL's).
-import { assertNever } from './assert';
+import { assertNever } from '../util/assert';
 
 export type Role = 'primary' | 'replica';
 

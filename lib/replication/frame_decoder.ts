@@ -1,6 +1,6 @@
 // Reads frames out of a replication link's byte stream.
 //
-// push() queues received chunks as they are (chunk_queue.ts); next() returns
+// push() queues received chunks as they are (util/chunk_queue.ts); next() returns
 // the next whole frame, or undefined while more bytes are needed. A header is
 // checked as soon as its 32 bytes are in (frames.ts: checkFrameHeader), so an
 // oversized or garbage length is refused before any of its body is buffered.
@@ -14,7 +14,7 @@
 //
 // bytesQueued lets the shell stop reading from the socket while too much
 // input waits (back-pressure stays with the shell).
-import { ChunkQueue } from './chunk_queue';
+import { ChunkQueue } from '../util/chunk_queue';
 import {
   checkFrameHeader,
   decodeFrameBody,

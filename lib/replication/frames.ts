@@ -54,7 +54,7 @@ import { XXHash3 } from 'xxhash-addon';
 
 import { BlockwalError } from '../native/errors';
 import type { ApplyChecksum } from './apply_checksum';
-import { assert, assertNever } from './assert';
+import { assert, assertNever } from '../util/assert';
 import type { Role } from './epoch';
 
 const MiB = 1 << 20;
