@@ -20,6 +20,12 @@ const BASE_RUN_BLOCKS_MAX = 256;
 const RECORD_HEADER_BYTES = 64;
 const RECORD_LSN_OFFSET = 24;
 const LOOKUP_RETRIES_MAX = 4;
+// Small read results are carved from a shared slab (as Node's own Buffer pool
+// does, which a 4 KiB buffer just misses): one ArrayBuffer per 16 reads of
+// 4 KiB instead of one each. A result pins its slab while it is alive.
+const READ_SLAB_BYTES = 64 * 1024;
+const READ_SLAB_TAKE_BYTES_MAX = 8 * 1024;
+const READ_SLAB_ALIGN_BYTES = 8;
 
 export class VolumeIo {
   failure: BlockwalError | undefined;
@@ -29,6 +35,8 @@ export class VolumeIo {
   onPressure: () => void = () => undefined;
   private inflight = 0;
   private idleWaiters: (() => void)[] = [];
+  private readSlab = Buffer.allocUnsafeSlow(READ_SLAB_BYTES);
+  private readSlabUsedBytes = 0;
 
   constructor(
     readonly ring: Ring,
@@ -44,10 +52,54 @@ export class VolumeIo {
 
   // ---- reads --------------------------------------------------------------
 
-  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const out = Buffer.allocUnsafe(lengthBytes);
+  // What the dirty map says now decides where each block comes from; the
+  // common cases (every block from base.img in one run, or one block from
+  // one record) skip the general path's per-block bookkeeping.
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     const first = Math.floor(offsetBytes / BLOCK_BYTES);
     const end = Math.ceil((offsetBytes + lengthBytes) / BLOCK_BYTES);
+    if (end > first && end - first <= BASE_RUN_BLOCKS_MAX && this.allFromBase(first, end)) {
+      return this.readBaseOnly(first, end - first, offsetBytes, lengthBytes);
+    }
+    if (end - first === 1) {
+      const look = this.dirty.lookup(first);
+      if (look?.kind === 'write') return this.readRecordOnly(first, look.entry, offsetBytes, lengthBytes);
+    }
+    return this.readMixed(first, end, offsetBytes, lengthBytes);
+  }
+
+  private allFromBase(first: number, end: number): boolean {
+    for (let b = first; b < end; b++) if (this.dirty.lookup(b) !== undefined) return false;
+    return true;
+  }
+
+  // Blocks [first, first + lengthBlocks), none in the dirty map: one base.img
+  // read, one copy out of the arena.
+  private async readBaseOnly(first: number, lengthBlocks: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const runBytes = lengthBlocks * BLOCK_BYTES;
+    const slice = this.ring.allocNow(runBytes) ?? (await this.ring.allocWait(runBytes));
+    try {
+      await this.base.readBlocks(first, lengthBlocks, slice);
+      const from = offsetBytes - first * BLOCK_BYTES;
+      const out = this.resultBuffer(lengthBytes);
+      out.set(slice.bytes.subarray(from, from + lengthBytes));
+      return out;
+    } finally {
+      this.ring.free(slice);
+    }
+  }
+
+  // One block, written by the record `entry` points to.
+  private async readRecordOnly(lba: number, entry: BlockEntry, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const block = await this.readBlock(lba, entry, undefined);
+    const from = offsetBytes - lba * BLOCK_BYTES;
+    const out = this.resultBuffer(lengthBytes);
+    out.set(block.subarray(from, from + lengthBytes));
+    return out;
+  }
+
+  private async readMixed(first: number, end: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const out = this.resultBuffer(lengthBytes);
     const view = new RequestView(out, offsetBytes);
     const records = new Map<string, Promise<Buffer>>();
     const tasks: Promise<void>[] = [];
@@ -72,9 +124,22 @@ export class VolumeIo {
     return out;
   }
 
+  // An uninitialised buffer for a read's result (every byte gets written).
+  private resultBuffer(lengthBytes: number): Buffer {
+    if (lengthBytes > READ_SLAB_TAKE_BYTES_MAX) return Buffer.allocUnsafe(lengthBytes);
+    if (this.readSlabUsedBytes + lengthBytes > READ_SLAB_BYTES) {
+      this.readSlab = Buffer.allocUnsafeSlow(READ_SLAB_BYTES);
+      this.readSlabUsedBytes = 0;
+    }
+    const out = this.readSlab.subarray(this.readSlabUsedBytes, this.readSlabUsedBytes + lengthBytes);
+    this.readSlabUsedBytes += Math.ceil(lengthBytes / READ_SLAB_ALIGN_BYTES) * READ_SLAB_ALIGN_BYTES;
+    return out;
+  }
+
   // One block's newest content as the dirty map says now; re-looked-up when
   // its record moved (recycled segment, or replaced by a checkpoint) meanwhile.
-  private async readBlock(lba: number, entry: BlockEntry, records: Map<string, Promise<Buffer>>): Promise<Buffer> {
+  // `records` shares record reads among the blocks of one request (undefined: one block).
+  private async readBlock(lba: number, entry: BlockEntry, records: Map<string, Promise<Buffer>> | undefined): Promise<Buffer> {
     for (let attempt = 0; ; attempt++) {
       try {
         const record = await this.readRecordCached(entry, records);
@@ -89,24 +154,29 @@ export class VolumeIo {
     }
   }
 
-  readRecordCached(entry: BlockEntry, records: Map<string, Promise<Buffer>>): Promise<Buffer> {
+  readRecordCached(entry: BlockEntry, records: Map<string, Promise<Buffer>> | undefined): Promise<Buffer> {
+    if (records === undefined) return this.readRecordChecked(entry);
     const key = `${entry.segmentSeq}:${entry.recordOffsetBytes}`;
     let p = records.get(key);
     if (p === undefined) {
-      p = this.wal.readRecord(entry.segmentSeq, entry.recordOffsetBytes, entry.recordSpanBytes).then((rec) => {
-        const lsn = Number(rec.readBigUInt64LE(RECORD_LSN_OFFSET));
-        if (lsn !== entry.lsn) {
-          throw new BlockwalError('ERR_RECORD_MOVED', `record at segment ${entry.segmentSeq} offset ${entry.recordOffsetBytes} holds LSN ${lsn}, expected ${entry.lsn}`);
-        }
-        return rec;
-      });
+      p = this.readRecordChecked(entry);
       records.set(key, p);
     }
     return p;
   }
 
+  // The record entry points to, refused (ERR_RECORD_MOVED) unless it still holds entry's LSN.
+  private async readRecordChecked(entry: BlockEntry): Promise<Buffer> {
+    const rec = await this.wal.readRecord(entry.segmentSeq, entry.recordOffsetBytes, entry.recordSpanBytes);
+    const lsn = Number(rec.readBigUInt64LE(RECORD_LSN_OFFSET));
+    if (lsn !== entry.lsn) {
+      throw new BlockwalError('ERR_RECORD_MOVED', `record at segment ${entry.segmentSeq} offset ${entry.recordOffsetBytes} holds LSN ${lsn}, expected ${entry.lsn}`);
+    }
+    return rec;
+  }
+
   private async readBase(startBlock: number, lengthBlocks: number, view: RequestView): Promise<void> {
-    const slice = await this.ring.allocWait(lengthBlocks * BLOCK_BYTES);
+    const slice = this.ring.allocNow(lengthBlocks * BLOCK_BYTES) ?? (await this.ring.allocWait(lengthBlocks * BLOCK_BYTES));
     try {
       await this.base.readBlocks(startBlock, lengthBlocks, slice);
       for (let i = 0; i < lengthBlocks; i++) view.copyBlock(startBlock + i, slice.bytes.subarray(i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES));

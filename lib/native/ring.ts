@@ -7,7 +7,7 @@
 // O_DIRECT needs the arena's 4 KiB alignment, so callers allocate slices of
 // the arena (alloc/free) and copy in and out of them.
 import { addon } from './addon';
-import { BlockwalError, nativeCall } from './errors';
+import { BlockwalError, nativeCall, toBlockwalError } from './errors';
 
 export enum OpKind {
   read = 1,
@@ -237,6 +237,17 @@ export class Ring {
     return new Promise<ArenaSlice>((resolve, reject) => this.allocWaiters.push({ length: lengthBytes, resolve, reject }));
   }
 
+  // allocWait's common case without a promise: a slice when nobody waits and
+  // there is room now, else undefined (the caller then uses allocWait, which
+  // keeps the waiters' order and reports the errors).
+  allocNow(lengthBytes: number): ArenaSlice | undefined {
+    if (this.closed || this.allocWaiters.length > 0) return undefined;
+    const length = roundUp(Math.max(lengthBytes, 1), BLOCK_BYTES);
+    const offset = this.jsAllocator().alloc(length);
+    if (offset < 0) return undefined;
+    return { offsetBytes: offset, lengthBytes: length, bytes: this.arena.subarray(offset, offset + length) };
+  }
+
   free(slice: ArenaSlice): void {
     this.allocator?.release(slice.offsetBytes, slice.lengthBytes);
     while (this.allocWaiters.length > 0) {
@@ -325,15 +336,15 @@ export class Ring {
   }
 
   async fdatasync(fileId: number): Promise<void> {
-    await this.op({ kind: OpKind.fdatasync, fileId, offsetBytes: 0, lengthBytes: 0, fileOffsetBytes: 0, dsync: false });
+    await this.op(OpKind.fdatasync, fileId, 0, 0, 0, false);
   }
 
   async fsync(fileId: number): Promise<void> {
-    await this.op({ kind: OpKind.fsync, fileId, offsetBytes: 0, lengthBytes: 0, fileOffsetBytes: 0, dsync: false });
+    await this.op(OpKind.fsync, fileId, 0, 0, 0, false);
   }
 
   async punchHole(fileId: number, fileOffsetBytes: number, lengthBytes: number): Promise<void> {
-    await this.op({ kind: OpKind.punchHole, fileId, offsetBytes: 0, lengthBytes, fileOffsetBytes, dsync: false });
+    await this.op(OpKind.punchHole, fileId, 0, lengthBytes, fileOffsetBytes, false);
   }
 
   private io(
@@ -345,17 +356,25 @@ export class Ring {
     dsync: boolean,
   ): Promise<number> {
     if (lengthBytes > slice.lengthBytes) throw new RangeError('lengthBytes exceeds the slice');
-    return this.op({ kind, fileId, offsetBytes: slice.offsetBytes, lengthBytes, fileOffsetBytes, dsync });
+    return this.op(kind, fileId, slice.offsetBytes, lengthBytes, fileOffsetBytes, dsync);
   }
 
-  private op(spec: Omit<PendingOp, 'tag'>): Promise<number> {
+  // offsetBytes: the arena slice's (0 when the op has no buffer).
+  private op(
+    kind: OpKind,
+    fileId: number,
+    offsetBytes: number,
+    lengthBytes: number,
+    fileOffsetBytes: number,
+    dsync: boolean,
+  ): Promise<number> {
     if (this.closed) return Promise.reject(new BlockwalError('ERR_RING_CLOSED', 'the ring is closed'));
     return new Promise<number>((resolve, reject) => {
       const tag = this.takeTag((result) => {
-        if (result < 0) reject(ioError(OpKind[spec.kind], -result));
+        if (result < 0) reject(ioError(OpKind[kind], -result));
         else resolve(result);
       });
-      this.queued.push({ ...spec, tag });
+      this.queued.push({ kind, fileId, offsetBytes, lengthBytes, fileOffsetBytes, dsync, tag });
       this.scheduleKick();
     });
   }
@@ -386,13 +405,19 @@ export class Ring {
   scheduleKick(): void {
     if (this.kickScheduled || this.closed) return;
     this.kickScheduled = true;
-    queueMicrotask(() => {
-      this.kickScheduled = false;
-      if (this.closed) return;
-      this.submitQueued();
-      nativeCall(() => this.raw.kick());
-    });
+    queueMicrotask(this.kickNow);
   }
+
+  private readonly kickNow = (): void => {
+    this.kickScheduled = false;
+    if (this.closed) return;
+    this.submitQueued();
+    try {
+      this.raw.kick();
+    } catch (err) {
+      throw toBlockwalError(err);
+    }
+  };
 
   private submitQueued(): void {
     while (this.queued.length > 0) {
