@@ -78,7 +78,7 @@ export function fioArgs(job: FioJob): string[] {
   assert(job.sizeBytes >= job.bsBytes, `${job.name}: size below bs`);
   assert(job.iodepth >= 1 && Number.isInteger(job.iodepth), `${job.name}: iodepth ${job.iodepth}`);
   assert(job.fdatasyncEvery >= 0 && Number.isInteger(job.fdatasyncEvery), `${job.name}: fdatasync`);
-  const args = [
+  return [
     `--name=${job.name}`,
     `--filename=${job.filename}`,
     `--rw=${job.rw}`,
@@ -88,6 +88,13 @@ export function fioArgs(job: FioJob): string[] {
     `--iodepth=${job.iodepth}`,
     `--direct=${job.direct ? 1 : 0}`,
     `--fdatasync=${job.fdatasyncEvery}`,
+    ...fioCommonArgs(job),
+  ];
+}
+
+/** The arguments every job shares: end sync, latency percentiles, one job, timing. */
+export function fioCommonArgs(job: { endFsync?: boolean; runtimeMs?: number; rampMs?: number }): string[] {
+  const args = [
     `--end_fsync=${job.endFsync === true ? 1 : 0}`,
     '--lat_percentiles=1',
     '--percentile_list=50:99:99.9',
@@ -99,15 +106,19 @@ export function fioArgs(job: FioJob): string[] {
   return args;
 }
 
-/** Runs one job to completion and parses its JSON report. */
-export async function runFio(job: FioJob, outputDir: string): Promise<FioMeasurement> {
-  const outputFile = path.join(outputDir, `fio-${job.name}.json`);
-  const args = ['--output-format=json', `--output=${outputFile}`, ...fioArgs(job)];
-  const { code, stderr } = await spawnCollect('fio', args);
-  if (code !== 0) throw new Error(`fio ${job.name} exited with ${code}: ${stderr.trim()}`);
+/** Runs fio with args to completion and returns its JSON report's text. */
+export async function runFioReport(name: string, args: string[], outputDir: string): Promise<string> {
+  const outputFile = path.join(outputDir, `fio-${name}.json`);
+  const { code, stderr } = await spawnCollect('fio', ['--output-format=json', `--output=${outputFile}`, ...args]);
+  if (code !== 0) throw new Error(`fio ${name} exited with ${code}: ${stderr.trim()}`);
   const text = fs.readFileSync(outputFile, 'utf8');
   fs.rmSync(outputFile, { force: true });
-  return parseFioJson(job, text);
+  return text;
+}
+
+/** Runs one job to completion and parses its JSON report. */
+export async function runFio(job: FioJob, outputDir: string): Promise<FioMeasurement> {
+  return parseFioJson(job, await runFioReport(job.name, fioArgs(job), outputDir));
 }
 
 /**

@@ -10,12 +10,10 @@
 //   type has no fdatasync field.
 // - O_DIRECT means nothing to a network client; the server decides how it
 //   does I/O. No direct= is passed.
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 
 import { assert } from './bench';
 import type { FioFigures, FioRw } from './fio';
-import { parseFioFigures, spawnCollect } from './fio';
+import { fioCommonArgs, parseFioFigures, runFioReport, spawnCollect } from './fio';
 
 export interface NbdFioJob {
   readonly name: string;
@@ -60,7 +58,7 @@ export function nbdFioArgs(job: NbdFioJob): string[] {
   assert(job.sizeBytes >= job.bsBytes, `${job.name}: size below bs`);
   assert(job.iodepth >= 1 && Number.isInteger(job.iodepth), `${job.name}: iodepth ${job.iodepth}`);
   assert(job.fsyncEvery >= 0 && Number.isInteger(job.fsyncEvery), `${job.name}: fsync ${job.fsyncEvery}`);
-  const args = [
+  return [
     `--name=${job.name}`,
     '--ioengine=nbd',
     `--uri=${job.uri}`,
@@ -69,25 +67,13 @@ export function nbdFioArgs(job: NbdFioJob): string[] {
     `--size=${job.sizeBytes}`,
     `--iodepth=${job.iodepth}`,
     `--fsync=${job.fsyncEvery}`,
-    `--end_fsync=${job.endFsync === true ? 1 : 0}`,
-    '--lat_percentiles=1',
-    '--percentile_list=50:99:99.9',
-    '--numjobs=1',
-    '--group_reporting=0',
+    ...fioCommonArgs(job),
   ];
-  if (job.runtimeMs !== undefined) args.push('--time_based=1', `--runtime=${Math.round(job.runtimeMs)}ms`);
-  if (job.rampMs !== undefined && job.rampMs > 0) args.push(`--ramp_time=${Math.round(job.rampMs)}ms`);
-  return args;
 }
 
 /** Runs one job against the server to completion and parses its JSON report. */
 export async function runNbdFio(job: NbdFioJob, outputDir: string): Promise<NbdFioMeasurement> {
-  const outputFile = path.join(outputDir, `fio-nbd-${job.name}.json`);
-  const args = ['--output-format=json', `--output=${outputFile}`, ...nbdFioArgs(job)];
-  const { code, stderr } = await spawnCollect('fio', args);
-  if (code !== 0) throw new Error(`fio ${job.name} (${job.uri}) exited with ${code}: ${stderr.trim()}`);
-  const text = fs.readFileSync(outputFile, 'utf8');
-  fs.rmSync(outputFile, { force: true });
+  const text = await runFioReport(`nbd-${job.name}`, nbdFioArgs(job), outputDir);
   const figures = parseFioFigures(job.name, job.rw, text);
   if (job.fsyncEvery > 0) assert(figures.syncCount > 0, `fio ${job.name}: fsync=${job.fsyncEvery} but no FLUSH measured`);
   return { job, ...figures, requests: figures.ops + figures.syncCount };

@@ -36,16 +36,8 @@ export interface NbdServerOptions {
 
 export type NbdAddress = { host: string; port: number } | { path: string };
 
-export interface NbdServerStats {
-  connectionsAccepted: number;
+export interface NbdServerStats extends Counters {
   connectionsOpen: number;
-  requests: Record<CommandName, number>;
-  bytesRead: number;
-  bytesWritten: number;
-  errors: number;
-  protocolViolations: number;
-  requestsInFlight: number;
-  bytesInFlight: number;
   // Input received and not yet parsed (it waits while a connection is at its limits).
   bytesQueued: number;
 }

@@ -18,7 +18,9 @@ import type { Readable, Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 
 import { Volume, type VolumeOptions, type VolumeStatus } from '../engine/volume';
-import { NbdServer } from '../nbd/server';
+import { type NbdAddress, NbdServer } from '../nbd/server';
+
+export type { NbdAddress };
 import { ControlServer } from './control';
 import { NodeMetrics } from './metrics';
 import { VolumeBackend } from './volume_backend';
@@ -35,7 +37,6 @@ export interface OpenVolumeOptions extends VolumeOptions {
   readOnly?: boolean;
 }
 
-export type NbdAddress = { host: string; port: number } | { path: string };
 
 export interface ServedVolumeStatus extends VolumeStatus {
   exportName: string;
