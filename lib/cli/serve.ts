@@ -1,6 +1,7 @@
 // `blockwal serve DIR`: opens the volume and serves it over NBD until SIGINT
 // or SIGTERM, then finishes requests in flight, checkpoints and exits 0.
-import { StorageNode } from '../node/storage_node';
+import { type ReplicationOptions, StorageNode } from '../node/storage_node';
+import { DURABILITY_MODES, type DurabilityMode } from '../replication/primary';
 import { type Command, parse, parseHostPort, stderrLogger, UsageError } from './args';
 import { help } from './create';
 
@@ -9,6 +10,9 @@ const NBD_DEFAULT = '127.0.0.1:10809';
 export const serve: Command = {
   usage: `usage: blockwal serve DIR [--nbd HOST:PORT | --nbd unix:PATH | --nbd stdio] [--export NAME]
                       [--metrics HOST:PORT] [--node-id ID] [--read-only]
+                      [--role primary|replica] [--repl-listen HOST:PORT]
+                      [--replica HOST:PORT]... [--durability best_effort|sync_all|sync_quorum]
+                      [--epoch N] [--ack-timeout MS]
 
 Serves the volume in DIR over NBD (default ${NBD_DEFAULT}, or the socket
 handed over by systemd socket activation, as \`nbdinfo -- [ blockwal serve DIR ]\`
@@ -19,6 +23,17 @@ and nbdcopy/nbdfuse do when they start the server).
   --metrics ADDR     HTTP on HOST:PORT: /metrics (Prometheus) and /status (JSON)
   --node-id ID       this node's name in logs, status and metrics
   --read-only        refuse writes (NBD READ_ONLY)
+Replication (WAL shipping from a primary to its replicas):
+  --role ROLE        primary (default) or replica. A replica takes writes only
+                     from its primary and serves NBD (read-only) only with --nbd
+  --repl-listen ADDR a replica listens for its primary on HOST:PORT
+  --replica ADDR     a primary feeds the replica at HOST:PORT (repeat for more)
+  --durability MODE  best_effort (ack after the local WAL, default), sync_all
+                     (every replica has it; FLUSH/FUA: durable on every replica),
+                     sync_quorum (a majority of the nodes, this one included)
+  --epoch N          persist epoch N first (a new primary: higher than the old one's)
+  --ack-timeout MS   sync_all: a replica holding an acknowledgement this long
+                     leaves the ack set and the volume runs degraded (default 5000)
 Logs are JSON on stderr (BLOCKWAL_LOG=debug|info|warn). \`blockwal status DIR\` asks the running server.`,
 
   async run(args) {
@@ -30,21 +45,34 @@ Logs are JSON on stderr (BLOCKWAL_LOG=debug|info|warn). \`blockwal status DIR\` 
         metrics: { type: 'string' },
         'node-id': { type: 'string' },
         'read-only': { type: 'boolean' },
+        role: { type: 'string' },
+        'repl-listen': { type: 'string' },
+        replica: { type: 'string', multiple: true },
+        durability: { type: 'string' },
+        epoch: { type: 'string' },
+        'ack-timeout': { type: 'string' },
       },
       { min: 1, max: 1, names: 'DIR' },
     );
     if (values.help === true) return help(this.usage);
-    const nbd = parseNbdAddress(values.nbd ?? NBD_DEFAULT);
+    const replication = parseReplication(values);
+    // A replica serves NBD only when asked to.
+    const nbd = values.nbd === undefined && replication?.role === 'replica' ? undefined : parseNbdAddress(values.nbd ?? NBD_DEFAULT);
     // A client that starts the server (\`nbdinfo -- [ CMD ]\`) hands over its socket this way.
-    const activatedFd = values.nbd === undefined || nbd === 'stdio' ? socketActivationFd() : undefined;
+    const activatedFd = (values.nbd === undefined && nbd !== undefined) || nbd === 'stdio' ? socketActivationFd() : undefined;
+    const epoch = values.epoch === undefined ? undefined : parseEpoch(values.epoch);
     const metrics = values.metrics === undefined ? undefined : parseHostPort(values.metrics, '--metrics');
     const log = stderrLogger();
     const node = new StorageNode({ nodeId: values['node-id'], logger: log });
     const stopped = stopOnSignals(node);
     try {
-      await node.openVolume(positionals[0]!, { exportName: values.export, readOnly: values['read-only'] === true });
+      await node.openVolume(positionals[0]!, { exportName: values.export, readOnly: values['read-only'] === true, epoch, replication });
       if (metrics !== undefined) await node.listenMetrics(metrics);
-      if (activatedFd !== undefined) {
+      const repl = node.status().volumes[0]?.replication;
+      if (repl?.role === 'replica') process.stderr.write(`blockwal: replica of ${positionals[0]} listening for its primary on ${repl.listen}\n`);
+      if (nbd === undefined) {
+        await stopped;
+      } else if (activatedFd !== undefined) {
         await node.listenNbdOnFd(activatedFd);
         await stopped;
       } else if (nbd === 'stdio') {
@@ -60,6 +88,48 @@ Logs are JSON on stderr (BLOCKWAL_LOG=debug|info|warn). \`blockwal status DIR\` 
     return 0;
   },
 };
+
+function parseReplication(values: {
+  role?: string;
+  'repl-listen'?: string;
+  replica?: string[];
+  durability?: string;
+  'ack-timeout'?: string;
+}): ReplicationOptions | undefined {
+  const role = values.role ?? 'primary';
+  if (role !== 'primary' && role !== 'replica') throw new UsageError(`--role: '${role}' is not primary or replica`);
+  const replicas = (values.replica ?? []).map((r) => parseHostPort(r, '--replica'));
+  if (role === 'replica') {
+    if (values['repl-listen'] === undefined) throw new UsageError('--role replica needs --repl-listen HOST:PORT (where its primary connects)');
+    for (const flag of ['replica', 'durability', 'ack-timeout'] as const) {
+      if (values[flag] !== undefined) throw new UsageError(`--${flag} is for a primary; a replica takes its mode from its primary`);
+    }
+    return { role, listen: parseHostPort(values['repl-listen'], '--repl-listen') };
+  }
+  if (values['repl-listen'] !== undefined) throw new UsageError('--repl-listen is for --role replica');
+  const durability = values.durability ?? 'best_effort';
+  if (!DURABILITY_MODES.includes(durability as DurabilityMode)) {
+    throw new UsageError(`--durability: '${durability}' is not one of ${DURABILITY_MODES.join(', ')}`);
+  }
+  if (replicas.length === 0) {
+    if (values.durability !== undefined || values['ack-timeout'] !== undefined) {
+      throw new UsageError('--durability and --ack-timeout need at least one --replica');
+    }
+    return values.role === undefined ? undefined : { role, replicas };
+  }
+  let ackTimeoutMs: number | undefined;
+  if (values['ack-timeout'] !== undefined) {
+    ackTimeoutMs = Number(values['ack-timeout']);
+    if (!Number.isSafeInteger(ackTimeoutMs) || ackTimeoutMs < 10) throw new UsageError(`--ack-timeout: '${values['ack-timeout']}' is not a whole number of milliseconds >= 10`);
+  }
+  return { role, replicas, durability: durability as DurabilityMode, ackTimeoutMs };
+}
+
+function parseEpoch(text: string): number {
+  const n = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n < 1) throw new UsageError(`--epoch: '${text}' is not a positive whole number`);
+  return n;
+}
 
 // systemd socket activation: the first inherited socket is fd 3.
 function socketActivationFd(): number | undefined {

@@ -3,6 +3,8 @@
 import { Volume, type VolumeStatus } from '../engine/volume';
 import { queryControl } from '../node/control';
 import type { NodeStatus } from '../node/storage_node';
+import type { PrimaryReplicationStatus } from '../replication/primary';
+import type { ReplicaReplicationStatus } from '../replication/replica';
 import { type Command, formatBytes, parse } from './args';
 import { help } from './create';
 
@@ -47,12 +49,15 @@ async function statusOfDir(dir: string): Promise<Answer> {
 function render(answer: Answer): string {
   if ('offline' in answer) return `offline volume\n${renderVolume(answer.offline)}`;
   const n = answer.served;
-  const nbd = n.nbd.address === undefined ? 'stdio' : 'path' in n.nbd.address ? `unix:${n.nbd.address.path}` : `${n.nbd.address.host}:${n.nbd.address.port}`;
+  const nbd = n.nbd.address === undefined ? (n.nbd.connections > 0 ? 'stdio' : 'not listening') : 'path' in n.nbd.address ? `unix:${n.nbd.address.path}` : `${n.nbd.address.host}:${n.nbd.address.port}`;
   const lines = [
     `node ${n.nodeId} (pid ${n.pid}), up ${n.uptimeSeconds} s`,
     `nbd ${nbd}, ${n.nbd.connections} connection(s)${n.metrics === undefined ? '' : `, metrics http://${n.metrics.host}:${n.metrics.port}/metrics`}`,
   ];
-  for (const v of n.volumes) lines.push(`export '${v.exportName}'${v.readOnly ? ' (read-only)' : ''}`, renderVolume(v));
+  for (const v of n.volumes) {
+    lines.push(`export '${v.exportName}'${v.readOnly ? ' (read-only)' : ''}`, renderVolume(v));
+    if (v.replication !== undefined) lines.push(renderReplication(v.replication));
+  }
   return lines.join('\n') + '\n';
 }
 
@@ -65,5 +70,26 @@ function renderVolume(s: VolumeStatus): string {
     `  wal        ${s.walSegments} of ${s.walSegmentsMax} segments of ${formatBytes(s.walSegmentBytes)}, retention ${formatBytes(s.walRetentionBytes)}`,
   ];
   if (s.superblockFallback !== undefined) lines.push(`  warning    superblock fell back to its older slot: ${s.superblockFallback}`);
+  return lines.join('\n') + '\n';
+}
+
+function renderReplication(r: PrimaryReplicationStatus | ReplicaReplicationStatus): string {
+  if (r.role === 'replica') {
+    const from = r.primary === undefined ? 'no primary connected' : `primary ${r.primary.nodeId} at ${r.primary.address}`;
+    return [
+      `  replica    ${r.state}, ${from}, listening on ${r.listen}`,
+      `  lsn        received ${r.lsnReceived}  durable ${r.lsnDurable}  applied ${r.lsnApplied}  commit ${r.lsnCommit}  chain ${r.applyChecksum}`,
+      ...(r.lastClose === undefined ? [] : [`  last close ${r.lastClose}`]),
+    ].join('\n') + '\n';
+  }
+  const lines = [
+    `  primary    ${r.durability}, ${r.mode}${r.reason === undefined ? '' : ` (${r.reason})`}, commit ${r.lsnCommit}, ack set ${r.ackSet.length} of ${r.replicas.length}`,
+  ];
+  for (const p of r.replicas) {
+    lines.push(
+      `  replica    ${p.address}${p.nodeId === undefined ? '' : ` (${p.nodeId})`}: ${p.state}${p.reason === undefined ? '' : ` (${p.reason})`}${p.inAckSet ? '' : ', not in the ack set'}`,
+      `             lag ${p.lagLsn} LSN, ${formatBytes(p.lagBytes)}, ${p.lagSeconds.toFixed(1)} s; received ${p.lsnReceived} durable ${p.lsnDurable} applied ${p.lsnApplied}`,
+    );
+  }
   return lines.join('\n') + '\n';
 }

@@ -99,6 +99,16 @@ export class Flusher {
     return run;
   }
 
+  // Runs fn once queued checkpoints are done, with none running meanwhile.
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(fn);
+    this.chain = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
@@ -112,7 +122,10 @@ export class Flusher {
     // at the head means no block's newest version lies above `to` while an
     // older one below is skipped (the older one may be durable when the newer
     // is lost in a crash). Versions replaced later stay in the snapshot.
-    const to = io.wal.lsnHead;
+    // A replica's WAL may hold records beyond what it has applied: those are
+    // not the checkpoint's (they are not committed yet).
+    const to = io.lsnApplied;
+    const applyChecksum = io.applyChecksum;
     if (to <= io.sb.fields.checkpointLsn) return;
     const { zeros, blocks } = io.dirty.collect(to);
     const startedMs = performance.now();
@@ -123,7 +136,7 @@ export class Flusher {
       // The WAL below `to` is released afterwards, and the writer recycles only
       // durable segments: make it durable alongside base.img.
       await Promise.all([io.base.fdatasync(), io.wal.waitDurable(to)]);
-      await io.sb.update({ checkpointLsn: to });
+      await io.sb.update({ checkpointLsn: to, applyChecksum });
     } catch (err) {
       throw io.fail(err);
     }

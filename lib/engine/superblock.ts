@@ -26,6 +26,8 @@ export interface SuperblockFields {
   walRetentionBytes: number;
   features: number;
   createdAtMs: number;
+  // The chained apply checksum at checkpointLsn (replication/apply_checksum.ts).
+  applyChecksum: bigint;
 }
 
 export interface SuperblockOpen {
@@ -52,6 +54,7 @@ export function encodeSlot(fields: SuperblockFields, seq: number, out: Uint8Arra
   u64(72, fields.walRetentionBytes);
   u64(80, fields.features);
   u64(88, fields.createdAtMs);
+  v.setBigUint64(96, fields.applyChecksum, true);
   const checksum = XXHash3.hash(Buffer.from(out.buffer, out.byteOffset, CHECKSUM_OFFSET));
   out.set(checksum, CHECKSUM_OFFSET);
 }
@@ -75,6 +78,7 @@ export function decodeSlot(buf: Uint8Array): { fields: SuperblockFields; seq: nu
     walRetentionBytes: u64(72),
     features: u64(80),
     createdAtMs: u64(88),
+    applyChecksum: v.getBigUint64(96, true),
   };
   return { fields, seq: u64(16) };
 }

@@ -26,13 +26,16 @@ import { BlockwalError } from '../native/errors';
 import { FileLock } from '../native/lock';
 import { Ring } from '../native/ring';
 import { Wal } from '../native/wal';
-import type { ScanResult } from '../native/wal_format';
+import { recordKindOf, type ScanResult } from '../native/wal_format';
 import { type AllocationExtent, BaseAllocation, blockStatus } from './allocation';
+import { applyChecksumToHex } from '../replication/apply_checksum';
 import { DirtyMap } from './dirty_map';
 import { Flusher } from './flusher';
 import { RangeLocks } from './range_locks';
 import { peekSuperblock, Superblock, type SuperblockFields } from './superblock';
-import { VolumeIo } from './volume_io';
+import { type ShippedRecord, VolumeIo, type VolumeRole } from './volume_io';
+
+export type { ShippedRecord, VolumeRole };
 
 export const FILES = { superblock: 'superblock', base: 'base.img', wal: 'wal', lock: 'lock' } as const;
 
@@ -57,6 +60,11 @@ export interface VolumeOptions {
   // sharing one ring). The caller keeps it: close() waits for the volume's
   // operations on it but leaves it open.
   ring?: Ring;
+  // 'replica': client writes are refused; records arrive from the primary
+  // (appendReceived) and are applied once committed (commit). Default 'primary'.
+  role?: VolumeRole;
+  // Primary: each record, encoded, in LSN order, as it gets its LSN (for shipping).
+  onRecord?: (record: ShippedRecord) => void;
 }
 
 export interface VolumeCreateOptions extends VolumeOptions {
@@ -75,6 +83,12 @@ export interface VolumeStatus {
   lsnTail: number; // lowest LSN the WAL still holds (0: none)
   lsnWritten: number;
   lsnDurable: number;
+  // Replication: role, the last record received (replica) and applied, and
+  // the chained apply checksum at lsnApplied (16 hex digits).
+  role: VolumeRole;
+  lsnReceived: number;
+  lsnApplied: number;
+  applyChecksum: string;
   checkpointLsn: number;
   dirtyBlocks: number;
   dirtyBytes: number;
@@ -132,6 +146,7 @@ export class Volume {
         walRetentionBytes: options.walRetentionBytes ?? 0,
         features: 0,
         createdAtMs: Date.now(),
+        applyChecksum: 0n,
       };
       const sb = await Superblock.create(ring, path.join(dir, FILES.superblock), fields);
       sb.close();
@@ -178,24 +193,29 @@ export class Volume {
       if (base.sizeBlocks * BLOCK_BYTES !== f.sizeBytes) {
         throw new BlockwalError('ERR_CORRUPT', `${FILES.base} holds ${base.sizeBlocks * BLOCK_BYTES} bytes, the superblock says ${f.sizeBytes}`);
       }
-      const dirty = replay(walOpen.scan, f.checkpointLsn);
+      const dirty = new DirtyMap();
+      const role = options.role ?? 'primary';
+      const io = new VolumeIo(ring, ownsRing, wal, base, sb, dirty, new RangeLocks(), opened.fallbackReason, log, role);
+      replay(walOpen.scan, f.checkpointLsn, io);
+      io.onFailure = options.onFailure;
+      io.onRecord = options.onRecord;
       if (opened.fallbackReason !== undefined) {
         log.warn({ reason: opened.fallbackReason }, 'superblock: one slot is invalid; opened from the other');
       }
       log.info(
         {
+          role,
           checkpointLsn: f.checkpointLsn,
           recordsReplayed: walOpen.scan.records.count,
           walBytesScanned: walOpen.scan.bytesScanned,
           tornTailBytes: walOpen.scan.tornTailBytes,
           lsnNext: walOpen.scan.lsnNext,
           dirtyBlocks: dirty.dirtyBlocks,
+          lsnApplied: io.lsnApplied,
           ms: Math.round(performance.now() - startedMs),
         },
         'volume opened',
       );
-      const io = new VolumeIo(ring, ownsRing, wal, base, sb, dirty, new RangeLocks(), opened.fallbackReason, log);
-      io.onFailure = options.onFailure;
       const walBytes = walSegmentsMax * f.walSegmentBytes;
       const flusher = new Flusher(io, {
         triggerBytes: options.flushTriggerBytes ?? Math.max(BLOCK_BYTES, Math.floor(walBytes / 4)),
@@ -234,27 +254,161 @@ export class Volume {
     return this.io.read(offsetBytes, lengthBytes);
   }
 
-  async write(offsetBytes: number, data: Uint8Array, options: { fua?: boolean } = {}): Promise<void> {
+  // write, trim and writeZeroes resolve with the LSN of their last record
+  // (what replication waits on).
+  async write(offsetBytes: number, data: Uint8Array, options: { fua?: boolean } = {}): Promise<number> {
     this.checkOpen();
     if (!(data instanceof Uint8Array)) throw new TypeError('data must be a Uint8Array');
     checkRange(offsetBytes, data.byteLength, this.sizeBytes, REQUEST_BYTES_MAX);
-    await this.io.write(offsetBytes, data, options.fua === true);
+    const lsn = await this.io.write(offsetBytes, data, options.fua === true);
     this.flusher.noteWrite();
+    return lsn;
   }
 
-  async trim(offsetBytes: number, lengthBytes: number): Promise<void> {
+  async trim(offsetBytes: number, lengthBytes: number): Promise<number> {
     this.checkOpen();
     checkRange(offsetBytes, lengthBytes, this.sizeBytes, Number.MAX_SAFE_INTEGER);
-    await this.io.zero(offsetBytes, lengthBytes, 'trim');
+    const lsn = await this.io.zero(offsetBytes, lengthBytes, 'trim');
     this.flusher.noteWrite();
+    return lsn;
   }
 
-  async writeZeroes(offsetBytes: number, lengthBytes: number, options: { fua?: boolean } = {}): Promise<void> {
+  async writeZeroes(offsetBytes: number, lengthBytes: number, options: { fua?: boolean } = {}): Promise<number> {
     this.checkOpen();
     checkRange(offsetBytes, lengthBytes, this.sizeBytes, Number.MAX_SAFE_INTEGER);
-    await this.io.zero(offsetBytes, lengthBytes, 'zero');
+    const lsn = await this.io.zero(offsetBytes, lengthBytes, 'zero');
     if (options.fua === true) await this.io.flush();
     this.flusher.noteWrite();
+    return lsn;
+  }
+
+  // ---- replication ----
+
+  get role(): VolumeRole {
+    return this.io.role;
+  }
+
+  get epoch(): number {
+    return this.io.sb.fields.epoch;
+  }
+
+  get uuid(): string {
+    return this.io.sb.fields.uuid;
+  }
+
+  // The last LSN assigned locally (primary) or received (replica).
+  get lsnHead(): number {
+    return this.io.wal.lsnHead;
+  }
+
+  get lsnDurable(): number {
+    return this.io.wal.lsnDurable;
+  }
+
+  get lsnApplied(): number {
+    return this.io.lsnApplied;
+  }
+
+  get lsnReceived(): number {
+    return this.io.lsnReceived;
+  }
+
+  // The chained apply checksum at lsnApplied.
+  get applyChecksum(): bigint {
+    return this.io.applyChecksum;
+  }
+
+  // True while the volume has never held a record (a fresh replica may take
+  // its identity from the first primary that feeds it).
+  get pristine(): boolean {
+    return this.io.wal.lsnHead === 0 && this.io.sb.fields.checkpointLsn === 0;
+  }
+
+  // Persists a new epoch (it must not go down) before anything acts in it.
+  async setEpoch(epoch: number): Promise<void> {
+    this.checkOpen();
+    if (!Number.isSafeInteger(epoch) || epoch < this.epoch) {
+      throw new RangeError(`epoch ${epoch} must be an integer not below the current epoch ${this.epoch}`);
+    }
+    if (epoch === this.epoch) return;
+    await this.io.sb.update({ epoch });
+    this.io.log.info({ epoch }, 'epoch persisted');
+  }
+
+  // A pristine replica takes the volume identity of its first primary.
+  async adoptIdentity(uuid: string): Promise<void> {
+    this.checkOpen();
+    if (!/^[0-9a-f]{32}$/.test(uuid)) throw new RangeError(`uuid must be 32 lower-case hex digits, got ${JSON.stringify(uuid)}`);
+    if (uuid === this.uuid) return;
+    if (!this.pristine) {
+      throw new BlockwalError('ERR_WRONG_VOLUME', `volume ${this.uuid} holds data: it cannot become volume ${uuid}`);
+    }
+    await this.io.sb.update({ uuid });
+    this.io.log.info({ uuid }, 'took the volume identity of the primary');
+  }
+
+  // Replica: appends a record the primary shipped (verified; it must carry
+  // the next LSN); resolves with its LSN once written to the local WAL.
+  async appendReceived(bytes: Uint8Array): Promise<number> {
+    this.checkOpen();
+    return this.io.appendReceived(bytes);
+  }
+
+  // Primary: the newest records replayed at open, encoded, each with the
+  // chain after it (for a replication backlog that survives a restart).
+  // Reads them back from the WAL; a record gone meanwhile (checkpointed and
+  // recycled) drops it and every older one. Handed out once.
+  async replayedRecords(): Promise<{ lsn: number; bytes: Buffer; checksum: bigint; applyChecksum: bigint }[]> {
+    this.checkOpen();
+    const out: { lsn: number; bytes: Buffer; checksum: bigint; applyChecksum: bigint }[] = [];
+    for (const { record, applyChecksum } of this.io.takeReplayedTail()) {
+      const bytes = await this.io.readRecordAt(record);
+      if (bytes === undefined) {
+        out.length = 0;
+        continue;
+      }
+      out.push({ lsn: record.lsn, bytes, checksum: record.checksum, applyChecksum });
+    }
+    return out;
+  }
+
+  // Replica: the epoch of the newest received record not applied yet.
+  get pendingEpoch(): number | undefined {
+    return this.io.pendingEpoch;
+  }
+
+  // Replica: drops the received records beyond lsnApplied (an uncommitted
+  // suffix its new primary does not have), so that the next record received
+  // is lsnApplied + 1. Checkpoints first, so the WAL holds nothing the volume
+  // still needs; then removes the segments, newest first (a crash meanwhile
+  // leaves a prefix of the log), and starts a fresh WAL. Resolves with the
+  // number of records dropped.
+  async truncateUnapplied(): Promise<number> {
+    this.checkOpen();
+    if (this.io.role !== 'replica') throw new BlockwalError('ERR_NOT_REPLICA', 'only a replica drops unapplied records');
+    const io = this.io;
+    await io.wal.waitWritten(io.lsnReceived);
+    await this.flusher.checkpoint();
+    return this.flusher.exclusive(async () => {
+      const dropped = io.lsnReceived - io.lsnApplied;
+      if (dropped === 0) return 0;
+      const walDir = path.join(this.dir, FILES.wal);
+      const lsnFrom = io.sb.fields.checkpointLsn + 1;
+      if (lsnFrom !== io.lsnApplied + 1) throw new BlockwalError('ERR_STATE', `checkpoint ${lsnFrom - 1} is not at applied LSN ${io.lsnApplied}`);
+      await io.wal.close();
+      for (const name of fs.readdirSync(walDir).sort().reverse()) fs.rmSync(path.join(walDir, name), { force: true });
+      fsyncDir(walDir);
+      const reopened = await Wal.open(io.ring, { dir: walDir, segmentBytes: io.sb.fields.walSegmentBytes, segmentsMax: this.walSegmentsMax, lsnFrom });
+      io.resetReceived(reopened.wal);
+      io.log.warn({ dropped, lsnApplied: io.lsnApplied }, 'dropped received records beyond the applied LSN (an uncommitted suffix)');
+      return dropped;
+    });
+  }
+
+  // Replica: applies every received record up to lsnCommit (the primary's commit LSN).
+  commit(lsnCommit: number): void {
+    this.checkOpen();
+    if (this.io.commit(lsnCommit) > 0) this.flusher.noteWrite();
   }
 
   // Which parts of [offset, offset + length) hold data and which read as
@@ -289,6 +443,10 @@ export class Volume {
       lsnTail: w.lsnTail,
       lsnWritten: w.lsnWritten,
       lsnDurable: w.lsnDurable,
+      role: this.io.role,
+      lsnReceived: this.io.role === 'replica' ? this.io.lsnReceived : w.lsnHead,
+      lsnApplied: this.io.lsnApplied,
+      applyChecksum: applyChecksumToHex(this.io.applyChecksum),
       checkpointLsn: f.checkpointLsn,
       dirtyBlocks: this.io.dirty.dirtyBlocks,
       dirtyBytes: this.io.dirty.dirtyBlocks * BLOCK_BYTES,
@@ -321,22 +479,23 @@ export class Volume {
   }
 }
 
-// Rebuilds the dirty map from the records after the checkpoint.
-function replay(scan: ScanResult, checkpointLsn: number): DirtyMap {
-  const dirty = new DirtyMap();
+// Hands the records after the checkpoint to the volume, in LSN order.
+function replay(scan: ScanResult, checkpointLsn: number, io: VolumeIo): void {
   const r = scan.records;
   for (let i = 0; i < r.count; i++) {
     const lsn = r.lsn[i]!;
     if (lsn <= checkpointLsn) continue;
-    const kind = r.kind[i]!;
-    if (kind === 1) {
-      const span = Math.ceil((64 + r.payloadBytes[i]!) / 8) * 8;
-      dirty.setWrite(r.lba[i]!, r.lengthBlocks[i]!, lsn, r.segmentSeq[i]!, r.offsetBytes[i]!, span);
-    } else if (kind === 2 || kind === 3) {
-      dirty.setZero(r.lba[i]!, r.lengthBlocks[i]!, lsn, kind === 2 ? 'trim' : 'zero');
-    }
+    io.replayed({
+      lsn,
+      kind: recordKindOf(r.kind[i]!),
+      lba: r.lba[i]!,
+      lengthBlocks: r.lengthBlocks[i]!,
+      segmentSeq: r.segmentSeq[i]!,
+      offsetBytes: r.offsetBytes[i]!,
+      spanBytes: Math.ceil((64 + r.payloadBytes[i]!) / 8) * 8,
+      checksum: r.checksum[i]!,
+    }, r.epoch[i]!);
   }
-  return dirty;
 }
 
 function checkRange(offsetBytes: number, lengthBytes: number, sizeBytes: number, maxBytes: number): void {

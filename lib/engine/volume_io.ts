@@ -8,6 +8,8 @@ import { BaseImage, BLOCK_BYTES } from '../native/base_image';
 import { BlockwalError } from '../native/errors';
 import type { Ring } from '../native/ring';
 import type { AppendedRecord, Wal } from '../native/wal';
+import { decodeRecord, type RecordKind } from '../native/wal_format';
+import { type ApplyChecksum, extendApplyChecksum } from '../replication/apply_checksum';
 import type { BlockEntry, DirtyMap } from './dirty_map';
 import type { RangeLocks } from './range_locks';
 import type { Superblock } from './superblock';
@@ -20,12 +22,36 @@ const BASE_RUN_BLOCKS_MAX = 256;
 const RECORD_HEADER_BYTES = 64;
 const RECORD_LSN_OFFSET = 24;
 const LOOKUP_RETRIES_MAX = 4;
+// Replayed records a primary keeps locations of, for its replication backlog.
+const REPLAYED_TAIL_BYTES_MAX = 256 << 20;
 // Small read results are carved from a shared slab (as Node's own Buffer pool
 // does, which a 4 KiB buffer just misses): one ArrayBuffer per 16 reads of
 // 4 KiB instead of one each. A result pins its slab while it is alive.
 const READ_SLAB_BYTES = 64 * 1024;
 const READ_SLAB_TAKE_BYTES_MAX = 8 * 1024;
 const READ_SLAB_ALIGN_BYTES = 8;
+
+// A record as a primary ships it: the encoded bytes a replica appends.
+export interface ShippedRecord {
+  lsn: number;
+  bytes: Buffer;
+  checksum: bigint;
+}
+
+// What a replica's WAL holds beyond what it has applied (the dirty map only
+// gets a record once the primary says it is committed).
+export interface PendingRecord {
+  lsn: number;
+  kind: RecordKind;
+  lba: number;
+  lengthBlocks: number;
+  segmentSeq: number;
+  offsetBytes: number;
+  spanBytes: number;
+  checksum: bigint;
+}
+
+export type VolumeRole = 'primary' | 'replica';
 
 export class VolumeIo {
   failure: BlockwalError | undefined;
@@ -37,18 +63,168 @@ export class VolumeIo {
   private idleWaiters: (() => void)[] = [];
   private readSlab = Buffer.allocUnsafeSlow(READ_SLAB_BYTES);
   private readSlabUsedBytes = 0;
+  // Every record up to lsnApplied is in the dirty map (or base.img), and
+  // applyChecksum is the chain over them. A primary applies a record when it
+  // gets its LSN; a replica when the primary's commit LSN covers it.
+  lsnApplied: number;
+  applyChecksum: ApplyChecksum;
+  // Primary: told each record, in LSN order, when it gets its LSN.
+  onRecord: ((record: ShippedRecord) => void) | undefined;
+  // Replica: received records not yet applied, in LSN order, and the LSN the
+  // next received record must carry.
+  private readonly pending: PendingRecord[] = [];
+  private readonly pendingEpochs: number[] = [];
+  private replayedTail: { record: PendingRecord; applyChecksum: ApplyChecksum }[] = [];
+  private replayedTailBytes = 0;
+  private lsnReceiveNext: number;
 
   constructor(
     readonly ring: Ring,
     private readonly ownsRing: boolean,
-    readonly wal: Wal,
+    public wal: Wal,
     readonly base: BaseImage,
     readonly sb: Superblock,
     readonly dirty: DirtyMap,
     readonly locks: RangeLocks,
     readonly superblockFallback: string | undefined,
     readonly log: Logger,
-  ) {}
+    readonly role: VolumeRole,
+  ) {
+    this.lsnApplied = sb.fields.checkpointLsn;
+    this.applyChecksum = sb.fields.applyChecksum;
+    this.lsnReceiveNext = wal.lsnHead + 1;
+  }
+
+  // Open: the records after the checkpoint, in LSN order. A primary applies
+  // them (its log is the truth); a replica holds them until a commit covers them.
+  replayed(record: PendingRecord, epoch: number): void {
+    if (this.role === 'replica') {
+      this.pending.push(record);
+      this.pendingEpochs.push(epoch);
+    } else {
+      this.applyRecord(record);
+      this.replayedTail.push({ record, applyChecksum: this.applyChecksum });
+      this.replayedTailBytes += record.spanBytes;
+      if (this.replayedTailBytes > 2 * REPLAYED_TAIL_BYTES_MAX) this.trimReplayedTail();
+    }
+  }
+
+  // Keeps the newest REPLAYED_TAIL_BYTES_MAX of the replayed tail (amortised: one slice per doubling).
+  private trimReplayedTail(): void {
+    let from = 0;
+    while (this.replayedTailBytes > REPLAYED_TAIL_BYTES_MAX && from < this.replayedTail.length - 1) {
+      this.replayedTailBytes -= this.replayedTail[from]!.record.spanBytes;
+      from++;
+    }
+    this.replayedTail = this.replayedTail.slice(from);
+  }
+
+  // Primary: the newest records replayed at open (at most
+  // REPLAYED_TAIL_BYTES_MAX of them), each with the chain after it, for a
+  // replication backlog; handed out once.
+  takeReplayedTail(): { record: PendingRecord; applyChecksum: ApplyChecksum }[] {
+    this.trimReplayedTail();
+    const tail = this.replayedTail;
+    this.replayedTail = [];
+    this.replayedTailBytes = 0;
+    return tail;
+  }
+
+  // Reads a record back by its location; undefined when it is no longer there.
+  async readRecordAt(r: PendingRecord): Promise<Buffer | undefined> {
+    try {
+      return await this.readRecordChecked({ lsn: r.lsn, segmentSeq: r.segmentSeq, recordOffsetBytes: r.offsetBytes, recordSpanBytes: r.spanBytes } as BlockEntry);
+    } catch {
+      return undefined;
+    }
+  }
+
+  private applyRecord(r: PendingRecord): void {
+    if (r.kind === 'write') this.dirty.setWrite(r.lba, r.lengthBlocks, r.lsn, r.segmentSeq, r.offsetBytes, r.spanBytes);
+    else if (r.kind === 'trim' || r.kind === 'zero') this.dirty.setZero(r.lba, r.lengthBlocks, r.lsn, r.kind);
+    this.lsnApplied = r.lsn;
+    this.applyChecksum = extendApplyChecksum(this.applyChecksum, r.checksum);
+  }
+
+  // ---- replica ------------------------------------------------------------
+
+  // The LSN of the last received record (appended to the WAL, maybe not yet written).
+  get lsnReceived(): number {
+    return this.lsnReceiveNext - 1;
+  }
+
+  // Appends a record the primary encoded; resolves with its LSN once written.
+  // It must verify and carry the next LSN (ERR_REPL_RECORD otherwise).
+  appendReceived(bytes: Uint8Array): Promise<number> {
+    this.checkWritable();
+    let rec;
+    try {
+      rec = decodeRecord(bytes);
+    } catch (err) {
+      throw new BlockwalError('ERR_REPL_RECORD', `a received record does not verify: ${(err as Error).message}`, { cause: err });
+    }
+    if (rec.lsn !== this.lsnReceiveNext) {
+      throw new BlockwalError('ERR_REPL_RECORD', `received LSN ${rec.lsn}, expected ${this.lsnReceiveNext}`);
+    }
+    if (rec.lba + rec.lengthBlocks > this.base.sizeBlocks) {
+      throw new BlockwalError('ERR_REPL_RECORD', `LSN ${rec.lsn}: blocks ${rec.lba}+${rec.lengthBlocks} lie beyond this volume's ${this.base.sizeBlocks} blocks`);
+    }
+    if (rec.kind === 'control') {
+      throw new BlockwalError('ERR_REPL_RECORD', `LSN ${rec.lsn}: control records are not supported yet`);
+    }
+    this.lsnReceiveNext++;
+    const payload = rec.payloadBytes > 0 ? bytes.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + rec.payloadBytes) : null;
+    const written = this.wal.appendLocated({
+      kind: rec.kind,
+      epoch: rec.epoch,
+      lba: rec.lba,
+      lengthBlocks: rec.lengthBlocks,
+      payload,
+      onAssigned: (a) => {
+        if (a.lsn !== rec.lsn || a.checksum !== rec.checksum) {
+          // The WAL was not where the link said (a bug, not input): stop.
+          this.fail(new BlockwalError('ERR_REPL_DIVERGED', `local WAL gave LSN ${a.lsn} to received LSN ${rec.lsn}`));
+          return;
+        }
+        const { segmentSeq, offsetBytes, spanBytes } = a;
+        this.pending.push({ lsn: a.lsn, kind: rec.kind, lba: rec.lba, lengthBlocks: rec.lengthBlocks, segmentSeq, offsetBytes, spanBytes, checksum: a.checksum });
+        this.pendingEpochs.push(rec.epoch);
+      },
+    });
+    if (this.wal.full) this.onPressure();
+    return written.then(
+      (a) => a.lsn,
+      (err) => {
+        throw this.walFailed(err);
+      },
+    );
+  }
+
+  // The epoch of the newest received record not applied yet (undefined: none).
+  get pendingEpoch(): number | undefined {
+    return this.pending.length === 0 ? undefined : this.pendingEpochs[this.pendingEpochs.length - 1];
+  }
+
+  // Forgets every received record not applied yet; the next one received
+  // must carry lsnApplied + 1. The caller has made the WAL hold nothing
+  // beyond lsnApplied (truncateUnapplied in volume.ts).
+  resetReceived(wal: Wal): void {
+    this.pending.length = 0;
+    this.pendingEpochs.length = 0;
+    this.wal = wal;
+    this.lsnReceiveNext = this.lsnApplied + 1;
+  }
+
+  // Applies received records up to lsnCommit (those received so far), in order.
+  commit(lsnCommit: number): number {
+    let applied = 0;
+    while (this.pending.length > 0 && this.pending[0]!.lsn <= lsnCommit) {
+      this.applyRecord(this.pending.shift()!);
+      this.pendingEpochs.shift();
+      applied++;
+    }
+    return applied;
+  }
 
   // ---- reads --------------------------------------------------------------
 
@@ -193,8 +369,9 @@ export class VolumeIo {
 
   // ---- writes -------------------------------------------------------------
 
-  async write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<void> {
-    this.checkWritable();
+  // Resolves with the LSN of the write's last record.
+  async write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<number> {
+    this.checkClientWritable();
     const first = Math.floor(offsetBytes / BLOCK_BYTES);
     const end = Math.ceil((offsetBytes + data.byteLength) / BLOCK_BYTES);
     const aligned = offsetBytes % BLOCK_BYTES === 0 && data.byteLength % BLOCK_BYTES === 0;
@@ -210,7 +387,7 @@ export class VolumeIo {
         const part = payload.subarray((lba - first) * BLOCK_BYTES, (lba - first + blocks) * BLOCK_BYTES);
         appends.push(this.appendWrite(lba, blocks, part, fua));
       }
-      await this.settle(appends, lock.release);
+      return await this.settle(appends, lock.release);
     } finally {
       lock.release();
       this.done();
@@ -219,8 +396,8 @@ export class VolumeIo {
 
   // Trim or write-zeroes: whole blocks become one zero record; partial edge
   // blocks are read-modify-written with zeros.
-  async zero(offsetBytes: number, lengthBytes: number, kind: 'trim' | 'zero'): Promise<void> {
-    this.checkWritable();
+  async zero(offsetBytes: number, lengthBytes: number, kind: 'trim' | 'zero'): Promise<number> {
+    this.checkClientWritable();
     const endBytes = offsetBytes + lengthBytes;
     const first = Math.floor(offsetBytes / BLOCK_BYTES);
     const end = Math.ceil(endBytes / BLOCK_BYTES);
@@ -242,7 +419,7 @@ export class VolumeIo {
       }
       const appends: Appending[] = edges.map((e) => this.appendWrite(e.lba, 1, e.block, false));
       if (innerFirst < innerEnd) appends.push(this.appendZero(innerFirst, innerEnd - innerFirst, kind));
-      await this.settle(appends, lock.release);
+      return await this.settle(appends, lock.release);
     } finally {
       lock.release();
       this.done();
@@ -294,26 +471,33 @@ export class VolumeIo {
       assign = resolve;
       refuse = reject;
     });
-    const written = this.wal.appendLocated({
+    const appending: Appending = { assigned, written: Promise.resolve(), lsn: 0 };
+    appending.written = this.wal.appendLocated({
       ...r,
       epoch: this.sb.fields.epoch,
+      copyOut: this.onRecord !== undefined,
       onAssigned: (rec) => {
+        appending.lsn = rec.lsn;
         onAssigned(rec);
+        this.lsnApplied = rec.lsn;
+        this.applyChecksum = extendApplyChecksum(this.applyChecksum, rec.checksum);
+        this.onRecord?.({ lsn: rec.lsn, bytes: rec.bytes!, checksum: rec.checksum });
         assign();
       },
     });
-    written.catch(refuse);
+    appending.written.catch(refuse);
     assigned.catch(() => undefined);
     if (this.wal.full) this.onPressure();
-    return { assigned, written };
+    return appending;
   }
 
   // Releases the lock once every record has its LSN, then waits for the WAL.
-  private async settle(appends: Appending[], release: () => void): Promise<void> {
+  private async settle(appends: Appending[], release: () => void): Promise<number> {
     try {
       await Promise.all(appends.map((a) => a.assigned));
       release();
       await Promise.all(appends.map((a) => a.written));
+      return appends.reduce((max, a) => Math.max(max, a.lsn), 0);
     } catch (err) {
       await Promise.allSettled(appends.map((a) => a.written));
       throw this.walFailed(err);
@@ -338,6 +522,14 @@ export class VolumeIo {
   private walFailed(err: unknown): unknown {
     if (err instanceof BlockwalError && err.code === 'ERR_WAL_FATAL') return this.fail(err);
     return err;
+  }
+
+  // Client writes: refused on a replica (only its primary writes there).
+  private checkClientWritable(): void {
+    if (this.role === 'replica') {
+      throw new BlockwalError('ERR_READ_ONLY', 'this volume is a replica: only its primary writes to it');
+    }
+    this.checkWritable();
   }
 
   checkWritable(): void {
@@ -370,6 +562,7 @@ export class VolumeIo {
 interface Appending {
   assigned: Promise<void>;
   written: Promise<unknown>;
+  lsn: number; // once assigned
 }
 
 // Copies whole blocks into the part of a request buffer they overlap.

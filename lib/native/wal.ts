@@ -29,6 +29,8 @@ export interface AppendRecord {
   // Called synchronously when the record gets its LSN (it may wait for WAL
   // space first); from then on it is in the log's order and readable.
   onAssigned?: (record: AppendedRecord) => void;
+  // Hand the encoded record (what a replica appends) to onAssigned as `bytes`.
+  copyOut?: boolean;
 }
 
 export interface AppendedRecord {
@@ -36,6 +38,8 @@ export interface AppendedRecord {
   segmentSeq: number;
   offsetBytes: number; // of the record header in its segment
   spanBytes: number; // header + payload + padding
+  checksum: bigint; // the record's XXH3-64 (its header's checksum field)
+  bytes?: Buffer; // the encoded record, when the append asked for copyOut
 }
 
 export interface WalOptions {
@@ -105,7 +109,8 @@ const S = {
 interface RawWal {
   state: Float64Array;
   appendArgs: Float64Array; // kind, epoch, lba, lengthBlocks, fua: read by append()
-  append(payload: Uint8Array | null): number;
+  appendChecksum: BigUint64Array; // the last appended record's checksum
+  append(payload: Uint8Array | null, copyOut?: Uint8Array): number;
   requestDurable(lsn: number): void;
   release(lsn: number): void;
   readRecord(seq: number, offsetBytes: number, spanBytes: number, destOffset: number, destBytes: number, tag: number): number;
@@ -142,7 +147,7 @@ export class Wal {
   private readonly raw: RawWal;
   private readonly state: Float64Array;
   private readonly appendArgs: Float64Array;
-  private readonly appendRaw: (payload: Uint8Array | null) => number;
+  private readonly appendRaw: (payload: Uint8Array | null, copyOut?: Uint8Array) => number;
   private readonly writtenWaiters: Waiter[] = [];
   private readonly durableWaiters: Waiter[] = [];
   private readonly appendQueue: QueuedAppend[] = [];
@@ -423,6 +428,9 @@ export class Wal {
       return true;
     }
     let lsn: number;
+    const payloadBytes = r.payload?.byteLength ?? 0;
+    const spanBytes = Math.ceil((RECORD_HEADER_BYTES + payloadBytes) / 8) * 8;
+    const bytes = r.copyOut === true ? Buffer.allocUnsafe(spanBytes) : undefined;
     try {
       const args = this.appendArgs;
       args[0] = kind;
@@ -430,7 +438,7 @@ export class Wal {
       args[2] = r.lba;
       args[3] = r.lengthBlocks;
       args[4] = r.fua === true ? 1 : 0;
-      lsn = this.appendRaw(r.payload ?? null);
+      lsn = bytes === undefined ? this.appendRaw(r.payload ?? null) : this.appendRaw(r.payload ?? null, bytes);
     } catch (err) {
       q.reject(err as Error);
       return true;
@@ -443,12 +451,13 @@ export class Wal {
     }
     let value: AppendedRecord | number = lsn;
     if (q.located || r.onAssigned !== undefined) {
-      const payloadBytes = r.payload?.byteLength ?? 0;
       value = {
         lsn,
         segmentSeq: this.state[S.appendSeq]!,
         offsetBytes: this.state[S.appendOffset]!,
-        spanBytes: Math.ceil((RECORD_HEADER_BYTES + payloadBytes) / 8) * 8,
+        spanBytes,
+        checksum: this.raw.appendChecksum[0]!,
+        bytes,
       };
     }
     if (r.onAssigned !== undefined) r.onAssigned(value as AppendedRecord);

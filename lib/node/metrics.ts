@@ -3,10 +3,13 @@
 import { Gauge, Registry } from 'prom-client';
 
 import type { VolumeStatus } from '../engine/volume';
+import type { PrimaryReplicationStatus } from '../replication/primary';
+import type { ReplicaReplicationStatus } from '../replication/replica';
 
 export interface VolumeGaugeSource {
   exportName: string;
   status(): VolumeStatus;
+  replication(): PrimaryReplicationStatus | ReplicaReplicationStatus | undefined;
 }
 
 // Latency buckets in seconds: 10 µs to 1 s.
@@ -97,6 +100,9 @@ export class NodeMetrics {
       ['blockwal_volume_wal_fill_ratio', 'WAL segments in use over the most it may hold', (s) => s.walSegments / s.walSegmentsMax],
       ['blockwal_volume_size_bytes', 'Volume size', (s) => s.sizeBytes],
       ['blockwal_volume_failed', '1 when the volume refuses writes after an I/O failure', (s) => (s.failure === undefined ? 0 : 1)],
+      ['blockwal_volume_epoch', 'Epoch the volume acts in', (s) => s.epoch],
+      ['blockwal_volume_lsn_applied', 'Highest LSN applied (a replica: up to its primary commit LSN)', (s) => s.lsnApplied],
+      ['blockwal_volume_lsn_received', 'Highest LSN received from the primary (a primary: assigned)', (s) => s.lsnReceived],
     ];
     for (const [name, help, pick] of fields) {
       new Gauge({
@@ -106,6 +112,50 @@ export class NodeMetrics {
         registers,
         collect() {
           for (const v of volumes()) this.set({ export: v.exportName }, pick(v.status()));
+        },
+      });
+    }
+    const primaries = (): { exportName: string; r: PrimaryReplicationStatus }[] =>
+      volumes().flatMap((v) => {
+        const r = v.replication();
+        return r?.role === 'primary' ? [{ exportName: v.exportName, r }] : [];
+      });
+    new Gauge({
+      name: 'blockwal_replication_degraded',
+      help: 'Primary: 1 when a replica left the ack set (degraded), 2 when fenced by a newer epoch, 0 when healthy',
+      labelNames: ['export', 'durability'],
+      registers,
+      collect() {
+        for (const { exportName, r } of primaries()) {
+          this.set({ export: exportName, durability: r.durability }, r.mode === 'healthy' ? 0 : r.mode === 'degraded' ? 1 : 2);
+        }
+      },
+    });
+    new Gauge({
+      name: 'blockwal_replication_lsn_commit',
+      help: 'Primary: highest LSN durable where the durability mode requires (replicas apply up to it)',
+      labelNames: ['export'],
+      registers,
+      collect() {
+        for (const { exportName, r } of primaries()) this.set({ export: exportName }, r.lsnCommit);
+      },
+    });
+    const replicaFields: [string, string, (p: PrimaryReplicationStatus['replicas'][number]) => number][] = [
+      ['blockwal_replica_lag_lsn', 'Records the replica has not acknowledged', (p) => p.lagLsn],
+      ['blockwal_replica_lag_bytes', 'Bytes of records the replica has not acknowledged', (p) => p.lagBytes],
+      ['blockwal_replica_lag_seconds', 'Age of the oldest record the replica has not acknowledged', (p) => p.lagSeconds],
+      ['blockwal_replica_lsn_durable', 'Highest LSN durable on the replica', (p) => p.lsnDurable],
+      ['blockwal_replica_in_ack_set', '1 while the replica counts for acknowledgements', (p) => (p.inAckSet ? 1 : 0)],
+      ['blockwal_replica_streaming', '1 while the replica is in keep-up', (p) => (p.state === 'streaming' ? 1 : 0)],
+    ];
+    for (const [name, help, pick] of replicaFields) {
+      new Gauge({
+        name,
+        help,
+        labelNames: ['export', 'replica'],
+        registers,
+        collect() {
+          for (const { exportName, r } of primaries()) for (const p of r.replicas) this.set({ export: exportName, replica: p.address }, pick(p));
         },
       });
     }

@@ -19,6 +19,13 @@ import pino, { type Logger } from 'pino';
 
 import { Volume, type VolumeOptions, type VolumeStatus } from '../engine/volume';
 import { type NbdAddress, NbdServer } from '../nbd/server';
+import {
+  type DurabilityMode,
+  PrimaryReplication,
+  type PrimaryReplicationStatus,
+  type ReplicaAddress,
+} from '../replication/primary';
+import { ReplicaReplication, type ReplicaReplicationStatus } from '../replication/replica';
 
 export type { NbdAddress };
 import { ControlServer } from './control';
@@ -35,12 +42,29 @@ export interface OpenVolumeOptions extends VolumeOptions {
   exportName?: string;
   description?: string;
   readOnly?: boolean;
+  // Persisted before serving; it may not be below the volume's epoch.
+  epoch?: number;
+  // WAL shipping: a primary feeding replicas, or a replica fed by one.
+  replication?: ReplicationOptions;
 }
+
+export type ReplicationOptions =
+  | {
+      role: 'primary';
+      replicas: ReplicaAddress[];
+      durability?: DurabilityMode; // default best_effort
+      ackTimeoutMs?: number;
+      backlogBytes?: number;
+      idleTimeoutMs?: number;
+      heartbeatIntervalMs?: number;
+    }
+  | { role: 'replica'; listen: { host: string; port: number }; idleTimeoutMs?: number; heartbeatIntervalMs?: number };
 
 
 export interface ServedVolumeStatus extends VolumeStatus {
   exportName: string;
   readOnly: boolean;
+  replication: PrimaryReplicationStatus | ReplicaReplicationStatus | undefined;
 }
 
 export interface NodeStatus {
@@ -58,6 +82,8 @@ interface Served {
   description: string;
   backend: VolumeBackend;
   control: ControlServer | undefined;
+  primary: PrimaryReplication | undefined;
+  replica: ReplicaReplication | undefined;
 }
 
 // Events: 'volume-opened' (exportName, dir), 'volume-closed' (exportName),
@@ -79,7 +105,12 @@ export class StorageNode extends EventEmitter {
     super();
     this.nodeId = options.nodeId ?? `node-${process.pid}`;
     this.log = (options.logger ?? pino({ level: 'silent' })).child({ node: this.nodeId });
-    this.metrics = new NodeMetrics(() => [...this.served.values()].map((s) => ({ exportName: s.exportName, status: () => s.volume.status() })));
+    this.metrics = new NodeMetrics(() => [...this.served.values()].map((s) => ({
+        exportName: s.exportName,
+        status: () => s.volume.status(),
+        replication: () => s.primary?.status() ?? s.replica?.status(),
+      })),
+    );
     this.nbd = new NbdServer({
       exports: () => [...this.served.values()].map((s) => ({ name: s.exportName, description: s.description, backend: s.backend })),
       logger: this.log.child({ component: 'nbd' }),
@@ -92,21 +123,62 @@ export class StorageNode extends EventEmitter {
     this.checkOpen();
     const exportName = options.exportName ?? defaultExportName(dir);
     if (this.served.has(exportName)) throw new Error(`export name '${exportName}' is already served by this node`);
+    const repl = options.replication;
+    let primary: PrimaryReplication | undefined;
     const volume = await Volume.open(dir, {
       ...options,
       logger: options.logger ?? this.log,
+      role: repl?.role ?? 'primary',
+      onRecord: repl?.role === 'primary' && repl.replicas.length > 0 ? (record) => primary?.onRecord(record) : undefined,
       onFailure: (failure) => {
         this.log.error({ exportName, reason: failure.message }, 'volume failed: writes are refused, reads go on; restart the server to recover');
         this.emit('volume-failed', exportName, failure.message);
         options.onFailure?.(failure);
       },
     });
+    let replica: ReplicaReplication | undefined;
+    try {
+      if (options.epoch !== undefined) {
+        if (options.epoch < volume.epoch) {
+          throw new Error(`epoch ${options.epoch} is below the volume's epoch ${volume.epoch}: a primary may only move to a newer epoch`);
+        }
+        await volume.setEpoch(options.epoch);
+      }
+      if (repl?.role === 'primary' && repl.replicas.length > 0) {
+        primary = await PrimaryReplication.start({
+          volume,
+          nodeId: this.nodeId,
+          replicas: repl.replicas,
+          durability: repl.durability ?? 'best_effort',
+          logger: this.log.child({ exportName }),
+          ackTimeoutMs: repl.ackTimeoutMs,
+          backlogBytes: repl.backlogBytes,
+          idleTimeoutMs: repl.idleTimeoutMs,
+          heartbeatIntervalMs: repl.heartbeatIntervalMs,
+        });
+      } else if (repl?.role === 'replica') {
+        replica = await ReplicaReplication.start({
+          volume,
+          nodeId: this.nodeId,
+          listen: repl.listen,
+          logger: this.log.child({ exportName }),
+          idleTimeoutMs: repl.idleTimeoutMs,
+          heartbeatIntervalMs: repl.heartbeatIntervalMs,
+        });
+      }
+    } catch (err) {
+      await primary?.close();
+      await volume.close();
+      throw err;
+    }
     const served: Served = {
       volume,
       exportName,
       description: options.description ?? `blockwal volume ${volume.status().uuid}`,
-      backend: new VolumeBackend(volume, options.readOnly === true),
+      backend: new VolumeBackend(volume, options.readOnly === true || repl?.role === 'replica', primary),
       control: undefined,
+      primary,
+      replica,
     };
     this.served.set(exportName, served);
     served.control = await ControlServer.start(dir, () => this.status());
@@ -171,7 +243,12 @@ export class StorageNode extends EventEmitter {
       uptimeSeconds: Math.round((Date.now() - this.startedMs) / 1000),
       nbd: { address: this.nbdAddress, connections: this.nbd.connections, stats: this.nbd.stats() },
       metrics: this.metricsAddress,
-      volumes: [...this.served.values()].map((s) => ({ ...s.volume.status(), exportName: s.exportName, readOnly: s.backend.readOnly })),
+      volumes: [...this.served.values()].map((s) => ({
+        ...s.volume.status(),
+        exportName: s.exportName,
+        readOnly: s.backend.readOnly,
+        replication: s.primary?.status() ?? s.replica?.status(),
+      })),
     };
   }
 
@@ -191,6 +268,8 @@ export class StorageNode extends EventEmitter {
     }
     for (const [exportName, s] of this.served) {
       await s.control?.close();
+      await s.primary?.close();
+      await s.replica?.close();
       await s.volume.close();
       this.log.info({ exportName }, 'volume closed');
       this.emit('volume-closed', exportName);

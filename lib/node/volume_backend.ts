@@ -1,14 +1,27 @@
 // A Volume as an NBD export's backend. The volume does the work: bounds,
 // read-modify-write, ordering, durability. Flush is volume-wide, so a FLUSH on
 // any connection covers writes completed on every connection (multi-conn).
+// On a replicated primary a gate holds each acknowledgement until the
+// durability mode allows it (replication/primary.ts).
 import type { Volume } from '../engine/volume';
 import { BlockwalError } from '../native/errors';
 import type { Extent, NbdBackend, ZeroOptions } from '../nbd/backend';
+
+// What the durability mode requires before a write or flush is acknowledged.
+export interface AckGate {
+  // Throws when writes are refused before they start (a fenced primary).
+  admit(): void;
+  // The write ending at lsn (local WAL has it; durable too when fua).
+  written(lsn: number, fua: boolean): Promise<void>;
+  // A flush: everything up to lsn is durable locally.
+  flushed(lsn: number): Promise<void>;
+}
 
 export class VolumeBackend implements NbdBackend {
   constructor(
     private readonly volume: Volume,
     readonly readOnly: boolean,
+    private readonly gate?: AckGate,
   ) {}
 
   get sizeBytes(): number {
@@ -19,19 +32,23 @@ export class VolumeBackend implements NbdBackend {
     return this.volume.read(offsetBytes, lengthBytes);
   }
 
-  write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<void> {
+  async write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<void> {
     this.checkWritable();
-    return this.volume.write(offsetBytes, data, { fua });
+    const lsn = await this.volume.write(offsetBytes, data, { fua });
+    if (this.gate !== undefined) await this.gate.written(lsn, fua);
   }
 
-  flush(): Promise<void> {
-    return this.volume.flush();
+  async flush(): Promise<void> {
+    const lsn = this.volume.lsnHead;
+    await this.volume.flush();
+    if (this.gate !== undefined) await this.gate.flushed(lsn);
   }
 
   async trim(offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void> {
     this.checkWritable();
-    await this.volume.trim(offsetBytes, lengthBytes);
+    const lsn = await this.volume.trim(offsetBytes, lengthBytes);
     if (fua) await this.volume.flush();
+    if (this.gate !== undefined) await this.gate.written(lsn, fua);
   }
 
   // Zeroing is one metadata record whatever the length, so it is always fast.
@@ -39,8 +56,9 @@ export class VolumeBackend implements NbdBackend {
   // zeros here. With NO_HOLE it stays allocated until a checkpoint.
   async writeZeroes(offsetBytes: number, lengthBytes: number, options: ZeroOptions): Promise<void> {
     this.checkWritable();
-    if (options.noHole) return this.volume.writeZeroes(offsetBytes, lengthBytes, { fua: options.fua });
-    return this.trim(offsetBytes, lengthBytes, options.fua);
+    if (!options.noHole) return this.trim(offsetBytes, lengthBytes, options.fua);
+    const lsn = await this.volume.writeZeroes(offsetBytes, lengthBytes, { fua: options.fua });
+    if (this.gate !== undefined) await this.gate.written(lsn, options.fua);
   }
 
   async cache(): Promise<void> {
@@ -53,5 +71,6 @@ export class VolumeBackend implements NbdBackend {
 
   private checkWritable(): void {
     if (this.readOnly) throw new BlockwalError('ERR_READ_ONLY', `volume ${this.volume.dir} is served read-only`);
+    this.gate?.admit();
   }
 }

@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -58,6 +60,7 @@ constexpr uint32_t kGatherOpsMax = 1u << 16;
 
 constexpr double kSafeIntegerMax = 9007199254740991.0;  // 2^53 - 1
 
+constexpr size_t kRecordChecksumOffset = offsetof(wal::RecordHeader, checksum);
 constexpr int32_t kAppendBusy = 0;
 constexpr int32_t kAppendFailed = -1;
 constexpr int32_t kAppendClosed = -2;
@@ -112,6 +115,11 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
     append_args_ = static_cast<double*>(args.Data());
     args_ref_ = Napi::Persistent(args.As<Napi::Object>());
     info.This().As<Napi::Object>().Set("appendArgs", Napi::Float64Array::New(env, kAppendFields, args, 0));
+    // The last appended record's checksum (a u64 does not fit the doubles of state).
+    Napi::ArrayBuffer sum = Napi::ArrayBuffer::New(env, sizeof(uint64_t));
+    append_checksum_ = static_cast<uint64_t*>(sum.Data());
+    checksum_ref_ = Napi::Persistent(sum.As<Napi::Object>());
+    info.This().As<Napi::Object>().Set("appendChecksum", Napi::BigUint64Array::New(env, 1, sum, 0));
     // Bound to this object (it stays referenced until close; after close the
     // function reports closed).
     info.This().As<Napi::Object>().Set("append", Napi::Function::New(env, &WalWrap::append_bound, "append", this));
@@ -199,8 +207,10 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
     return true;
   }
 
-  // append(payload | null) with the fields in appendArgs -> lsn (> 0), 0 busy,
-  // -1 failed, -2 closed. The record's location is published in state.
+  // append(payload | null, copyOut?) with the fields in appendArgs -> lsn
+  // (> 0), 0 busy, -1 failed, -2 closed. The record's location is published in
+  // state. copyOut, when given, receives the encoded record (header + payload
+  // + padding, what a replica appends): it must hold the record's span.
   Napi::Value append(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!writer_) return Napi::Number::New(env, kAppendClosed);
@@ -231,6 +241,14 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
         !wal::record_shape_valid(kind, static_cast<uint32_t>(payload_bytes), length_blocks)) {
       throw Napi::RangeError::New(env, "record shape invalid: kind, payload size and lengthBlocks do not fit");
     }
+    uint8_t* copy_out = nullptr;
+    if (info.Length() > 1 && info[1].IsTypedArray()) {
+      Napi::Uint8Array c = info[1].As<Napi::Uint8Array>();
+      if (c.ByteLength() < wal::record_span_bytes(static_cast<uint32_t>(payload_bytes))) {
+        throw Napi::RangeError::New(env, "copyOut is smaller than the record's span");
+      }
+      copy_out = c.Data();
+    }
     wal::RecordFields fields{kind, epoch, 0, lba, length_blocks};
     wal::AppendResult result{};
     wal::AppendStatus status = writer_->append(fields, payload, static_cast<uint32_t>(payload_bytes), fua == 1, &result);
@@ -239,6 +257,8 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
       case wal::AppendStatus::ok:
         state_[kAppendSeq] = static_cast<double>(result.segment_seq);
         state_[kAppendOffset] = static_cast<double>(result.offset_bytes);
+        std::memcpy(append_checksum_, result.record + kRecordChecksumOffset, sizeof(uint64_t));
+        if (copy_out != nullptr) std::memcpy(copy_out, result.record, result.span_bytes);
         return Napi::Number::New(env, static_cast<double>(result.lsn));
       case wal::AppendStatus::busy: return Napi::Number::New(env, kAppendBusy);
       case wal::AppendStatus::failed: return Napi::Number::New(env, kAppendFailed);
@@ -359,6 +379,8 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
   double* state_ = nullptr;
   Napi::ObjectReference state_ref_;
   double* append_args_ = nullptr;
+  uint64_t* append_checksum_ = nullptr;
+  Napi::ObjectReference checksum_ref_;
   Napi::ObjectReference args_ref_;
   uint64_t segment_bytes_ = 0;
   std::vector<wal::GatherOp> ops_;  // gatherBlocks' decoded descriptors (grows to the largest batch)

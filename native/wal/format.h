@@ -168,6 +168,8 @@ class FrameBuilder {
   uint64_t lsn_first() const { return lsn_first_; }
   uint64_t lsn_next() const { return lsn_first_ + record_count_; }
   bool empty() const { return record_count_ == 0; }
+  // The frame's bytes so far (records at the offsets add() returned).
+  const uint8_t* data() const { return buf_; }
 
  private:
   uint8_t* buf_ = nullptr;

@@ -120,7 +120,7 @@ AppendStatus Writer::append(const RecordFields& fields_in, const uint8_t* payloa
   if (seg.lsn_first == 0) seg.lsn_first = fields.lsn;
   seg.lsn_last = fields.lsn;
   busy_reason_ = BusyReason::none;
-  *out = AppendResult{fields.lsn, s.segment_seq, s.file_offset + offset};
+  *out = AppendResult{fields.lsn, s.segment_seq, s.file_offset + offset, s.builder.data() + offset, span};
   return AppendStatus::ok;
 }
 

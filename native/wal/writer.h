@@ -57,6 +57,10 @@ struct AppendResult {
   uint64_t lsn;
   uint64_t segment_seq;
   uint64_t offset_bytes;  // of the record header within its segment
+  // The encoded record (header + payload + padding) in its group buffer:
+  // valid until the next call into the writer.
+  const uint8_t* record;
+  uint32_t span_bytes;
 };
 
 // Trace event kinds the writer adds to the ring trace.

@@ -67,6 +67,7 @@ test('superblock slots: encode/decode round trip, every bit flip rejected', () =
     walRetentionBytes: 1 << 30,
     features: 5,
     createdAtMs: 1700000000000,
+    applyChecksum: 0x0123456789abcdefn,
   };
   const slot = Buffer.alloc(SLOT_BYTES);
   encodeSlot(fields, 42, slot);

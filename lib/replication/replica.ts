@@ -1,0 +1,387 @@
+// The replica's side of WAL shipping: it listens for its primary, appends the
+// records it is sent to its own WAL, makes them durable, acknowledges
+// (received = written to the WAL, durable, applied + the chained checksum)
+// and applies them only up to the primary's commit LSN.
+//
+// Rules (DESIGN.md §4):
+//  - one primary link at a time; a newer link from the same or a higher
+//    epoch replaces the old one;
+//  - every frame's epoch is checked: a lower epoch is refused (ERROR
+//    stale_epoch, nothing appended); a higher one is persisted to the
+//    superblock before the frame is acted on;
+//  - a pristine volume takes the primary's volume UUID; otherwise a HELLO
+//    for another volume is refused (wrong_volume);
+//  - a record that does not verify or does not carry the next LSN closes the
+//    link; the volume is left as it was (it never got the record).
+import * as net from 'node:net';
+
+import type { Logger } from 'pino';
+
+import type { Volume } from '../engine/volume';
+import { BlockwalError } from '../native/errors';
+import { applyChecksumToHex } from './apply_checksum';
+import { checkEpoch } from './epoch';
+import type { CloseCode, Frame, HelloFrame, WalRecordsFrame } from './frames';
+import { describeClose } from './primary';
+import { ReplicationLink } from './link';
+
+// Received record bytes not yet written to the WAL: the socket is not read
+// above the high mark until they drop below the low one.
+const OUTSTANDING_BYTES_HIGH = 64 << 20;
+const OUTSTANDING_BYTES_LOW = 16 << 20;
+
+export interface ReplicaReplicationOptions {
+  volume: Volume;
+  nodeId: string;
+  listen: { host: string; port: number };
+  logger: Logger;
+  heartbeatIntervalMs?: number;
+  idleTimeoutMs?: number;
+}
+
+export type ReplicaLinkState = 'waiting' | 'streaming';
+
+export interface ReplicaReplicationStatus {
+  role: 'replica';
+  state: ReplicaLinkState;
+  listen: string;
+  primary: { address: string; nodeId: string } | undefined;
+  epoch: number;
+  lsnReceived: number;
+  lsnDurable: number;
+  lsnApplied: number;
+  lsnCommit: number;
+  applyChecksum: string;
+  lastClose: string | undefined;
+  framesRefused: number;
+}
+
+export class ReplicaReplication {
+  private readonly volume: Volume;
+  private readonly log: Logger;
+  private readonly server: net.Server;
+  private current: PrimaryLink | undefined;
+  private lsnCommit = 0;
+  lastClose: string | undefined;
+  framesRefused = 0;
+  private closed = false;
+  private boundPort = 0;
+
+  private constructor(readonly options: ReplicaReplicationOptions) {
+    this.volume = options.volume;
+    this.log = options.logger.child({ replication: 'replica' });
+    this.server = net.createServer((socket) => this.accept(socket));
+  }
+
+  static async start(options: ReplicaReplicationOptions): Promise<ReplicaReplication> {
+    const r = new ReplicaReplication(options);
+    await new Promise<void>((resolve, reject) => {
+      r.server.once('error', reject);
+      r.server.listen(options.listen.port, options.listen.host, () => {
+        r.server.off('error', reject);
+        resolve();
+      });
+    });
+    r.boundPort = (r.server.address() as net.AddressInfo).port;
+    r.server.on('error', (err) => r.log.error({ err }, 'replication listener error'));
+    r.log.info({ listen: `${options.listen.host}:${r.boundPort}` }, 'replica listening for its primary');
+    return r;
+  }
+
+  get port(): number {
+    return this.boundPort;
+  }
+
+  private accept(socket: net.Socket): void {
+    if (this.closed) {
+      socket.destroy();
+      return;
+    }
+    const link = new ReplicationLink(socket, {
+      logger: this.log,
+      epoch: () => this.volume.epoch,
+      heartbeatIntervalMs: this.options.heartbeatIntervalMs,
+      idleTimeoutMs: this.options.idleTimeoutMs,
+    });
+    const pl = new PrimaryLink(this, link, this.volume, this.log);
+    link.onFrame = (frame) => pl.enqueue(frame);
+    link.onClose = (reason) => {
+      const why = describeClose(reason);
+      if (this.current === pl) {
+        this.current = undefined;
+        this.lastClose = why;
+        this.log.info({ primary: link.peer, reason: why }, 'primary link closed');
+      }
+    };
+  }
+
+  // A link that passed its HELLO becomes the current one.
+  adopt(pl: PrimaryLink): void {
+    const old = this.current;
+    this.current = pl;
+    if (old !== undefined && old !== pl) old.link.close('reassigned', 'a newer primary link replaced this one');
+  }
+
+  isCurrent(pl: PrimaryLink): boolean {
+    return this.current === pl;
+  }
+
+  noteCommit(lsn: number): void {
+    this.lsnCommit = Math.max(this.lsnCommit, lsn);
+  }
+
+  get commitLsn(): number {
+    return this.lsnCommit;
+  }
+
+  status(): ReplicaReplicationStatus {
+    const v = this.volume;
+    return {
+      role: 'replica',
+      state: this.current?.helloDone === true ? 'streaming' : 'waiting',
+      listen: `${this.options.listen.host}:${this.boundPort}`,
+      primary: this.current?.primaryHello === undefined ? undefined : { address: this.current.link.peer, nodeId: this.current.primaryHello.nodeId },
+      epoch: v.epoch,
+      lsnReceived: v.lsnReceived,
+      lsnDurable: v.lsnDurable,
+      lsnApplied: v.lsnApplied,
+      lsnCommit: this.lsnCommit,
+      applyChecksum: applyChecksumToHex(v.applyChecksum),
+      lastClose: this.lastClose,
+      framesRefused: this.framesRefused,
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const cur = this.current;
+    if (cur !== undefined) {
+      await cur.idle();
+      cur.link.close('shutdown', 'replica stopping', 'goodbye');
+    }
+  }
+}
+
+// One link from a primary. Frames are handled one at a time, in order: a
+// HELLO may have to persist an epoch or an identity before the next frame.
+class PrimaryLink {
+  helloDone = false;
+  primaryHello: HelloFrame | undefined;
+  private chain: Promise<void> = Promise.resolve();
+  private ackScheduled = false;
+  private flushing = false;
+  private flushAgain = false;
+  private lsnWrittenHere = 0;
+  private readonly log: Logger;
+  private outstandingBytes = 0;
+  private inputPaused = false;
+  private lastAppend: Promise<number> | undefined;
+
+  constructor(
+    private readonly owner: ReplicaReplication,
+    readonly link: ReplicationLink,
+    private readonly volume: Volume,
+    log: Logger,
+  ) {
+    this.log = log.child({ primary: link.peer });
+    this.lsnWrittenHere = volume.lsnHead;
+  }
+
+  enqueue(frame: Frame): void {
+    // Frames are handled in order on one chain. Received bytes not yet
+    // written to the WAL are bounded: past the mark the socket is not read.
+    const bytes = frame.type === 'wal_records' ? frame.records.reduce((sum, r) => sum + r.bytes.byteLength, 0) : 0;
+    this.outstandingBytes += bytes;
+    if (this.outstandingBytes > OUTSTANDING_BYTES_HIGH && !this.inputPaused) {
+      this.inputPaused = true;
+      this.link.pauseInput();
+    }
+    this.chain = this.chain
+      .then(() => this.handle(frame))
+      .catch((err: unknown) => this.refuse('bad_frame', (err as Error).message))
+      .finally(() => {
+        if (bytes === 0) return;
+        // WAL records: done once written (or refused).
+        this.written(bytes);
+      });
+  }
+
+  private written(bytes: number): void {
+    const settle = (): void => {
+      this.outstandingBytes -= bytes;
+      if (this.inputPaused && this.outstandingBytes < OUTSTANDING_BYTES_LOW) {
+        this.inputPaused = false;
+        this.link.resumeInput();
+      }
+    };
+    const last = this.lastAppend;
+    if (last === undefined) settle();
+    else last.then(settle, settle);
+  }
+
+  idle(): Promise<void> {
+    return this.chain;
+  }
+
+  private async handle(frame: Frame): Promise<void> {
+    if (this.link.closed) return;
+    const decision = checkEpoch(this.volume.epoch, frame.epoch, 'replica');
+    if (decision.outcome === 'refuse') {
+      this.owner.framesRefused++;
+      this.refuse('stale_epoch', decision.message);
+      return;
+    }
+    if (decision.outcome === 'adopt') {
+      // Persisted before acting on this frame or any later one.
+      await this.volume.setEpoch(decision.epochNew);
+    }
+    if (frame.type === 'hello') {
+      await this.onHello(frame);
+      return;
+    }
+    if (!this.helloDone) {
+      this.refuse('bad_frame', `${frame.type} before HELLO`);
+      return;
+    }
+    if (!this.owner.isCurrent(this)) {
+      this.link.close('reassigned', 'a newer primary link replaced this one');
+      return;
+    }
+    switch (frame.type) {
+      case 'wal_records':
+        this.onRecords(frame);
+        return;
+      case 'commit':
+        this.owner.noteCommit(frame.lsnCommit);
+        this.volume.commit(Math.min(frame.lsnCommit, this.lsnWrittenHere));
+        this.scheduleAck();
+        return;
+      default:
+        this.refuse('bad_frame', `unexpected ${frame.type} frame from a primary`);
+    }
+  }
+
+  private async onHello(hello: HelloFrame): Promise<void> {
+    if (this.helloDone) {
+      this.refuse('bad_frame', 'a second HELLO on one link');
+      return;
+    }
+    if (hello.role !== 'primary') {
+      this.refuse('role_conflict', `a ${hello.role} greeted this replica; only a primary feeds it`);
+      return;
+    }
+    if (hello.volumeUuid !== this.volume.uuid) {
+      if (!this.volume.pristine) {
+        this.refuse('wrong_volume', `this replica holds volume ${this.volume.uuid}, the primary serves ${hello.volumeUuid}`);
+        return;
+      }
+      await this.volume.adoptIdentity(hello.volumeUuid);
+    }
+    this.primaryHello = hello;
+    this.helloDone = true;
+    this.owner.adopt(this);
+    const v = this.volume;
+    // Records received but not applied are not committed: when they come
+    // from an older epoch, or the primary does not have them all, they may
+    // not be this primary's. Drop them; the primary sends its own.
+    // What the last primary committed stays, whatever comes next.
+    v.commit(Math.min(this.owner.commitLsn, v.lsnReceived));
+    const pendingEpoch = v.pendingEpoch;
+    if (pendingEpoch !== undefined && (hello.epoch > pendingEpoch || hello.lsnHead < v.lsnReceived)) {
+      const dropped = await v.truncateUnapplied();
+      this.log.warn({ dropped, pendingEpoch, primaryEpoch: hello.epoch, lsnPrimaryHead: hello.lsnHead, lsnApplied: v.lsnApplied }, 'dropped an uncommitted suffix');
+    }
+    this.lsnWrittenHere = v.lsnReceived;
+    this.log.info({ epoch: v.epoch, lsnReceived: v.lsnReceived, lsnPrimaryHead: hello.lsnHead, primaryNode: hello.nodeId }, 'primary connected');
+    this.link.send({
+      type: 'hello',
+      epoch: v.epoch,
+      role: 'replica',
+      volumeUuid: v.uuid,
+      nodeId: this.owner.options.nodeId,
+      lsnDurable: Math.min(v.lsnDurable, v.lsnReceived),
+      lsnApplied: v.lsnApplied,
+      lsnTail: v.status().lsnTail,
+      lsnHead: v.lsnReceived,
+      applyChecksum: v.applyChecksum,
+    });
+  }
+
+  private onRecords(frame: WalRecordsFrame): void {
+    let last: Promise<number> | undefined;
+    for (const r of frame.records) {
+      // Throws (closing the link) on a record that does not verify or skips an LSN.
+      last = this.volume.appendReceived(r.bytes);
+    }
+    if (last === undefined) return;
+    this.lastAppend = last;
+    last.then(
+      (lsn) => {
+        this.lsnWrittenHere = Math.max(this.lsnWrittenHere, lsn);
+        // A commit may have arrived before these records were written.
+        this.volume.commit(Math.min(this.owner.commitLsn, this.lsnWrittenHere));
+        this.scheduleAck();
+        this.makeDurable();
+      },
+      (err: Error) => this.refuse('bad_frame', `appending received records failed: ${err.message}`),
+    );
+  }
+
+  // One flush at a time; records arriving meanwhile get the next one.
+  private makeDurable(): void {
+    if (this.flushing) {
+      this.flushAgain = true;
+      return;
+    }
+    this.flushing = true;
+    this.volume.flush().then(
+      () => {
+        this.flushing = false;
+        this.scheduleAck();
+        if (this.flushAgain) {
+          this.flushAgain = false;
+          this.makeDurable();
+        }
+      },
+      (err: Error) => {
+        this.flushing = false;
+        this.refuse('shutdown', `the replica's WAL failed: ${err.message}`);
+      },
+    );
+  }
+
+  private scheduleAck(): void {
+    if (this.ackScheduled) return;
+    this.ackScheduled = true;
+    setImmediate(() => {
+      this.ackScheduled = false;
+      this.sendAck();
+    });
+  }
+
+  private sendAck(): void {
+    if (this.link.closed) return;
+    const v = this.volume;
+    const received = this.lsnWrittenHere;
+    this.link.send({
+      type: 'ack',
+      epoch: v.epoch,
+      lsnReceived: received,
+      lsnDurable: Math.min(v.lsnDurable, received),
+      lsnApplied: v.lsnApplied,
+      applyChecksum: v.applyChecksum,
+    });
+  }
+
+  private refuse(code: CloseCode, message: string): void {
+    if (this.link.closed) return;
+    this.log.warn({ code, reason: message }, 'closing the primary link');
+    this.link.close(code, message);
+  }
+}
+
+export function isReplicationError(err: unknown): err is BlockwalError {
+  return err instanceof BlockwalError && err.code.startsWith('ERR_REPL');
+}
