@@ -29,6 +29,7 @@ import { BLOCK_BYTES } from '../native/base_image';
 import type { ArenaSlice } from '../native/ring';
 import { GATHER, GATHER_FIELDS, GATHER_OPS_MAX } from '../native/wal';
 import type { BlockEntry } from './dirty_map';
+import { durabilityCode } from '../statemachine/control';
 import type { VolumeIo } from './volume_io';
 
 const PUNCH_BYTES_MAX = 1 << 30;
@@ -126,6 +127,9 @@ export class Flusher {
     // not the checkpoint's (they are not committed yet).
     const to = io.lsnApplied;
     const applyChecksum = io.applyChecksum;
+    // What control records made of the volume up to `to` (the superblock
+    // holds the state at its checkpoint; later records are replayed).
+    const { features, sizeBytes, durability } = io.state;
     if (to <= io.sb.fields.checkpointLsn) return;
     const { zeros, blocks } = io.dirty.collect(to);
     const startedMs = performance.now();
@@ -136,7 +140,7 @@ export class Flusher {
       // The WAL below `to` is released afterwards, and the writer recycles only
       // durable segments: make it durable alongside base.img.
       await Promise.all([io.base.fdatasync(), io.wal.waitDurable(to)]);
-      await io.sb.update({ checkpointLsn: to, applyChecksum });
+      await io.sb.update({ checkpointLsn: to, applyChecksum, features, sizeBytes, durabilityCode: durabilityCode(durability) });
     } catch (err) {
       throw io.fail(err);
     }

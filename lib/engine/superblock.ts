@@ -28,6 +28,8 @@ export interface SuperblockFields {
   createdAtMs: number;
   // The chained apply checksum at checkpointLsn (replication/apply_checksum.ts).
   applyChecksum: bigint;
+  // The durability mode set by the last control record (statemachine/control.ts; 0: none).
+  durabilityCode: number;
 }
 
 export interface SuperblockOpen {
@@ -55,6 +57,7 @@ export function encodeSlot(fields: SuperblockFields, seq: number, out: Uint8Arra
   u64(80, fields.features);
   u64(88, fields.createdAtMs);
   v.setBigUint64(96, fields.applyChecksum, true);
+  u64(104, fields.durabilityCode);
   const checksum = XXHash3.hash(Buffer.from(out.buffer, out.byteOffset, CHECKSUM_OFFSET));
   out.set(checksum, CHECKSUM_OFFSET);
 }
@@ -79,6 +82,7 @@ export function decodeSlot(buf: Uint8Array): { fields: SuperblockFields; seq: nu
     features: u64(80),
     createdAtMs: u64(88),
     applyChecksum: v.getBigUint64(96, true),
+    durabilityCode: u64(104),
   };
   return { fields, seq: u64(16) };
 }

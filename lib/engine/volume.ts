@@ -26,9 +26,10 @@ import { BlockwalError } from '../native/errors';
 import { FileLock } from '../native/lock';
 import { Ring } from '../native/ring';
 import { Wal } from '../native/wal';
-import { recordKindOf, type ScanResult } from '../native/wal_format';
+import { recordKindOf, type ScanResult, splitControlPayloads } from '../native/wal_format';
 import { type AllocationExtent, BaseAllocation, blockStatus } from './allocation';
 import { applyChecksumToHex } from '../replication/apply_checksum';
+import { type Applied, check as checkControl, type ControlEntry, decodeControl, type ReplicatedState } from '../statemachine/control';
 import { DirtyMap } from './dirty_map';
 import { Flusher } from './flusher';
 import { RangeLocks } from './range_locks';
@@ -45,6 +46,8 @@ const RING_DEPTH = 256;
 const ARENA_BYTES_DEFAULT = 64 << 20;
 // The largest read or write one call takes (NBD's maximum block size).
 export const REQUEST_BYTES_MAX = 32 << 20;
+// The largest volume a resize may make (the WAL format's block addresses allow more).
+export const SIZE_BYTES_MAX = 2 ** 50;
 
 export interface VolumeOptions {
   // pino logger for recovery figures, fallbacks, checkpoints and failures (default: silent).
@@ -65,6 +68,8 @@ export interface VolumeOptions {
   role?: VolumeRole;
   // Primary: each record, encoded, in LSN order, as it gets its LSN (for shipping).
   onRecord?: (record: ShippedRecord) => void;
+  // Each control record as it is applied (replay at open included), with the outcome.
+  onControl?: (entry: ControlEntry, applied: Applied) => void;
 }
 
 export interface VolumeCreateOptions extends VolumeOptions {
@@ -89,6 +94,10 @@ export interface VolumeStatus {
   lsnReceived: number;
   lsnApplied: number;
   applyChecksum: string;
+  // What control records set: the opened epoch, features, durability mode.
+  epochOpened: number;
+  features: number;
+  durability: string | undefined;
   checkpointLsn: number;
   dirtyBlocks: number;
   dirtyBytes: number;
@@ -147,6 +156,7 @@ export class Volume {
         features: 0,
         createdAtMs: Date.now(),
         applyChecksum: 0n,
+        durabilityCode: 0,
       };
       const sb = await Superblock.create(ring, path.join(dir, FILES.superblock), fields);
       sb.close();
@@ -190,12 +200,14 @@ export class Volume {
       const opened = await Superblock.open(ring, path.join(dir, FILES.superblock));
       sb = opened.superblock;
       base = BaseImage.open(ring, path.join(dir, FILES.base));
-      if (base.sizeBlocks * BLOCK_BYTES !== f.sizeBytes) {
+      // base.img may be larger: a resize grows it before the checkpoint records the size.
+      if (base.sizeBlocks * BLOCK_BYTES < f.sizeBytes) {
         throw new BlockwalError('ERR_CORRUPT', `${FILES.base} holds ${base.sizeBlocks * BLOCK_BYTES} bytes, the superblock says ${f.sizeBytes}`);
       }
       const dirty = new DirtyMap();
       const role = options.role ?? 'primary';
       const io = new VolumeIo(ring, ownsRing, wal, base, sb, dirty, new RangeLocks(), opened.fallbackReason, log, role);
+      io.onControl = options.onControl;
       replay(walOpen.scan, f.checkpointLsn, io);
       io.onFailure = options.onFailure;
       io.onRecord = options.onRecord;
@@ -239,8 +251,27 @@ export class Volume {
     }
   }
 
+  // The size as control records have made it (a resize grows it online).
   get sizeBytes(): number {
-    return this.io.sb.fields.sizeBytes;
+    return this.io.state.sizeBytes;
+  }
+
+  // The replicated state control records keep: opened epoch, features, size, durability mode.
+  get replicatedState(): ReplicatedState {
+    return this.io.state;
+  }
+
+  // Primary: appends a control record (an epoch barrier, a feature, an online
+  // grow, a durability mode), applied on this node when it gets its LSN and on
+  // replicas when committed. Refused (ERR_CONTROL_REFUSED) when it does not
+  // fit the state. Resolves with its LSN once in the WAL.
+  async appendControl(entry: ControlEntry): Promise<number> {
+    this.checkOpen();
+    const why = checkControl(this.io.state, entry, { sizeBytesMax: SIZE_BYTES_MAX });
+    if (why !== undefined) throw new BlockwalError('ERR_CONTROL_REFUSED', `${entry.type}: ${why}`);
+    const lsn = await this.io.appendControl(entry);
+    this.flusher.noteWrite();
+    return lsn;
   }
 
   // The volume's io_uring (fault injection and traces in tests; diagnostics).
@@ -437,7 +468,7 @@ export class Volume {
     return {
       dir: this.dir,
       uuid: f.uuid,
-      sizeBytes: f.sizeBytes,
+      sizeBytes: this.io.state.sizeBytes,
       epoch: f.epoch,
       lsnHead: w.lsnHead,
       lsnTail: w.lsnTail,
@@ -447,6 +478,9 @@ export class Volume {
       lsnReceived: this.io.role === 'replica' ? this.io.lsnReceived : w.lsnHead,
       lsnApplied: this.io.lsnApplied,
       applyChecksum: applyChecksumToHex(this.io.applyChecksum),
+      epochOpened: this.io.state.epoch,
+      features: this.io.state.features,
+      durability: this.io.state.durability,
       checkpointLsn: f.checkpointLsn,
       dirtyBlocks: this.io.dirty.dirtyBlocks,
       dirtyBytes: this.io.dirty.dirtyBlocks * BLOCK_BYTES,
@@ -479,22 +513,40 @@ export class Volume {
   }
 }
 
-// Hands the records after the checkpoint to the volume, in LSN order.
+// Hands the records after the checkpoint to the volume, in LSN order. A
+// control record that does not decode was written by a newer blockwal or
+// damaged in a way its checksum missed: refuse to open, naming it.
 function replay(scan: ScanResult, checkpointLsn: number, io: VolumeIo): void {
   const r = scan.records;
+  const payloads = splitControlPayloads(scan);
+  let nextControl = 0;
   for (let i = 0; i < r.count; i++) {
     const lsn = r.lsn[i]!;
+    const kind = recordKindOf(r.kind[i]!);
+    const payload = kind === 'control' ? payloads[nextControl++]! : undefined;
     if (lsn <= checkpointLsn) continue;
-    io.replayed({
-      lsn,
-      kind: recordKindOf(r.kind[i]!),
-      lba: r.lba[i]!,
-      lengthBlocks: r.lengthBlocks[i]!,
-      segmentSeq: r.segmentSeq[i]!,
-      offsetBytes: r.offsetBytes[i]!,
-      spanBytes: Math.ceil((64 + r.payloadBytes[i]!) / 8) * 8,
-      checksum: r.checksum[i]!,
-    }, r.epoch[i]!);
+    let control: ControlEntry | undefined;
+    if (payload !== undefined) {
+      try {
+        control = decodeControl(payload);
+      } catch (err) {
+        throw new BlockwalError('ERR_WAL_CORRUPT', `LSN ${lsn}: ${(err as Error).message}`, { cause: err });
+      }
+    }
+    io.replayed(
+      {
+        lsn,
+        control,
+        kind,
+        lba: r.lba[i]!,
+        lengthBlocks: r.lengthBlocks[i]!,
+        segmentSeq: r.segmentSeq[i]!,
+        offsetBytes: r.offsetBytes[i]!,
+        spanBytes: Math.ceil((64 + r.payloadBytes[i]!) / 8) * 8,
+        checksum: r.checksum[i]!,
+      },
+      r.epoch[i]!,
+    );
   }
 }
 

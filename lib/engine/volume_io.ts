@@ -10,6 +10,15 @@ import type { Ring } from '../native/ring';
 import type { AppendedRecord, Wal } from '../native/wal';
 import { decodeRecord, type RecordKind } from '../native/wal_format';
 import { type ApplyChecksum, extendApplyChecksum } from '../replication/apply_checksum';
+import {
+  type Applied,
+  apply as applyControl,
+  type ControlEntry,
+  decodeControl,
+  durabilityOfCode,
+  encodeControl,
+  type ReplicatedState,
+} from '../statemachine/control';
 import type { BlockEntry, DirtyMap } from './dirty_map';
 import type { RangeLocks } from './range_locks';
 import type { Superblock } from './superblock';
@@ -42,6 +51,7 @@ export interface ShippedRecord {
 // gets a record once the primary says it is committed).
 export interface PendingRecord {
   lsn: number;
+  control?: ControlEntry; // kind 'control': the decoded entry
   kind: RecordKind;
   lba: number;
   lengthBlocks: number;
@@ -70,10 +80,16 @@ export class VolumeIo {
   applyChecksum: ApplyChecksum;
   // Primary: told each record, in LSN order, when it gets its LSN.
   onRecord: ((record: ShippedRecord) => void) | undefined;
+  // What control records have made of the volume, up to lsnApplied.
+  state: ReplicatedState;
+  // Told each control record as it is applied, with the outcome.
+  onControl: ((entry: ControlEntry, applied: Applied) => void) | undefined;
   // Replica: received records not yet applied, in LSN order, and the LSN the
   // next received record must carry.
   private readonly pending: PendingRecord[] = [];
   private readonly pendingEpochs: number[] = [];
+  // The largest size a received (maybe unapplied) resize asks for.
+  private receivedSizeBytes = 0;
   private replayedTail: { record: PendingRecord; applyChecksum: ApplyChecksum }[] = [];
   private replayedTailBytes = 0;
   private lsnReceiveNext: number;
@@ -92,6 +108,8 @@ export class VolumeIo {
   ) {
     this.lsnApplied = sb.fields.checkpointLsn;
     this.applyChecksum = sb.fields.applyChecksum;
+    const f = sb.fields;
+    this.state = { epoch: f.epoch, features: f.features, sizeBytes: f.sizeBytes, durability: durabilityOfCode(f.durabilityCode) };
     this.lsnReceiveNext = wal.lsnHead + 1;
   }
 
@@ -101,6 +119,7 @@ export class VolumeIo {
     if (this.role === 'replica') {
       this.pending.push(record);
       this.pendingEpochs.push(epoch);
+      if (record.control?.type === 'resize') this.receivedSizeBytes = Math.max(this.receivedSizeBytes, record.control.sizeBytes);
     } else {
       this.applyRecord(record);
       this.replayedTail.push({ record, applyChecksum: this.applyChecksum });
@@ -142,11 +161,43 @@ export class VolumeIo {
   private applyRecord(r: PendingRecord): void {
     if (r.kind === 'write') this.dirty.setWrite(r.lba, r.lengthBlocks, r.lsn, r.segmentSeq, r.offsetBytes, r.spanBytes);
     else if (r.kind === 'trim' || r.kind === 'zero') this.dirty.setZero(r.lba, r.lengthBlocks, r.lsn, r.kind);
+    else if (r.control !== undefined) this.applyControlEntry(r.control);
     this.lsnApplied = r.lsn;
     this.applyChecksum = extendApplyChecksum(this.applyChecksum, r.checksum);
   }
 
+  // One control entry through the state machine; its effects happen here.
+  private applyControlEntry(entry: ControlEntry): void {
+    const applied = applyControl(this.state, entry);
+    this.state = applied.state;
+    for (const effect of applied.effects) {
+      if (effect.kind === 'grow') this.base.grow(effect.sizeBytes / BLOCK_BYTES);
+    }
+    if (applied.noop === undefined) this.log.info({ entry }, 'control record applied');
+    else this.log.info({ entry, noop: applied.noop }, 'control record changed nothing');
+    this.onControl?.(entry, applied);
+  }
+
+  // Primary: appends a control record (checked by the caller); it is applied
+  // when it gets its LSN. Resolves with the LSN once written.
+  async appendControl(entry: ControlEntry): Promise<number> {
+    this.checkClientWritable();
+    this.inflight++;
+    try {
+      const appending = this.append({ kind: 'control', lba: 0, lengthBlocks: 0, payload: encodeControl(entry), fua: false }, () => this.applyControlEntry(entry));
+      return await this.settle([appending], () => undefined);
+    } finally {
+      this.done();
+    }
+  }
+
   // ---- replica ------------------------------------------------------------
+
+  // The largest size received records may address: the volume's size once
+  // every received resize is applied.
+  private sizeBlocksLimit(): number {
+    return Math.max(this.state.sizeBytes, this.receivedSizeBytes) / BLOCK_BYTES;
+  }
 
   // The LSN of the last received record (appended to the WAL, maybe not yet written).
   get lsnReceived(): number {
@@ -166,14 +217,22 @@ export class VolumeIo {
     if (rec.lsn !== this.lsnReceiveNext) {
       throw new BlockwalError('ERR_REPL_RECORD', `received LSN ${rec.lsn}, expected ${this.lsnReceiveNext}`);
     }
-    if (rec.lba + rec.lengthBlocks > this.base.sizeBlocks) {
-      throw new BlockwalError('ERR_REPL_RECORD', `LSN ${rec.lsn}: blocks ${rec.lba}+${rec.lengthBlocks} lie beyond this volume's ${this.base.sizeBlocks} blocks`);
+    // A record beyond the current size may follow a resize still unapplied
+    // here; it may not lie beyond the largest size the volume may grow to.
+    if (rec.lba + rec.lengthBlocks > this.sizeBlocksLimit()) {
+      throw new BlockwalError('ERR_REPL_RECORD', `LSN ${rec.lsn}: blocks ${rec.lba}+${rec.lengthBlocks} lie beyond this volume's ${this.sizeBlocksLimit()} blocks`);
     }
+    const payload = rec.payloadBytes > 0 ? bytes.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + rec.payloadBytes) : null;
+    let control: ControlEntry | undefined;
     if (rec.kind === 'control') {
-      throw new BlockwalError('ERR_REPL_RECORD', `LSN ${rec.lsn}: control records are not supported yet`);
+      try {
+        control = decodeControl(payload ?? new Uint8Array(0));
+      } catch (err) {
+        throw new BlockwalError('ERR_REPL_RECORD', `LSN ${rec.lsn}: ${(err as Error).message}`, { cause: err });
+      }
+      if (control.type === 'resize') this.receivedSizeBytes = Math.max(this.receivedSizeBytes, control.sizeBytes);
     }
     this.lsnReceiveNext++;
-    const payload = rec.payloadBytes > 0 ? bytes.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + rec.payloadBytes) : null;
     const written = this.wal.appendLocated({
       kind: rec.kind,
       epoch: rec.epoch,
@@ -187,7 +246,7 @@ export class VolumeIo {
           return;
         }
         const { segmentSeq, offsetBytes, spanBytes } = a;
-        this.pending.push({ lsn: a.lsn, kind: rec.kind, lba: rec.lba, lengthBlocks: rec.lengthBlocks, segmentSeq, offsetBytes, spanBytes, checksum: a.checksum });
+        this.pending.push({ lsn: a.lsn, control, kind: rec.kind, lba: rec.lba, lengthBlocks: rec.lengthBlocks, segmentSeq, offsetBytes, spanBytes, checksum: a.checksum });
         this.pendingEpochs.push(rec.epoch);
       },
     });
@@ -211,6 +270,7 @@ export class VolumeIo {
   resetReceived(wal: Wal): void {
     this.pending.length = 0;
     this.pendingEpochs.length = 0;
+    this.receivedSizeBytes = 0;
     this.wal = wal;
     this.lsnReceiveNext = this.lsnApplied + 1;
   }
@@ -462,7 +522,7 @@ export class VolumeIo {
   // Appends one record; `assigned` settles when it has its LSN (the dirty map
   // is updated then, synchronously), `written` when the WAL acknowledges it.
   private append(
-    r: { kind: 'write' | 'trim' | 'zero'; lba: number; lengthBlocks: number; payload: Uint8Array | null; fua: boolean },
+    r: { kind: 'write' | 'trim' | 'zero' | 'control'; lba: number; lengthBlocks: number; payload: Uint8Array | null; fua: boolean },
     onAssigned: (rec: AppendedRecord) => void,
   ): Appending {
     let assign!: () => void;

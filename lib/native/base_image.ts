@@ -17,8 +17,21 @@ export class BaseImage {
     private readonly ring: Ring,
     private readonly fileId: number,
     readonly path: string,
-    readonly sizeBlocks: number,
+    private blocks: number,
   ) {}
+
+  get sizeBlocks(): number {
+    return this.blocks;
+  }
+
+  // Grows the image to sizeBlocks (sparse; a no-op when it is that large
+  // already). The new size is durable with the next fdatasync.
+  grow(sizeBlocks: number): void {
+    if (!Number.isSafeInteger(sizeBlocks) || sizeBlocks <= 0) throw new RangeError(`sizeBlocks ${sizeBlocks} must be a positive integer`);
+    if (sizeBlocks <= this.blocks) return;
+    fs.truncateSync(this.path, sizeBlocks * BLOCK_BYTES);
+    this.blocks = sizeBlocks;
+  }
 
   // Creates a sparse image of sizeBytes (a multiple of 4096) and makes its
   // size and name durable (fsync of the file and its directory).

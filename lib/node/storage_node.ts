@@ -130,6 +130,11 @@ export class StorageNode extends EventEmitter {
       logger: options.logger ?? this.log,
       role: repl?.role ?? 'primary',
       onRecord: repl?.role === 'primary' && repl.replicas.length > 0 ? (record) => primary?.onRecord(record) : undefined,
+      onControl: (entry, applied) => {
+        const effect = applied.effects.find((e) => e.kind === 'durability');
+        if (effect?.kind === 'durability') primary?.setDurability(effect.mode);
+        options.onControl?.(entry, applied);
+      },
       onFailure: (failure) => {
         this.log.error({ exportName, reason: failure.message }, 'volume failed: writes are refused, reads go on; restart the server to recover');
         this.emit('volume-failed', exportName, failure.message);
@@ -149,7 +154,8 @@ export class StorageNode extends EventEmitter {
           volume,
           nodeId: this.nodeId,
           replicas: repl.replicas,
-          durability: repl.durability ?? 'best_effort',
+          // The mode the volume's last durability record set, unless given.
+          durability: repl.durability ?? volume.replicatedState.durability ?? 'best_effort',
           logger: this.log.child({ exportName }),
           ackTimeoutMs: repl.ackTimeoutMs,
           backlogBytes: repl.backlogBytes,
@@ -165,6 +171,16 @@ export class StorageNode extends EventEmitter {
           idleTimeoutMs: repl.idleTimeoutMs,
           heartbeatIntervalMs: repl.heartbeatIntervalMs,
         });
+      }
+      // A primary opens its epoch with a barrier record and records a new
+      // durability mode, after replication started so that replicas get both.
+      if (repl?.role !== 'replica' && (options.epoch !== undefined || repl !== undefined)) {
+        if (volume.replicatedState.epoch < volume.epoch) {
+          await volume.appendControl({ type: 'epoch_barrier', epoch: volume.epoch });
+        }
+        if (repl?.role === 'primary' && repl.durability !== undefined && repl.durability !== volume.replicatedState.durability) {
+          await volume.appendControl({ type: 'durability', mode: repl.durability });
+        }
       }
     } catch (err) {
       await primary?.close();

@@ -35,8 +35,9 @@ import type { AckFrame, Frame, HelloFrame, WalRecord } from './frames';
 import { WAL_GROUP_BYTES_MAX } from './frames';
 import { type LinkCloseReason, ReplicationLink } from './link';
 
-export type DurabilityMode = 'best_effort' | 'sync_all' | 'sync_quorum';
-export const DURABILITY_MODES: readonly DurabilityMode[] = ['best_effort', 'sync_all', 'sync_quorum'];
+import { DURABILITY_MODES, type DurabilityMode } from '../statemachine/control';
+
+export { DURABILITY_MODES, type DurabilityMode };
 
 export type PeerState = 'connecting' | 'syncing' | 'streaming' | 'reconnecting' | 'needs_catchup' | 'failed' | 'closed';
 
@@ -153,7 +154,8 @@ interface Waiter {
 }
 
 export class PrimaryReplication implements AckGate {
-  readonly durability: DurabilityMode;
+  // Follows the volume's durability control records (setDurability).
+  durability: DurabilityMode;
   private readonly volume: Volume;
   private readonly log: Logger;
   private readonly peers: ReplicaPeer[];
@@ -202,6 +204,16 @@ export class PrimaryReplication implements AckGate {
   onRecord(record: ShippedRecord): void {
     this.backlog.push({ lsn: record.lsn, bytes: record.bytes, applyChecksum: this.volume.applyChecksum, atMs: performance.now() });
     for (const p of this.peers) p.schedulePump();
+  }
+
+  // A durability control record was applied: acknowledgements follow the new
+  // mode from now on (waiters are re-judged at once).
+  setDurability(mode: DurabilityMode): void {
+    if (mode === this.durability) return;
+    this.log.info({ from: this.durability, to: mode }, 'durability mode changed');
+    this.durability = mode;
+    if (mode !== 'sync_all') this.degradedReason = undefined;
+    this.settle();
   }
 
   // ---- the gate ----

@@ -68,6 +68,7 @@ test('superblock slots: encode/decode round trip, every bit flip rejected', () =
     features: 5,
     createdAtMs: 1700000000000,
     applyChecksum: 0x0123456789abcdefn,
+    durabilityCode: 2,
   };
   const slot = Buffer.alloc(SLOT_BYTES);
   encodeSlot(fields, 42, slot);

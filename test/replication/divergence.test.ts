@@ -66,6 +66,13 @@ test('a replica holding records the new primary never had drops them and ends by
       s2.close();
     }
     await cluster.waitApplied(r2, [r1]);
+    // The new primary opened epoch 2 with a barrier record, applied on R1 too;
+    // the durability mode the first primary recorded is known to both.
+    for (const n of [r1, r2]) {
+      const v = await n.volumeStatus();
+      assert.equal(v.epochOpened, 2, `${n.name} applied the epoch 2 barrier`);
+      assert.equal(v.durability, 'sync_all', `${n.name} knows the durability mode`);
+    }
     await cluster.stopAll();
     const sums = await cluster.checksums([r1, r2]);
     assert.equal(sums.r1, sums.r2, `R1 and the new primary are byte-identical: ${JSON.stringify(sums)}`);

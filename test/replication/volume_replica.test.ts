@@ -5,9 +5,11 @@
 // both chain the same apply checksum. Client writes on a replica are refused.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { type ShippedRecord, Volume } from '../../lib/engine/volume';
+import { encodeRecord } from '../../lib/native/wal_format';
 import { tempDir } from '../support/tmp';
 
 const MiB = 1 << 20;
@@ -169,4 +171,65 @@ test('epochs only go up and are persisted; a pristine replica takes the primary 
     replica = await openReplica();
     assert.equal(replica.epoch, 3);
     assert.equal(replica.uuid, primary.uuid);
+  }));
+
+test('control records: an online grow and a durability mode go through the same apply path on primary and replica, and survive a restart and a crash', () =>
+  pair(async ({ primary, shipped, openReplica, replicaDir }) => {
+    const replica = await openReplica();
+    await replica.adoptIdentity(primary.uuid);
+    await assert.rejects(primary.write(SIZE, block(5)), { code: 'ERR_OUT_OF_RANGE' });
+    await assert.rejects(primary.appendControl({ type: 'resize', sizeBytes: SIZE / 2 }), { code: 'ERR_CONTROL_REFUSED', message: /only grow/ });
+    await primary.appendControl({ type: 'resize', sizeBytes: 2 * SIZE });
+    assert.equal(primary.sizeBytes, 2 * SIZE);
+    await primary.write(SIZE + 4096, block(6));
+    await primary.appendControl({ type: 'durability', mode: 'sync_quorum' });
+    await primary.appendControl({ type: 'feature_enable', feature: 3 });
+    assert.deepEqual(
+      shipped.map((r) => r.lsn),
+      [1, 2, 3, 4],
+    );
+
+    // The replica receives the write beyond its current size after the resize,
+    // and grows only when the resize is committed.
+    for (const r of shipped) await replica.appendReceived(r.bytes);
+    assert.equal(replica.sizeBytes, SIZE);
+    replica.commit(4);
+    assert.equal(replica.sizeBytes, 2 * SIZE);
+    assert.deepEqual(replica.replicatedState, primary.replicatedState);
+    assert.deepEqual(replica.replicatedState, { epoch: 1, features: 8, sizeBytes: 2 * SIZE, durability: 'sync_quorum' });
+    assert.deepEqual(await replica.read(SIZE + 4096, 4096), block(6));
+    assert.equal(replica.applyChecksum, primary.applyChecksum);
+
+    // A crash image of the replica (its files copied while it runs, WAL durable,
+    // no checkpoint yet): replay re-applies the records.
+    await replica.flush();
+    const { dir, cleanup } = tempDir('repl-crash');
+    try {
+      fs.cpSync(replicaDir, path.join(dir, 'r'), { recursive: true, filter: (src) => !src.endsWith('control.sock') });
+      fs.rmSync(path.join(dir, 'r', 'lock'), { force: true });
+      const crashed = await Volume.open(path.join(dir, 'r'), { role: 'primary', flushIdleMs: 0 });
+      try {
+        assert.deepEqual(crashed.replicatedState, primary.replicatedState, 'replay as a promoted primary applies every control record');
+        assert.deepEqual(await crashed.read(SIZE + 4096, 4096), block(6));
+      } finally {
+        await crashed.close();
+      }
+    } finally {
+      cleanup();
+    }
+
+    // A clean restart: the checkpoint carries the state in the superblock.
+    await replica.close();
+    const again = await openReplica();
+    assert.equal(again.status().checkpointLsn, 4);
+    assert.deepEqual(again.replicatedState, primary.replicatedState);
+    assert.equal(again.status().durability, 'sync_quorum');
+  }));
+
+test('a received control record that does not decode is refused like any bad record', () =>
+  pair(async ({ openReplica }) => {
+    const replica = await openReplica();
+    const bad = encodeRecord({ kind: 'control', epoch: 1, lsn: 1, lba: 0, lengthBlocks: 0 }, Buffer.alloc(16, 0xee));
+    await assert.rejects(replica.appendReceived(bad), { code: 'ERR_REPL_RECORD', message: /LSN 1: control record: unknown version/ });
+    assert.equal(replica.lsnReceived, 0);
   }));
