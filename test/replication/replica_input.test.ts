@@ -1,0 +1,179 @@
+// Bad input on a replica's link, in one process: a ReplicaReplication fed by
+// a hand-driven ReplicationLink. Every bad frame or record closes that link
+// with a reason, leaves the volume exactly as it was, and the replica then
+// takes a good primary as if nothing had happened.
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as net from 'node:net';
+import * as path from 'node:path';
+
+import pino from 'pino';
+
+import { type ShippedRecord, Volume } from '../../lib/engine/volume';
+import { encodeRecord } from '../../lib/native/wal_format';
+import { APPLY_CHECKSUM_INITIAL } from '../../lib/replication/apply_checksum';
+import { type Frame, encodeFrame, type HelloFrame } from '../../lib/replication/frames';
+import { type LinkCloseReason, ReplicationLink } from '../../lib/replication/link';
+import { ReplicaReplication } from '../../lib/replication/replica';
+import { tempDir } from '../support/tmp';
+
+const MiB = 1 << 20;
+const VOLUME = { sizeBytes: 8 * MiB, walSegmentBytes: MiB, walSegmentsMax: 16, flushIdleMs: 0 } as const;
+const silent = pino({ level: 'silent' });
+
+interface Fixture {
+  source: Volume; // writes here become the records a primary would ship
+  shipped: ShippedRecord[];
+  replica: Volume;
+  receiver: ReplicaReplication;
+}
+
+async function withReplica(fn: (f: Fixture) => Promise<void>): Promise<void> {
+  const { dir, cleanup } = tempDir('repl-input');
+  const shipped: ShippedRecord[] = [];
+  const source = await Volume.create(path.join(dir, 'p'), { ...VOLUME, onRecord: (r) => shipped.push(r) });
+  await (await Volume.create(path.join(dir, 'r'), VOLUME)).close();
+  const replica = await Volume.open(path.join(dir, 'r'), { role: 'replica', flushIdleMs: 0 });
+  const receiver = await ReplicaReplication.start({ volume: replica, nodeId: 'r', listen: { host: '127.0.0.1', port: 0 }, logger: silent });
+  try {
+    await fn({ source, shipped, replica, receiver });
+  } finally {
+    await receiver.close();
+    await replica.close();
+    await source.close();
+    cleanup();
+  }
+}
+
+function hello(source: Volume, overrides: Partial<HelloFrame> = {}): HelloFrame {
+  return {
+    type: 'hello',
+    epoch: source.epoch,
+    role: 'primary',
+    volumeUuid: source.uuid,
+    nodeId: 'p',
+    lsnDurable: source.lsnDurable,
+    lsnApplied: source.lsnApplied,
+    lsnTail: 0,
+    lsnHead: source.lsnHead,
+    applyChecksum: source.applyChecksum,
+    ...overrides,
+  };
+}
+
+// A link to the receiver; collects frames and the close reason.
+async function connect(receiver: ReplicaReplication): Promise<{ link: ReplicationLink; frames: Frame[]; closed: Promise<LinkCloseReason> }> {
+  const link = await ReplicationLink.connect('127.0.0.1', receiver.port, { epoch: () => 1, logger: silent });
+  const frames: Frame[] = [];
+  link.onFrame = (f) => frames.push(f);
+  const closed = new Promise<LinkCloseReason>((resolve) => {
+    link.onClose = resolve;
+  });
+  return { link, frames, closed };
+}
+
+async function until(pred: () => boolean): Promise<void> {
+  for (let i = 0; i < 2000 && !pred(); i++) await new Promise((r) => setTimeout(r, 5));
+  assert.ok(pred(), 'condition not reached');
+}
+
+// After bad input: nothing changed, and a good primary is served in full.
+async function goodPrimaryWorks(f: Fixture): Promise<void> {
+  const { link, frames } = await connect(f.receiver);
+  link.send(hello(f.source));
+  await until(() => frames.some((x) => x.type === 'hello'));
+  const from = f.replica.lsnReceived;
+  link.send({ type: 'wal_records', epoch: f.source.epoch, records: f.shipped.slice(from).map((r) => ({ lsn: r.lsn, bytes: r.bytes })) });
+  link.send({ type: 'commit', epoch: f.source.epoch, lsnCommit: f.source.lsnHead });
+  await until(() => f.replica.lsnApplied === f.source.lsnHead);
+  assert.equal(f.replica.applyChecksum, f.source.applyChecksum);
+  assert.deepEqual(await f.replica.read(0, 64 * 1024), await f.source.read(0, 64 * 1024));
+  link.close('shutdown', 'done');
+}
+
+test('bad frames and bad records close the link with a reason and change nothing', () =>
+  withReplica(async (f) => {
+    for (let i = 0; i < 8; i++) await f.source.write(i * 4096, Buffer.alloc(4096, 1 + i));
+    const records = f.shipped.map((r) => ({ lsn: r.lsn, bytes: r.bytes }));
+    const flipped = Buffer.from(records[0]!.bytes);
+    flipped[200]! ^= 0x40;
+    const beyond = encodeRecord({ kind: 'write', epoch: 1, lsn: 1, lba: 2048, lengthBlocks: 1 }, Buffer.alloc(4096, 9));
+
+    const cases: { name: string; frames: (Frame | Buffer)[]; reason: RegExp }[] = [
+      { name: 'records before HELLO', frames: [{ type: 'wal_records', epoch: 1, records: records.slice(0, 1) }], reason: /before HELLO/ },
+      { name: 'a replica greeting a replica', frames: [hello(f.source, { role: 'replica' })], reason: /only a primary/ },
+      { name: 'an LSN gap', frames: [hello(f.source), { type: 'wal_records', epoch: 1, records: records.slice(1, 2) }], reason: /received LSN 2, expected 1/ },
+      { name: 'a record whose checksum fails', frames: [hello(f.source), { type: 'wal_records', epoch: 1, records: [{ lsn: 1, bytes: flipped }] }], reason: /does not verify/ },
+      { name: 'a record beyond the volume', frames: [hello(f.source), { type: 'wal_records', epoch: 1, records: [{ lsn: 1, bytes: beyond }] }], reason: /beyond this volume/ },
+      { name: 'garbage bytes', frames: [Buffer.from('GET / HTTP/1.1\r\n\r\n'.padEnd(64, 'x'))], reason: /magic|bad frame/i },
+      { name: 'an ACK from a primary', frames: [hello(f.source), { type: 'ack', epoch: 1, lsnReceived: 0, lsnDurable: 0, lsnApplied: 0, applyChecksum: APPLY_CHECKSUM_INITIAL }], reason: /unexpected ack/ },
+    ];
+    for (const c of cases) {
+      const raw = net.connect(f.receiver.port, '127.0.0.1');
+      await new Promise<void>((resolve) => raw.once('connect', () => resolve()));
+      const received: Buffer[] = [];
+      raw.on('data', (d: Buffer) => received.push(d));
+      const ended = new Promise<void>((resolve) => raw.once('close', () => resolve()));
+      for (const fr of c.frames) raw.write(Buffer.isBuffer(fr) ? fr : encodeFrame(fr));
+      await ended;
+      const text = Buffer.concat(received).toString('latin1');
+      assert.match(text, c.reason, `${c.name}: the ERROR frame says why (${JSON.stringify(text.slice(-200))})`);
+      assert.equal(f.replica.lsnReceived, 0, `${c.name}: nothing received`);
+      assert.equal(f.replica.lsnApplied, 0, `${c.name}: nothing applied`);
+      assert.equal(f.replica.status().failure, undefined, `${c.name}: the volume did not fail`);
+    }
+    await goodPrimaryWorks(f);
+
+    // Holding data now, the replica refuses a primary of another volume.
+    const other = await connect(f.receiver);
+    other.link.send(hello(f.source, { volumeUuid: 'ab'.repeat(16) }));
+    const reason = await other.closed;
+    assert.equal((reason as { code?: string }).code, 'wrong_volume');
+    assert.match((reason as { message: string }).message, /holds volume/);
+    assert.equal(f.replica.uuid, f.source.uuid);
+    assert.equal(f.replica.lsnApplied, f.source.lsnHead);
+  }));
+
+test('a pristine replica takes the volume identity of the first primary that greets it', () =>
+  withReplica(async (f) => {
+    assert.notEqual(f.replica.uuid, f.source.uuid);
+    await f.source.write(0, Buffer.alloc(4096, 1));
+    await goodPrimaryWorks(f);
+    assert.equal(f.replica.uuid, f.source.uuid);
+  }));
+
+test('a lower epoch is refused; a higher one is persisted before the frame is acted on', () =>
+  withReplica(async (f) => {
+    await f.source.write(0, Buffer.alloc(4096, 7));
+    await f.replica.setEpoch(3);
+    const stale = await connect(f.receiver);
+    stale.link.send(hello(f.source, { epoch: 2 }));
+    const reason = await stale.closed;
+    assert.equal(reason.kind, 'peer_closed');
+    assert.equal((reason as { code?: string }).code, 'stale_epoch');
+    assert.equal(f.receiver.status().framesRefused, 1);
+    assert.equal(f.replica.lsnReceived, 0);
+
+    const newer = await connect(f.receiver);
+    newer.link.send(hello(f.source, { epoch: 5 }));
+    await until(() => newer.frames.some((x) => x.type === 'hello'));
+    const answer = newer.frames.find((x) => x.type === 'hello')!;
+    assert.equal(answer.epoch, 5, 'the replica answers in the adopted epoch');
+    assert.equal(f.replica.epoch, 5, 'and has persisted it');
+    newer.link.close('shutdown', 'done');
+  }));
+
+test('a second primary link replaces the first; the first gets nothing more in', () =>
+  withReplica(async (f) => {
+    for (let i = 0; i < 4; i++) await f.source.write(i * 4096, Buffer.alloc(4096, 3 + i));
+    const first = await connect(f.receiver);
+    first.link.send(hello(f.source));
+    await until(() => first.frames.some((x) => x.type === 'hello'));
+    const second = await connect(f.receiver);
+    second.link.send(hello(f.source));
+    const reason = await first.closed;
+    assert.equal((reason as { code?: string }).code, 'reassigned');
+    await until(() => second.frames.some((x) => x.type === 'hello'));
+    second.link.close('shutdown', 'done');
+    await goodPrimaryWorks(f);
+  }));
