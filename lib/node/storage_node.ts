@@ -84,10 +84,19 @@ interface Served {
   control: ControlServer | undefined;
   primary: PrimaryReplication | undefined;
   replica: ReplicaReplication | undefined;
+  options: OpenVolumeOptions; // as opened (a promotion reopens with them)
+}
+
+export interface PromoteOptions {
+  // The new epoch: above the replica's (persisted before anything else).
+  epoch: number;
+  replicas?: ReplicaAddress[];
+  durability?: DurabilityMode;
 }
 
 // Events: 'volume-opened' (exportName, dir), 'volume-closed' (exportName),
-// 'volume-failed' (exportName, reason: string), 'closed'.
+// 'volume-failed' (exportName, reason: string), 'volume-promoted'
+// (exportName, epoch), 'closed'.
 export class StorageNode extends EventEmitter {
   readonly nodeId: string;
   readonly log: Logger;
@@ -195,12 +204,48 @@ export class StorageNode extends EventEmitter {
       control: undefined,
       primary,
       replica,
+      options,
     };
     this.served.set(exportName, served);
     served.control = await ControlServer.start(dir, () => this.status());
     if (served.control === undefined) this.log.warn({ dir }, 'directory path too long for a control socket: `blockwal status DIR` will not reach this server');
     this.log.info({ dir, exportName, sizeBytes: volume.sizeBytes }, 'volume served');
     this.emit('volume-opened', exportName, dir);
+    return volume;
+  }
+
+  // Makes a served replica the primary of a new epoch (what a coordinator
+  // does when the primary died): stops taking records, persists the epoch,
+  // reopens the volume as a primary (every record it holds is its history),
+  // opens the epoch with a barrier and feeds the given replicas. Delivering
+  // the same assignment again is a no-op; a lower or equal epoch than the
+  // replica's is refused. NBD clients of the replica's read-only export
+  // reconnect to the primary's.
+  async promote(exportName: string, o: PromoteOptions): Promise<Volume> {
+    this.checkOpen();
+    const s = this.served.get(exportName);
+    if (s === undefined) throw new Error(`no export '${exportName}' on this node`);
+    if (s.replica === undefined) {
+      if (s.volume.epoch === o.epoch) return s.volume; // this assignment was delivered already
+      throw new Error(`export '${exportName}' is already a primary, at epoch ${s.volume.epoch}`);
+    }
+    if (!Number.isSafeInteger(o.epoch) || o.epoch <= s.volume.epoch) {
+      throw new Error(`promotion needs an epoch above the replica's epoch ${s.volume.epoch}, got ${o.epoch}`);
+    }
+    const dir = s.volume.dir;
+    this.served.delete(exportName);
+    await s.control?.close();
+    await s.replica.close();
+    await s.volume.close();
+    this.log.warn({ exportName, epoch: o.epoch }, 'promoting this replica to primary');
+    const volume = await this.openVolume(dir, {
+      ...s.options,
+      exportName,
+      description: s.description,
+      epoch: o.epoch,
+      replication: { role: 'primary', replicas: o.replicas ?? [], durability: o.durability },
+    });
+    this.emit('volume-promoted', exportName, o.epoch);
     return volume;
   }
 
