@@ -31,6 +31,7 @@ const BENCHES: Readonly<Record<string, () => Promise<Bench>>> = {
   wal_replay: async () => (await import('./wal_replay')).bench,
   flusher: async () => (await import('./flusher')).bench,
   nbd: async () => (await import('./nbd')).bench,
+  replication: async () => (await import('./replication')).bench,
 };
 // `anchors` is a subset of wal_append, so running everything skips it.
 const DEFAULT_BENCHES: readonly string[] = ['wal_append', 'wal_replay', 'flusher', 'nbd'];

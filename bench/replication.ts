@@ -1,0 +1,726 @@
+// blockwal replicated (primary + one replica, sync_all) against blockwal on
+// one node, both driven by fio's nbd engine over a Unix socket, in one run on
+// the same disk.
+//
+// Servers (separate processes, all up for the whole run, in the scratch dir):
+//   single      `blockwal create DIR --size SIZE`, then
+//               `blockwal serve DIR --nbd unix:SOCK --export bench`
+//               (what bench/nbd.ts measures).
+//   replica     `blockwal create RDIR --size SIZE`, then
+//               `blockwal serve RDIR --role replica --repl-listen 127.0.0.1:0`;
+//               ready when it prints `... listening for its primary on
+//               127.0.0.1:PORT`, the port the kernel picked.
+//   primary     `blockwal create PDIR --size SIZE`, then `blockwal serve PDIR
+//               --nbd unix:SOCK --export bench --replica 127.0.0.1:PORT
+//               --durability sync_all`; ready on `serving PDIR on unix:SOCK`,
+//               then `blockwal status PDIR --json` is polled until the replica
+//               is 'streaming'. Primary and replica talk over loopback TCP.
+// Both sides get the same prefill first: one sequential pass of 1 MiB writes
+// at qd 8 over the whole export (BENCH_REPL_GIB GiB, default 0.5).
+//
+// Workloads, each for BENCH_SECONDS after a warm-up, the two sides back to
+// back (which goes first alternates), one fio at a time, every server idle
+// before the next window: 4 KiB randwrite at qd 32, at qd 32 with an NBD
+// FLUSH after every write (fio fsync=1), and at qd 1 (p50 latency).
+// One loopback round trip is measured in the same run: a 64-byte TCP
+// ping-pong between this process and a child Node process (an echo server),
+// the median of RTT_ROUND_TRIPS; both ends wake an event loop, as blockwal's
+// primary and replica do.
+// Targets (replicated / single, same run): randwrite qd32 IOPS ≥ 0.7,
+// randwrite fsync=1 qd32 IOPS ≥ 0.6, and at qd 1 a p50 latency at most
+// 1.25 × (single p50 + loopback RTT p50).
+//
+// CPU per request is each server's utime+stime (/proc/PID/stat, all threads)
+// over the fio run divided by the NBD requests that run carried (as in
+// bench/nbd.ts); the replica is charged per client request too, so
+// primary + replica is what one replicated write costs the cluster.
+// After each replicated window the primary's status gives the replica's lag
+// (head − received LSN, bytes, seconds, and how far apply trails the head).
+//
+// Sanity (a failure is a broken run, not a missed target): the replica stays
+// streaming and in the ack set with the primary healthy through every
+// window; at the end it catches up, every server exits 0 on SIGTERM, and
+// `blockwal checksum` of PDIR and RDIR agree.
+//
+// BENCH_REPL_CPU_PROF=DIR runs the three servers under `node --cpu-prof`,
+// writing single-*, primary-* and replica-*.cpuprofile into DIR when they
+// exit; the figures of such a run carry the profiler's overhead, and a server
+// counts as idle below IDLE_BUSY_PCT_PROFILED (the sampler's own CPU).
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+
+import type { NodeStatus } from '../lib/node/storage_node';
+import type { PrimaryReplicationStatus } from '../lib/replication/primary';
+import type { Bench, BenchContext } from './lib/bench';
+import { BenchSkipped, assert } from './lib/bench';
+import { cpuSince, cpuSnapshot, otherLoadPct } from './lib/cpu';
+import { fioVersion } from './lib/fio';
+import type { NbdFioJob, NbdFioMeasurement } from './lib/fio_nbd';
+import { fioHasNbdEngine, nbdUnixUri, runNbdFio } from './lib/fio_nbd';
+import type { BenchResult, Figure, Ratio } from './lib/report';
+import { fmt, meets, ratio } from './lib/report';
+import type { ServerCpuDelta } from './lib/server_process';
+import { ServerProcess, cpuBetween, loadAverages } from './lib/server_process';
+import { MIB } from './lib/seq_anchor';
+
+const execFileAsync = promisify(execFile);
+
+const RANDWRITE_QD32_MIN = 0.7;
+const FSYNC_QD32_MIN = 0.6;
+/** qd 1 p50: replicated ≤ this × (single p50 + loopback RTT). */
+const QD1_P50_OVER_BASE_MAX = 1.25;
+
+const DEFAULT_REPL_GIB = 0.5;
+const MIN_VOLUME_BYTES = 64 * MIB;
+/** The engine's default WAL can grow to 64 × 64 MiB before it must checkpoint. */
+const WAL_MAX_BYTES = 4096 * MIB;
+const FREE_SPACE_MARGIN_BYTES = 512 * MIB;
+/** single, primary and replica each hold a base image and a WAL. */
+const VOLUME_COUNT = 3;
+const EXPORT_NAME = 'bench';
+const PREFILL_BS_BYTES = MIB;
+const PREFILL_IODEPTH = 8;
+const BLOCK_BYTES = 4096;
+const READY_TIMEOUT_MS = 60_000;
+const STREAMING_TIMEOUT_MS = 30_000;
+const CATCH_UP_TIMEOUT_MS = 60_000;
+const STATUS_POLL_MS = 250;
+/** A server counts as idle below this share of one CPU (2 s in a row). */
+const IDLE_BUSY_PCT = 5;
+/** The same under --cpu-prof, whose sampling thread alone keeps a server at about 6 %. */
+const IDLE_BUSY_PCT_PROFILED = 15;
+/** sun_path holds 108 bytes with its NUL. */
+const SOCKET_PATH_MAX = 100;
+const LOOPBACK_HOST = '127.0.0.1';
+const RTT_MESSAGE_BYTES = 64;
+const RTT_WARMUP_ROUND_TRIPS = 200;
+const RTT_ROUND_TRIPS = 2000;
+const CLI_MAX_BUFFER_BYTES = 16 * MIB;
+const BLOCKWAL_MAIN = path.resolve(__dirname, '..', 'lib', 'cli', 'main.js');
+const REPLICA_READY = /listening for its primary on 127\.0\.0\.1:(\d+)\n/;
+const ECHO_READY = /echo listening on (\d+)\n/;
+// The echo end of the RTT ping-pong: echoes every byte, says its port on stderr.
+const ECHO_SERVER_SCRIPT = `
+const net = require('node:net');
+const server = net.createServer((s) => { s.setNoDelay(true); s.on('data', (d) => s.write(d)); });
+server.listen(0, '${LOOPBACK_HOST}', () => process.stderr.write('echo listening on ' + server.address().port + '\\n'));
+`;
+
+type SideName = 'single' | 'replicated';
+
+interface Workload {
+  readonly id: string;
+  readonly label: string;
+  readonly iodepth: number;
+  readonly fsyncEvery: number;
+  /** Target for replicated / single IOPS (null = informational). */
+  readonly minRatio: number | null;
+  /** Whether the p50 latency has a target. */
+  readonly latencyTarget: boolean;
+}
+
+const WORKLOADS: readonly Workload[] = [
+  { id: 'randwrite-4k-qd32', label: 'randwrite 4k qd32', iodepth: 32, fsyncEvery: 0, minRatio: RANDWRITE_QD32_MIN, latencyTarget: false },
+  { id: 'randwrite-4k-qd32-fsync1', label: 'randwrite 4k qd32 fsync=1', iodepth: 32, fsyncEvery: 1, minRatio: FSYNC_QD32_MIN, latencyTarget: false },
+  { id: 'randwrite-4k-qd1', label: 'randwrite 4k qd1', iodepth: 1, fsyncEvery: 0, minRatio: null, latencyTarget: true },
+];
+
+/** One blockwal serve process and the volume directory it serves. */
+interface VolumeServer {
+  readonly dir: string;
+  readonly server: ServerProcess;
+}
+
+interface Side {
+  readonly name: SideName;
+  readonly uri: string;
+  /** The NBD server: the single node, or the primary. */
+  readonly front: VolumeServer;
+  readonly replica: VolumeServer | null;
+  /** Below this share of one CPU a server of this side counts as idle. */
+  readonly idleBusyPct: number;
+}
+
+interface ReplicaLag {
+  readonly lagLsn: number;
+  readonly lagBytes: number;
+  readonly lagSeconds: number;
+  /** Primary head − the replica's applied LSN. */
+  readonly appliedBehindLsn: number;
+}
+
+interface Measured {
+  readonly figure: Figure;
+  readonly raw: NbdFioMeasurement;
+  readonly frontCpuUsPerRequest: number;
+  readonly replicaCpuUsPerRequest: number | null;
+  /** Each server's CPU over the fio run, in CPUs (1 = one CPU busy throughout). */
+  readonly frontCpus: number;
+  readonly replicaCpus: number | null;
+  readonly lag: ReplicaLag | null;
+}
+
+interface Pair {
+  readonly w: Workload;
+  readonly single: Measured;
+  readonly replicated: Measured;
+}
+
+interface RttFigures {
+  readonly p50Us: number;
+  readonly p99Us: number;
+  readonly meanUs: number;
+  readonly roundTrips: number;
+}
+
+export const bench: Bench = {
+  name: 'replication',
+  description:
+    'fio nbd engine against a blockwal primary with one replica (sync_all, loopback) and a single blockwal node: 4k randwrite qd32, qd32 fsync=1, qd1 p50 vs loopback RTT (BENCH_REPL_GIB, default 0.5)',
+  run,
+};
+
+async function run(ctx: BenchContext): Promise<BenchResult> {
+  const startedAt = new Date().toISOString();
+  const fio = await probeTools();
+  const volumeBytes = volumeBytesFromEnv(process.env);
+  const profileDir = profileDirFromEnv(process.env);
+  checkFreeSpace(ctx.dir, volumeBytes);
+  const loadavgStart = loadAverages();
+  ctx.log(`loadavg at start: ${loadavgStart}; export ${volumeBytes / MIB} MiB${profileDir === null ? '' : `; cpu profiles to ${profileDir}`}`);
+
+  const sides: Side[] = [];
+  const pairs: Pair[] = [];
+  let rtt: RttFigures;
+  let checksum: string;
+  try {
+    sides.push(await startSingle(ctx, volumeBytes, profileDir, startedAt));
+    sides.push(await startReplicated(ctx, volumeBytes, profileDir, startedAt));
+    for (const side of sides) await prefill(ctx, side, volumeBytes);
+    await ctx.settle();
+    rtt = await measureLoopbackRtt();
+    ctx.log(`loopback rtt ${RTT_MESSAGE_BYTES} B: p50 ${fmt(rtt.p50Us)} µs, p99 ${fmt(rtt.p99Us)} µs over ${rtt.roundTrips} round trips`);
+    const [single, replicated] = sides as [Side, Side];
+    for (const [i, w] of WORKLOADS.entries()) {
+      // Alternate which side goes first, so neither always gets the fresher host.
+      const first = i % 2 === 0 ? single : replicated;
+      const second = first === single ? replicated : single;
+      const a = await measure(ctx, first, w, volumeBytes);
+      const b = await measure(ctx, second, w, volumeBytes);
+      const pair = first === single ? { w, single: a, replicated: b } : { w, single: b, replicated: a };
+      ctx.log(summaryLine(pair, rtt));
+      pairs.push(pair);
+    }
+    await waitForCatchUp(ctx, replicated);
+    for (const ended of await stopServers(sides)) {
+      assert(/exited with code 0$/.test(ended), `a server did not close cleanly: ${ended}`);
+    }
+    checksum = await compareChecksums(ctx, replicated);
+  } finally {
+    // After a clean run this only reports the exits; after a failure it stops what still runs.
+    for (const ended of await stopServers(sides)) ctx.log(`stopped: ${ended}`);
+  }
+  const loadavgEnd = loadAverages();
+  ctx.log(`loadavg at end: ${loadavgEnd}`);
+  return report({ startedAt, fio, volumeBytes, loadavgStart, loadavgEnd, pairs, rtt, checksum, profileDir });
+}
+
+interface ReportInput {
+  readonly startedAt: string;
+  readonly fio: string;
+  readonly volumeBytes: number;
+  readonly loadavgStart: string;
+  readonly loadavgEnd: string;
+  readonly pairs: readonly Pair[];
+  readonly rtt: RttFigures;
+  readonly checksum: string;
+  readonly profileDir: string | null;
+}
+
+function report(r: ReportInput): BenchResult {
+  const rttFigure: Figure = {
+    name: `loopback tcp rtt ${RTT_MESSAGE_BYTES} B`,
+    value: r.rtt.p50Us,
+    unit: 'µs',
+    latencyUs: { mean: r.rtt.meanUs, p50: r.rtt.p50Us, p99: r.rtt.p99Us },
+    detail: `${r.rtt.roundTrips} sequential round trips, Node client ↔ Node echo server over ${LOOPBACK_HOST}, TCP_NODELAY`,
+  };
+  return {
+    bench: bench.name,
+    description: bench.description,
+    startedAt: r.startedAt,
+    env: {
+      fio: r.fio,
+      exportMiB: r.volumeBytes / MIB,
+      durability: 'sync_all',
+      loadavgStart: r.loadavgStart,
+      loadavgEnd: r.loadavgEnd,
+      ...(r.profileDir === null ? {} : { cpuProfiles: r.profileDir }),
+    },
+    anchors: [...r.pairs.map((p) => p.single.figure), rttFigure],
+    subjects: r.pairs.map((p) => p.replicated.figure),
+    ratios: [
+      ...r.pairs.map((p) => ratio(`${p.w.label}: replicated/single`, p.replicated.figure, p.single.figure, '>=', p.w.minRatio)),
+      ...r.pairs.filter((p) => p.w.latencyTarget).map((p) => latencyRatio(p, r.rtt)),
+      ...r.pairs.map((p) => cpuRatio(`${p.w.label} primary cpu/request: replicated/single`, p, false)),
+      ...r.pairs.map((p) => cpuRatio(`${p.w.label} primary+replica cpu/request: replicated/single`, p, true)),
+    ],
+    checks: [],
+    notes: [
+      'anchors = blockwal serve on one node; subjects = blockwal primary --durability sync_all with one replica over loopback TCP; fio nbd engine over a Unix socket, one connection',
+      `qd1 p50 target: replicated p50 / (single p50 + loopback rtt p50 ${fmt(r.rtt.p50Us)} µs) ≤ ${QD1_P50_OVER_BASE_MAX}`,
+      'cpu µs/op of a figure = that NBD server\'s utime+stime (all threads) per NBD request (data requests + FLUSHes), over the whole fio run; for replicated figures that is the primary, the replica is in the detail line and the primary+replica ratios',
+      'lag = the primary\'s view of its replica right after the window: head − received LSN (and bytes, seconds), and head − applied LSN',
+      'for the fsync=1 workload the figure is write IOPS; fio issued about one FLUSH per write, so requests ≈ 2 × writes',
+      `sanity: replica streaming and in the ack set through every window, caught up at the end, all servers exited 0, checksum of primary and replica both ${r.checksum}`,
+      cpuNote(r.pairs),
+      ...(r.profileDir === null ? [] : [`servers ran under node --cpu-prof (profiles in ${r.profileDir}): figures carry the profiler's overhead`]),
+    ],
+  };
+}
+
+async function probeTools(): Promise<string> {
+  const fio = fioVersion();
+  if (fio === null) throw new BenchSkipped('missing fio');
+  if (!(await fioHasNbdEngine())) throw new BenchSkipped('missing fio nbd engine (fio built without libnbd)');
+  if (!fs.existsSync(BLOCKWAL_MAIN)) throw new Error(`${BLOCKWAL_MAIN} is missing; run npx tsc -p . first`);
+  return fio;
+}
+
+function volumeBytesFromEnv(env: NodeJS.ProcessEnv): number {
+  const raw = env.BENCH_REPL_GIB;
+  const gib = raw === undefined || raw === '' ? DEFAULT_REPL_GIB : Number(raw);
+  if (!Number.isFinite(gib) || gib <= 0) throw new RangeError(`BENCH_REPL_GIB must be a positive number, got '${raw}'`);
+  const bytes = Math.round(gib * 1024) * MIB;
+  if (bytes < MIN_VOLUME_BYTES) throw new RangeError(`BENCH_REPL_GIB=${raw} is below ${MIN_VOLUME_BYTES / MIB} MiB`);
+  return bytes;
+}
+
+function profileDirFromEnv(env: NodeJS.ProcessEnv): string | null {
+  const raw = env.BENCH_REPL_CPU_PROF;
+  if (raw === undefined || raw === '') return null;
+  const dir = path.resolve(raw);
+  fs.mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+function idleBusyPct(profileDir: string | null): number {
+  return profileDir === null ? IDLE_BUSY_PCT : IDLE_BUSY_PCT_PROFILED;
+}
+
+function checkFreeSpace(dir: string, volumeBytes: number): void {
+  const st = fs.statfsSync(dir);
+  const freeBytes = st.bavail * st.bsize;
+  const neededBytes = VOLUME_COUNT * (volumeBytes + WAL_MAX_BYTES) + FREE_SPACE_MARGIN_BYTES;
+  if (freeBytes < neededBytes) {
+    throw new BenchSkipped(`not enough space in ${dir}: ${fmt(freeBytes / MIB)} MiB free, ${fmt(neededBytes / MIB)} MiB needed`);
+  }
+}
+
+/** `node [--cpu-prof ...] main.js ARGS`: the profile, when asked for, is written when the server exits. */
+function blockwalArgs(role: string, profileDir: string | null, startedAt: string, args: readonly string[]): string[] {
+  const prof =
+    profileDir === null
+      ? []
+      : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${role}-${startedAt.replace(/[:.]/g, '-')}.cpuprofile`];
+  return [...prof, BLOCKWAL_MAIN, ...args];
+}
+
+async function createVolume(dir: string, volumeBytes: number): Promise<void> {
+  await runBlockwal(['create', dir, '--size', String(volumeBytes)]);
+}
+
+/** Runs one blockwal command to completion; rejects with its stderr when it fails. */
+async function runBlockwal(args: readonly string[]): Promise<string> {
+  try {
+    const { stdout } = await execFileAsync(process.execPath, [BLOCKWAL_MAIN, ...args], { maxBuffer: CLI_MAX_BUFFER_BYTES });
+    return stdout;
+  } catch (err) {
+    const stderr = (err as { stderr?: string }).stderr ?? '';
+    throw new Error(`blockwal ${args.join(' ')} failed: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}\n${stderr.trim()}`);
+  }
+}
+
+async function startSingle(ctx: BenchContext, volumeBytes: number, profileDir: string | null, startedAt: string): Promise<Side> {
+  const dir = path.join(ctx.dir, 'single');
+  await createVolume(dir, volumeBytes);
+  const socket = socketPath(ctx.dir, 'single.sock');
+  const server = await ServerProcess.start({
+    name: 'single',
+    command: process.execPath,
+    args: blockwalArgs('single', profileDir, startedAt, ['serve', dir, '--nbd', `unix:${socket}`, '--export', EXPORT_NAME]),
+    ready: (stderr) => stderr.includes(`on unix:${socket}\n`),
+    readyTimeoutMs: READY_TIMEOUT_MS,
+  });
+  ctx.log(`single pid ${server.pid} serving ${dir} on ${socket}`);
+  return { name: 'single', uri: nbdUnixUri(socket, EXPORT_NAME), front: { dir, server }, replica: null, idleBusyPct: idleBusyPct(profileDir) };
+}
+
+async function startReplicated(ctx: BenchContext, volumeBytes: number, profileDir: string | null, startedAt: string): Promise<Side> {
+  const replicaDir = path.join(ctx.dir, 'replica');
+  const primaryDir = path.join(ctx.dir, 'primary');
+  await createVolume(replicaDir, volumeBytes);
+  await createVolume(primaryDir, volumeBytes);
+  const replica = await ServerProcess.start({
+    name: 'replica',
+    command: process.execPath,
+    args: blockwalArgs('replica', profileDir, startedAt, ['serve', replicaDir, '--role', 'replica', '--repl-listen', `${LOOPBACK_HOST}:0`]),
+    ready: (stderr) => REPLICA_READY.test(stderr),
+    readyTimeoutMs: READY_TIMEOUT_MS,
+  });
+  const port = Number(REPLICA_READY.exec(replica.stderr)![1]);
+  assert(Number.isInteger(port) && port > 0 && port < 65536, `replica announced port ${port}`);
+  ctx.log(`replica pid ${replica.pid} of ${replicaDir} listening on ${LOOPBACK_HOST}:${port}`);
+  const socket = socketPath(ctx.dir, 'primary.sock');
+  const primaryArgs = ['serve', primaryDir, '--nbd', `unix:${socket}`, '--export', EXPORT_NAME, '--replica', `${LOOPBACK_HOST}:${port}`];
+  primaryArgs.push('--durability', 'sync_all');
+  const primary = await ServerProcess.start({
+    name: 'primary',
+    command: process.execPath,
+    args: blockwalArgs('primary', profileDir, startedAt, primaryArgs),
+    ready: (stderr) => stderr.includes(`on unix:${socket}\n`),
+    readyTimeoutMs: READY_TIMEOUT_MS,
+  });
+  ctx.log(`primary pid ${primary.pid} serving ${primaryDir} on ${socket}, feeding ${LOOPBACK_HOST}:${port} (sync_all)`);
+  const side: Side = {
+    name: 'replicated',
+    uri: nbdUnixUri(socket, EXPORT_NAME),
+    front: { dir: primaryDir, server: primary },
+    replica: { dir: replicaDir, server: replica },
+    idleBusyPct: idleBusyPct(profileDir),
+  };
+  const waitedMs = await waitForStreaming(side);
+  ctx.log(`replica streaming after ${waitedMs.toFixed(0)} ms`);
+  return side;
+}
+
+function socketPath(dir: string, name: string): string {
+  const p = path.join(dir, name);
+  assert(Buffer.byteLength(p) <= SOCKET_PATH_MAX, `socket path ${p} is too long for sun_path; use a shorter BENCH_DIR`);
+  return p;
+}
+
+/** The primary's replication status, from `blockwal status PDIR --json`. */
+async function primaryStatus(side: Side): Promise<{ head: number; repl: PrimaryReplicationStatus }> {
+  side.front.server.assertAlive();
+  const text = await runBlockwal(['status', side.front.dir, '--json']);
+  const answer = JSON.parse(text) as { served?: NodeStatus };
+  assert(answer.served !== undefined, `blockwal status ${side.front.dir}: not served (is the primary running?)`);
+  const volume = answer.served.volumes[0];
+  assert(volume !== undefined, `blockwal status ${side.front.dir}: no volume`);
+  const repl = volume.replication;
+  assert(repl !== undefined && repl.role === 'primary', `blockwal status ${side.front.dir}: not a primary`);
+  assert(repl.replicas.length === 1, `primary has ${repl.replicas.length} replicas, expected 1`);
+  assert(Number.isSafeInteger(volume.lsnHead), `primary lsnHead ${String(volume.lsnHead)}`);
+  return { head: volume.lsnHead, repl };
+}
+
+async function waitForStreaming(side: Side): Promise<number> {
+  const startMs = performance.now();
+  for (;;) {
+    const { repl } = await primaryStatus(side);
+    const peer = repl.replicas[0]!;
+    if (peer.state === 'streaming') return performance.now() - startMs;
+    if (performance.now() - startMs > STREAMING_TIMEOUT_MS) {
+      throw new Error(`replica not streaming after ${STREAMING_TIMEOUT_MS} ms: state ${peer.state} (${peer.reason ?? 'no reason'})`);
+    }
+    await sleep(STATUS_POLL_MS);
+  }
+}
+
+/** Replicated figures mean something only while sync_all holds with the replica in it. */
+function assertReplicating(repl: PrimaryReplicationStatus, when: string): void {
+  const peer = repl.replicas[0]!;
+  assert(repl.mode === 'healthy', `${when}: primary is ${repl.mode} (${repl.reason ?? 'no reason'})`);
+  assert(peer.state === 'streaming', `${when}: replica is ${peer.state} (${peer.reason ?? 'no reason'})`);
+  assert(peer.inAckSet, `${when}: replica left the ack set`);
+}
+
+function lagOf(head: number, repl: PrimaryReplicationStatus): ReplicaLag {
+  const peer = repl.replicas[0]!;
+  return { lagLsn: peer.lagLsn, lagBytes: peer.lagBytes, lagSeconds: peer.lagSeconds, appliedBehindLsn: head - peer.lsnApplied };
+}
+
+/** Polls until the replica has received and applied everything the primary has. */
+async function waitForCatchUp(ctx: BenchContext, side: Side): Promise<void> {
+  const startMs = performance.now();
+  for (;;) {
+    const { head, repl } = await primaryStatus(side);
+    assertReplicating(repl, 'before stopping');
+    const lag = lagOf(head, repl);
+    if (lag.lagLsn === 0 && lag.appliedBehindLsn === 0) {
+      ctx.log(`replica caught up at LSN ${head} after ${(performance.now() - startMs).toFixed(0)} ms`);
+      return;
+    }
+    assert(performance.now() - startMs < CATCH_UP_TIMEOUT_MS, `replica still ${lagText(lag)} after ${CATCH_UP_TIMEOUT_MS} ms`);
+    await sleep(STATUS_POLL_MS);
+  }
+}
+
+/** Both nodes of a side, the NBD server first. */
+function nodesOf(side: Side): VolumeServer[] {
+  return side.replica === null ? [side.front] : [side.front, side.replica];
+}
+
+async function waitForIdle(ctx: BenchContext, side: Side): Promise<ServerCpuDelta[]> {
+  const deltas: ServerCpuDelta[] = [];
+  for (const node of nodesOf(side)) {
+    const idle = await node.server.waitForIdle(side.idleBusyPct);
+    if (!idle.idle) ctx.log(`${node.server.name} still busy ${(idle.waitedMs / 1000).toFixed(0)} s after its writes stopped`);
+    deltas.push(idle.cpu);
+  }
+  return deltas;
+}
+
+/** One sequential pass of 1 MiB writes and a FLUSH, then waits for the servers' background work. */
+async function prefill(ctx: BenchContext, side: Side, volumeBytes: number): Promise<void> {
+  const job: NbdFioJob = {
+    name: `${side.name}-prefill`,
+    uri: side.uri,
+    rw: 'write',
+    bsBytes: PREFILL_BS_BYTES,
+    sizeBytes: volumeBytes,
+    iodepth: PREFILL_IODEPTH,
+    fsyncEvery: 0,
+    endFsync: true,
+  };
+  const raw = await runNbdFio(job, ctx.dir).catch((err: unknown) => {
+    for (const node of nodesOf(side)) node.server.assertAlive();
+    throw err;
+  });
+  assert(raw.ops * PREFILL_BS_BYTES === volumeBytes, `${side.name} prefill wrote ${raw.ops} MiB of ${volumeBytes / MIB}`);
+  const idleStartMs = performance.now();
+  const cpu = await waitForIdle(ctx, side);
+  if (side.replica !== null) assertReplicating((await primaryStatus(side)).repl, 'after the prefill');
+  const cpuMs = cpu.reduce((sum, d) => sum + d.totalUs, 0) / 1000;
+  ctx.log(
+    `${side.name}: prefilled ${volumeBytes / MIB} MiB at ${fmt(raw.bandwidthBytesPerSec / MIB)} MiB/s; ` +
+      `idle after ${((performance.now() - idleStartMs) / 1000).toFixed(1)} s (${cpuMs.toFixed(0)} ms CPU meanwhile)`,
+  );
+}
+
+async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: number): Promise<Measured> {
+  const job: NbdFioJob = {
+    name: `${side.name}-${w.id}`,
+    uri: side.uri,
+    rw: 'randwrite',
+    bsBytes: BLOCK_BYTES,
+    sizeBytes: volumeBytes,
+    iodepth: w.iodepth,
+    fsyncEvery: w.fsyncEvery,
+    runtimeMs: ctx.measureMs,
+    rampMs: ctx.warmupMs,
+  };
+  await ctx.settle();
+  const loadavg = loadAverages();
+  ctx.log(`measuring ${side.name} ${w.label} for ${ctx.measureMs / 1000} s (loadavg ${loadavg})`);
+  const hostStart = cpuSnapshot();
+  const frontStart = side.front.server.cpuSample();
+  const replicaStart = side.replica?.server.cpuSample() ?? null;
+  const raw = await runNbdFio(job, ctx.dir).catch((err: unknown) => {
+    for (const node of nodesOf(side)) node.server.assertAlive(); // a dead server explains fio's failure better
+    throw err;
+  });
+  const front = cpuBetween(frontStart, side.front.server.cpuSample());
+  const replica = replicaStart === null ? null : cpuBetween(replicaStart, side.replica!.server.cpuSample());
+  const host = cpuSince(hostStart);
+  let lag: ReplicaLag | null = null;
+  if (side.replica !== null) {
+    const { head, repl } = await primaryStatus(side);
+    assertReplicating(repl, `after ${side.name} ${w.label}`);
+    lag = lagOf(head, repl);
+  }
+  const deferred = await waitForIdle(ctx, side);
+
+  // Requests the whole run carried (start-up and warm-up too), at the window's rate.
+  const requestsInRun = (raw.requests / raw.runtimeMs) * front.wallMs;
+  const frontCpus = front.totalUs / (front.wallMs * 1000);
+  const replicaCpus = replica === null ? null : replica.totalUs / (replica.wallMs * 1000);
+  const frontCpuUsPerRequest = front.totalUs / requestsInRun;
+  const replicaCpuUsPerRequest = replica === null ? null : replica.totalUs / requestsInRun;
+  const detail = [
+    windowText(side, w, raw, loadavg),
+    cpuText(side.front.server.name, front, deferred[0]!, requestsInRun),
+    ...(replica === null ? [] : [cpuText('replica', replica, deferred[1]!, requestsInRun)]),
+    ...(lag === null ? [] : [`replica ${lagText(lag)} after the window`]),
+  ].join('; ');
+  return {
+    raw,
+    frontCpuUsPerRequest,
+    replicaCpuUsPerRequest,
+    frontCpus,
+    replicaCpus,
+    lag,
+    figure: {
+      name: `${side.name} ${w.label}`,
+      value: raw.iops,
+      unit: 'IOPS',
+      cpuUsPerOp: frontCpuUsPerRequest,
+      latencyUs: { mean: raw.latNs.mean / 1000, p50: raw.latNs.p50 / 1000, p99: raw.latNs.p99 / 1000 },
+      otherLoadPct: otherLoadPct(host, raw.usrCpuPct + raw.sysCpuPct + 100 * (frontCpus + (replicaCpus ?? 0))),
+      detail,
+    },
+  };
+}
+
+function windowText(side: Side, w: Workload, raw: NbdFioMeasurement, loadavg: string): string {
+  const flushes = raw.syncCount > 0 ? ` + ${raw.syncCount} flushes (mean ${fmt(raw.syncLatNs!.mean / 1000)} µs)` : '';
+  const who = side.replica === null ? '' : ' through primary→replica';
+  return (
+    `${raw.ops} writes${flushes} at qd ${w.iodepth}${who} in ${(raw.runtimeMs / 1000).toFixed(2)} s ` +
+    `(${fmt(raw.bandwidthBytesPerSec / MIB)} MiB/s); fio client ${fmt(raw.cpuUsPerOp)} µs/op; loadavg ${loadavg}`
+  );
+}
+
+function cpuText(name: string, cpu: ServerCpuDelta, deferred: ServerCpuDelta, requestsInRun: number): string {
+  const perReq = (us: number): string => (us / requestsInRun).toFixed(2);
+  const threads = Object.entries(cpu.byThreadUs)
+    .filter(([, us]) => us > 0)
+    .sort((a, b) => b[1] - a[1])
+    .map(([thread, us]) => `${thread} ${perReq(us)}`)
+    .join(', ');
+  return (
+    `${name} cpu µs/req ${perReq(cpu.totalUs)} (user ${perReq(cpu.userUs)} sys ${perReq(cpu.systemUs)}; ${threads || 'no threads'}; ` +
+    `deferred ${perReq(deferred.totalUs)})`
+  );
+}
+
+function lagText(lag: ReplicaLag): string {
+  return (
+    `lag ${lag.lagLsn} LSN / ${fmt(lag.lagBytes / 1024)} KiB / ${lag.lagSeconds.toFixed(3)} s, ` +
+    `applied ${lag.appliedBehindLsn} LSN behind the head`
+  );
+}
+
+/** Median and tail of RTT_ROUND_TRIPS ping-pongs with a child Node process echoing over loopback TCP. */
+async function measureLoopbackRtt(): Promise<RttFigures> {
+  const echo = await ServerProcess.start({
+    name: 'echo',
+    command: process.execPath,
+    args: ['-e', ECHO_SERVER_SCRIPT],
+    ready: (stderr) => ECHO_READY.test(stderr),
+    readyTimeoutMs: READY_TIMEOUT_MS,
+  });
+  try {
+    const port = Number(ECHO_READY.exec(echo.stderr)![1]);
+    assert(Number.isInteger(port) && port > 0 && port < 65536, `echo server announced port ${port}`);
+    return await pingPong(port);
+  } finally {
+    await echo.stop();
+  }
+}
+
+/** One message in flight at a time; a round trip ends when all its bytes are back. */
+async function pingPong(port: number): Promise<RttFigures> {
+  const socket = net.connect(port, LOOPBACK_HOST);
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
+  socket.setNoDelay(true);
+  const message = Buffer.alloc(RTT_MESSAGE_BYTES, 0x5a);
+  const samplesMs = new Float64Array(RTT_ROUND_TRIPS);
+  let pendingBytes = 0;
+  let done: (() => void) | null = null;
+  socket.on('data', (chunk: Buffer) => {
+    pendingBytes -= chunk.length;
+    assert(pendingBytes >= 0, `echo returned ${-pendingBytes} bytes more than sent`);
+    if (pendingBytes === 0) done!();
+  });
+  try {
+    for (let i = 0; i < RTT_WARMUP_ROUND_TRIPS + RTT_ROUND_TRIPS; i++) {
+      const startMs = performance.now();
+      await new Promise<void>((resolve) => {
+        done = resolve;
+        pendingBytes = RTT_MESSAGE_BYTES;
+        socket.write(message);
+      });
+      if (i >= RTT_WARMUP_ROUND_TRIPS) samplesMs[i - RTT_WARMUP_ROUND_TRIPS] = performance.now() - startMs;
+    }
+  } finally {
+    socket.destroy();
+  }
+  samplesMs.sort();
+  const atUs = (q: number): number => samplesMs[Math.min(RTT_ROUND_TRIPS - 1, Math.floor(q * RTT_ROUND_TRIPS))]! * 1000;
+  const meanUs = (samplesMs.reduce((sum, ms) => sum + ms, 0) / RTT_ROUND_TRIPS) * 1000;
+  return { p50Us: atUs(0.5), p99Us: atUs(0.99), meanUs, roundTrips: RTT_ROUND_TRIPS };
+}
+
+/** SIGTERM to the primary first (it says goodbye to its replica), then the replica, then the single node. */
+async function stopServers(sides: readonly Side[]): Promise<string[]> {
+  const ended: string[] = [];
+  for (const side of [...sides].reverse()) {
+    for (const node of nodesOf(side)) ended.push(await node.server.stop());
+  }
+  return ended;
+}
+
+async function compareChecksums(ctx: BenchContext, side: Side): Promise<string> {
+  assert(side.replica !== null, 'checksums need a replica');
+  const primary = (await runBlockwal(['checksum', side.front.dir])).trim();
+  const replica = (await runBlockwal(['checksum', side.replica.dir])).trim();
+  assert(/^[0-9a-f]{16}$/.test(primary), `blockwal checksum printed '${primary}'`);
+  assert(primary === replica, `primary ${side.front.dir} checksum ${primary} != replica ${side.replica.dir} checksum ${replica}`);
+  ctx.log(`checksum of primary and replica: ${primary}`);
+  return primary;
+}
+
+/** replicated p50 / (single p50 + loopback RTT): what one round trip may add, with a margin. */
+function latencyRatio(p: Pair, rtt: RttFigures): Ratio {
+  const baseUs = p.single.figure.latencyUs!.p50 + rtt.p50Us;
+  const value = p.replicated.figure.latencyUs!.p50 / baseUs;
+  return {
+    name: `${p.w.label} p50 latency: replicated/(single + loopback rtt)`,
+    subject: p.replicated.figure.name,
+    anchor: `${p.single.figure.name} + loopback rtt`,
+    value,
+    op: '<=',
+    target: QD1_P50_OVER_BASE_MAX,
+    pass: meets(value, '<=', QD1_P50_OVER_BASE_MAX),
+  };
+}
+
+function cpuRatio(name: string, p: Pair, withReplica: boolean): Ratio {
+  const replicated = p.replicated.frontCpuUsPerRequest + (withReplica ? p.replicated.replicaCpuUsPerRequest! : 0);
+  return {
+    name,
+    subject: p.replicated.figure.name,
+    anchor: p.single.figure.name,
+    value: replicated / p.single.frontCpuUsPerRequest,
+    op: '<=',
+    target: null,
+    pass: null,
+  };
+}
+
+// A server whose CPUs-during-the-window is near 1 is bound by its JS thread;
+// primary + replica near 1 means their work takes turns rather than overlapping.
+function cpuNote(pairs: readonly Pair[]): string {
+  const parts = pairs.map(({ w, single, replicated }) => {
+    const r = replicated;
+    return (
+      `${w.label} single ${fmt(single.frontCpuUsPerRequest)} (${single.frontCpus.toFixed(2)} CPUs), ` +
+      `primary ${fmt(r.frontCpuUsPerRequest)} (${r.frontCpus.toFixed(2)} CPUs) + replica ${fmt(r.replicaCpuUsPerRequest!)} (${r.replicaCpus!.toFixed(2)} CPUs)`
+    );
+  });
+  return `server CPU µs per request (and CPUs busy during the window): ${parts.join('; ')}`;
+}
+
+function summaryLine(p: Pair, rtt: RttFigures): string {
+  const r = p.replicated.figure;
+  const s = p.single.figure;
+  const addedUs = r.latencyUs!.p50 - s.latencyUs!.p50;
+  return (
+    `${p.w.label}: replicated ${fmt(r.value)} vs single ${fmt(s.value)} IOPS (${fmt(r.value / s.value)}×); ` +
+    `p50 ${fmt(r.latencyUs!.p50)} vs ${fmt(s.latencyUs!.p50)} µs (+${fmt(addedUs)} µs, rtt ${fmt(rtt.p50Us)} µs); ` +
+    `cpu µs/req single ${fmt(p.single.frontCpuUsPerRequest)}, primary ${fmt(p.replicated.frontCpuUsPerRequest)} + replica ${fmt(p.replicated.replicaCpuUsPerRequest!)}; ` +
+    `replica ${lagText(p.replicated.lag!)}`
+  );
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
