@@ -80,6 +80,7 @@ export const GATHER = { src: 0, spanBytes: 1, lsn: 2, firstIndex: 3, lengthBlock
 // Descriptors per gatherBlocks call, at most.
 export const GATHER_OPS_MAX = 1 << 16;
 const RECORD_HEADER_BYTES = 64;
+const COPY_SLAB_BYTES = 1 << 20;
 const BUSY_REASONS = ['none', 'slots', 'segment', 'wal_full'] as const;
 // Appends waiting for space, at most; past that append() rejects (ERR_WAL_FULL)
 // rather than queue without bound.
@@ -155,6 +156,8 @@ export class Wal {
   private readonly detachDrain: () => void;
   private fatal: BlockwalError | undefined;
   private closed = false;
+  private copySlab = Buffer.allocUnsafeSlow(0);
+  private copySlabUsed = COPY_SLAB_BYTES; // full: the first record allocates one
 
   private constructor(
     private readonly ring: Ring,
@@ -430,7 +433,7 @@ export class Wal {
     let lsn: number;
     const payloadBytes = r.payload?.byteLength ?? 0;
     const spanBytes = Math.ceil((RECORD_HEADER_BYTES + payloadBytes) / 8) * 8;
-    const bytes = r.copyOut === true ? Buffer.allocUnsafe(spanBytes) : undefined;
+    const bytes = r.copyOut === true ? this.copyOutBuffer(spanBytes) : undefined;
     try {
       const args = this.appendArgs;
       args[0] = kind;
@@ -466,6 +469,20 @@ export class Wal {
     waiters.push({ lsn, resolve: q.resolve as (v: never) => void, value, reject: q.reject });
     this.ring.scheduleKick();
     return true;
+  }
+
+  // Room for one encoded record, carved from a shared slab: one allocation
+  // per COPY_SLAB_BYTES of records instead of one each (a record keeps its
+  // slab alive while it is referenced).
+  private copyOutBuffer(spanBytes: number): Buffer {
+    if (spanBytes > COPY_SLAB_BYTES / 4) return Buffer.allocUnsafeSlow(spanBytes);
+    if (this.copySlabUsed + spanBytes > COPY_SLAB_BYTES) {
+      this.copySlab = Buffer.allocUnsafeSlow(COPY_SLAB_BYTES);
+      this.copySlabUsed = 0;
+    }
+    const out = this.copySlab.subarray(this.copySlabUsed, this.copySlabUsed + spanBytes);
+    this.copySlabUsed += spanBytes; // spans are multiples of 8
+    return out;
   }
 
   private onDrain(): void {

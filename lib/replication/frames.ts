@@ -42,6 +42,7 @@
 //   ACK          0 lsnReceived, 8 lsnDurable, 16 lsnApplied, 24 applyChecksum
 //                u64 (the chain at lsnApplied). 32 bytes.
 //   COMMIT       0 lsnCommit. 8 bytes.
+//   SYNC         0 lsnSync: make every record up to it durable, then ACK. 8 bytes.
 //   HEARTBEAT    0 sequence (no sender time: the core reads no clock). 8 bytes.
 //   ERROR,
 //   GOODBYE      0 close code u16 (CLOSE_CODES), 2 messageBytes u16,
@@ -85,6 +86,7 @@ export const WAL_RECORDS_PREFIX_BYTES = 8;
 export const WAL_RECORD_ENTRY_BYTES = 12;
 export const ACK_BODY_BYTES = 32;
 export const COMMIT_BODY_BYTES = 8;
+export const SYNC_BODY_BYTES = 8;
 export const HEARTBEAT_BODY_BYTES = 8;
 export const CLOSE_FIXED_BYTES = 4;
 
@@ -171,6 +173,14 @@ export interface CommitFrame {
   readonly lsnCommit: number;
 }
 
+// The primary needs the replica durable up to lsnSync (a FLUSH, a FUA write,
+// or the commit LSN moving on); the replica answers with an ACK once it is.
+export interface SyncFrame {
+  readonly type: 'sync';
+  readonly epoch: number;
+  readonly lsnSync: number;
+}
+
 export interface HeartbeatFrame {
   readonly type: 'heartbeat';
   readonly epoch: number;
@@ -186,7 +196,7 @@ export interface CloseFrame {
   readonly message: string;
 }
 
-export type Frame = HelloFrame | WalRecordsFrame | AckFrame | CommitFrame | HeartbeatFrame | CloseFrame;
+export type Frame = HelloFrame | WalRecordsFrame | AckFrame | CommitFrame | SyncFrame | HeartbeatFrame | CloseFrame;
 export type FrameType = Frame['type'];
 
 export const FRAME_TYPE_CODES: Readonly<Record<FrameType, number>> = {
@@ -197,6 +207,7 @@ export const FRAME_TYPE_CODES: Readonly<Record<FrameType, number>> = {
   heartbeat: 5,
   error: 6,
   goodbye: 7,
+  sync: 8,
 };
 export const ROLE_CODES: Readonly<Record<Role, number>> = { primary: 1, replica: 2 };
 export const CLOSE_CODES: Readonly<Record<CloseCode, number>> = {
@@ -304,6 +315,8 @@ function encodeBody(frame: Frame): Uint8Array[] {
       return [encodeAck(frame)];
     case 'commit':
       return [encodeSingleU53('lsnCommit', frame.lsnCommit)];
+    case 'sync':
+      return [encodeSingleU53('lsnSync', frame.lsnSync)];
     case 'heartbeat':
       return [encodeSingleU53('sequence', frame.sequence)];
     case 'error':
@@ -479,6 +492,8 @@ function bodyBoundsOf(type: FrameType, bodyBytesMax: number): [number, number] {
       return [ACK_BODY_BYTES, ACK_BODY_BYTES];
     case 'commit':
       return [COMMIT_BODY_BYTES, COMMIT_BODY_BYTES];
+    case 'sync':
+      return [SYNC_BODY_BYTES, SYNC_BODY_BYTES];
     case 'heartbeat':
       return [HEARTBEAT_BODY_BYTES, HEARTBEAT_BODY_BYTES];
     case 'error':
@@ -517,6 +532,8 @@ function decodeBody(type: FrameType, epoch: number, body: Uint8Array): Frame {
       return decodeAck(epoch, body);
     case 'commit':
       return { type, epoch, lsnCommit: readU53(viewOf(body), 0, 'lsnCommit') };
+    case 'sync':
+      return { type, epoch, lsnSync: readU53(viewOf(body), 0, 'lsnSync') };
     case 'heartbeat':
       return { type, epoch, sequence: readU53(viewOf(body), 0, 'sequence') };
     case 'error':

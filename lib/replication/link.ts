@@ -316,6 +316,7 @@ export class ReplicationLink {
       case 'wal_records':
       case 'ack':
       case 'commit':
+      case 'sync':
         this.deliver(frame);
         return;
       default:

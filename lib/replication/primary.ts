@@ -233,6 +233,7 @@ export class PrimaryReplication implements AckGate {
   private wait(lsn: number, durable: boolean): Promise<void> {
     if (this.fenced !== undefined) return Promise.reject(this.fenced);
     if (this.satisfied(lsn, durable)) return Promise.resolve();
+    if (durable) for (const p of this.peers) p.requestSync(lsn);
     return new Promise<void>((resolve, reject) => this.waiters.push({ lsn, durable, resolve, reject }));
   }
 
@@ -381,7 +382,9 @@ export class PrimaryReplication implements AckGate {
   private tick(): void {
     if (this.closed) return;
     const now = performance.now();
-    // Durability on its own, so that commit moves without client flushes.
+    // Durability on its own, here and on the replicas, so that commit moves
+    // without client flushes.
+    for (const p of this.peers) p.requestSync(this.volume.lsnHead);
     if (!this.durableInFlight && this.volume.lsnDurable < this.volume.lsnHead && this.fenced === undefined) {
       this.durableInFlight = true;
       this.volume.flush().then(
@@ -506,6 +509,9 @@ class ReplicaPeer {
   private link: ReplicationLink | undefined;
   private pumpScheduled = false;
   private lsnCommitSent = 0;
+  // Durability asked of the replica (SYNC): the most wanted, the most sent.
+  private lsnSyncWanted = 0;
+  private lsnSyncSent = 0;
   private backoffMs: number;
   private retryTimer: NodeJS.Timeout | undefined;
   private stopped = false;
@@ -545,6 +551,7 @@ class ReplicaPeer {
     this.link = link;
     this.connects++;
     this.lsnCommitSent = 0;
+    this.lsnSyncSent = 0;
     link.onFrame = (frame) => this.onFrame(frame);
     link.onClose = (reason) => this.onLinkClose(link, reason);
     link.onDrain = () => this.schedulePump();
@@ -671,6 +678,23 @@ class ReplicaPeer {
       const more = link.send({ type: 'wal_records', epoch: this.primary.epoch, records });
       if (!more) return; // onDrain pumps again
     }
+    this.sendSync();
+  }
+
+  // The replica is to be durable up to lsn: a SYNC once the records are sent.
+  requestSync(lsn: number): void {
+    if (lsn <= this.lsnDurable || lsn <= this.lsnSyncWanted) return;
+    this.lsnSyncWanted = lsn;
+    if (this.lsnSent >= lsn) this.sendSync();
+    else this.schedulePump();
+  }
+
+  private sendSync(): void {
+    const lsn = Math.min(this.lsnSyncWanted, this.lsnSent);
+    if (lsn <= this.lsnSyncSent || lsn <= this.lsnDurable || this.link === undefined || this.link.closed) return;
+    if (this.state !== 'streaming' && this.state !== 'syncing') return;
+    this.lsnSyncSent = lsn;
+    this.link.send({ type: 'sync', epoch: this.primary.epoch, lsnSync: lsn });
   }
 
   sendCommit(lsn: number): void {

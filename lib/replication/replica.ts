@@ -1,7 +1,9 @@
 // The replica's side of WAL shipping: it listens for its primary, appends the
-// records it is sent to its own WAL, makes them durable, acknowledges
-// (received = written to the WAL, durable, applied + the chained checksum)
-// and applies them only up to the primary's commit LSN.
+// records it is sent to its own WAL, acknowledges at once (received = taken
+// into the WAL, in LSN order), makes them durable when the primary asks
+// (SYNC: a FLUSH or FUA there, or the commit LSN moving on) and acknowledges
+// again (durable, applied + the chained checksum), and applies them only up
+// to the primary's commit LSN.
 //
 // Rules (DESIGN.md §4):
 //  - one primary link at a time; a newer link from the same or a higher
@@ -173,7 +175,6 @@ class PrimaryLink {
   private ackScheduled = false;
   private flushing = false;
   private flushAgain = false;
-  private lsnWrittenHere = 0;
   private readonly log: Logger;
   private outstandingBytes = 0;
   private inputPaused = false;
@@ -186,7 +187,6 @@ class PrimaryLink {
     log: Logger,
   ) {
     this.log = log.child({ primary: link.peer });
-    this.lsnWrittenHere = volume.lsnHead;
   }
 
   enqueue(frame: Frame): void {
@@ -255,8 +255,11 @@ class PrimaryLink {
         return;
       case 'commit':
         this.owner.noteCommit(frame.lsnCommit);
-        this.volume.commit(Math.min(frame.lsnCommit, this.lsnWrittenHere));
+        this.volume.commit(Math.min(frame.lsnCommit, this.volume.lsnReceived));
         this.scheduleAck();
+        return;
+      case 'sync':
+        this.makeDurable();
         return;
       default:
         this.refuse('bad_frame', `unexpected ${frame.type} frame from a primary`);
@@ -293,7 +296,6 @@ class PrimaryLink {
       const dropped = await v.truncateUnapplied();
       this.log.warn({ dropped, pendingEpoch, primaryEpoch: hello.epoch, lsnPrimaryHead: hello.lsnHead, lsnApplied: v.lsnApplied }, 'dropped an uncommitted suffix');
     }
-    this.lsnWrittenHere = v.lsnReceived;
     this.log.info({ epoch: v.epoch, lsnReceived: v.lsnReceived, lsnPrimaryHead: hello.lsnHead, primaryNode: hello.nodeId }, 'primary connected');
     this.link.send({
       type: 'hello',
@@ -317,13 +319,12 @@ class PrimaryLink {
     }
     if (last === undefined) return;
     this.lastAppend = last;
+    // Received: in the WAL's order; the primary may count it now.
+    this.scheduleAck();
     last.then(
-      (lsn) => {
-        this.lsnWrittenHere = Math.max(this.lsnWrittenHere, lsn);
-        // A commit may have arrived before these records were written.
-        this.volume.commit(Math.min(this.owner.commitLsn, this.lsnWrittenHere));
-        this.scheduleAck();
-        this.makeDurable();
+      () => {
+        // A commit may have covered records that were still waiting for WAL space.
+        this.volume.commit(Math.min(this.owner.commitLsn, this.volume.lsnReceived));
       },
       (err: Error) => this.refuse('bad_frame', `appending received records failed: ${err.message}`),
     );
@@ -364,7 +365,7 @@ class PrimaryLink {
   private sendAck(): void {
     if (this.link.closed) return;
     const v = this.volume;
-    const received = this.lsnWrittenHere;
+    const received = v.lsnReceived;
     this.link.send({
       type: 'ack',
       epoch: v.epoch,

@@ -162,7 +162,7 @@ const BAD_FRAMES: BadFrameCase[] = [
   { name: 'version 0', bytes: craftFrame({ version: 0, typeCode: 4, body: Buffer.alloc(8) }), code: 'ERR_FRAME_VERSION', message: /version 0/, headerOnly: true },
   { name: 'a body over FRAME_BODY_BYTES_MAX', bytes: craftFrame({ typeCode: 2, bodyBytes: FRAME_BODY_BYTES_MAX + 1, body: new Uint8Array(0) }), code: 'ERR_FRAME_TOO_LARGE', message: /over the limit/, headerOnly: true },
   { name: 'type 0', bytes: craftFrame({ typeCode: 0, body: Buffer.alloc(8) }), code: 'ERR_FRAME_TYPE', message: /type 0/, headerOnly: true },
-  { name: 'type 8', bytes: craftFrame({ typeCode: 8, body: Buffer.alloc(8) }), code: 'ERR_FRAME_TYPE', message: /type 8/, headerOnly: true },
+  { name: 'type 9', bytes: craftFrame({ typeCode: 9, body: Buffer.alloc(8) }), code: 'ERR_FRAME_TYPE', message: /type 9/, headerOnly: true },
   { name: 'type 255', bytes: craftFrame({ typeCode: 255, body: Buffer.alloc(8) }), code: 'ERR_FRAME_TYPE', message: /type 255/, headerOnly: true },
   { name: 'bad checksum', bytes: craftFrame({ typeCode: 4, body: Buffer.alloc(8), badChecksum: true }), code: 'ERR_FRAME_CHECKSUM', message: /checksum/ },
   { name: 'a body byte changed', bytes: (() => { const b = encodeFrame(SAMPLES[2]!); b[40]! ^= 0x80; return b; })(), code: 'ERR_FRAME_CHECKSUM', message: /ack frame checksum/ },

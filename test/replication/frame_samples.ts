@@ -59,6 +59,7 @@ export const SAMPLES: readonly Frame[] = [
   { type: 'heartbeat', epoch: 0, sequence: 42 },
   { type: 'error', epoch: 3, code: 'stale_epoch', message: 'stale epoch: frame epoch 3 < local epoch 7' },
   { type: 'goodbye', epoch: 7, code: 'shutdown', message: '' },
+  { type: 'sync', epoch: 7, lsnSync: 123_456_789 },
 ];
 
 // Feeds chunks one by one, taking every frame as soon as it is whole.
@@ -164,6 +165,7 @@ const ackArb: fc.Arbitrary<Frame> = fc.record({
 }, PLAIN);
 
 const commitArb: fc.Arbitrary<Frame> = fc.record({ type: fc.constant('commit' as const), epoch: u53, lsnCommit: u53 }, PLAIN);
+const syncArb: fc.Arbitrary<Frame> = fc.record({ type: fc.constant('sync' as const), epoch: u53, lsnSync: u53 }, PLAIN);
 const heartbeatArb: fc.Arbitrary<Frame> = fc.record({ type: fc.constant('heartbeat' as const), epoch: u53, sequence: u53 }, PLAIN);
 
 const closeArb: fc.Arbitrary<Frame> = fc.record({
@@ -178,6 +180,7 @@ export const FRAME_ARBITRARIES: Readonly<Record<string, fc.Arbitrary<Frame>>> = 
   wal_records: walRecordsArb,
   ack: ackArb,
   commit: commitArb,
+  sync: syncArb,
   heartbeat: heartbeatArb,
   'error/goodbye': closeArb,
 };
