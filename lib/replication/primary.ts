@@ -645,10 +645,13 @@ class ReplicaPeer {
     return false;
   }
 
+  // A microtask: the records appended in this turn go out in one frame, and
+  // before the local WAL's own submission (queued after this by the append),
+  // so the replica works while this node's disk does.
   schedulePump(): void {
     if (this.pumpScheduled || (this.state !== 'streaming' && this.state !== 'syncing')) return;
     this.pumpScheduled = true;
-    setImmediate(() => {
+    queueMicrotask(() => {
       this.pumpScheduled = false;
       this.pump();
     });

@@ -319,8 +319,9 @@ class PrimaryLink {
     }
     if (last === undefined) return;
     this.lastAppend = last;
-    // Received: in the WAL's order; the primary may count it now.
-    this.scheduleAck();
+    // Received: in the WAL's order; the primary may count it now (before
+    // this node's WAL submission, which waits for the turn's end).
+    this.sendAck();
     last.then(
       () => {
         // A commit may have covered records that were still waiting for WAL space.

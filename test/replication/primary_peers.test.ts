@@ -97,7 +97,7 @@ test('nothing listening: the peer keeps reconnecting with a bounded backoff, and
     // best_effort: writes are acknowledged while the replica is away.
     await volume.write(0, Buffer.alloc(4096, 1));
     await new Promise((r) => setTimeout(r, 300));
-    assert.equal(peer().state, 'reconnecting');
+    assert.ok(['reconnecting', 'connecting'].includes(peer().state), `still trying: ${peer().state}`);
     assert.equal(peer().connects, 0);
   });
 });
