@@ -63,6 +63,7 @@ export class ReplicaReplication {
   private readonly log: Logger;
   private readonly server: net.Server;
   private current: PrimaryLink | undefined;
+  private readonly links = new Set<ReplicationLink>();
   private lsnCommit = 0;
   lastClose: string | undefined;
   framesRefused = 0;
@@ -106,8 +107,10 @@ export class ReplicaReplication {
       idleTimeoutMs: this.options.idleTimeoutMs,
     });
     const pl = new PrimaryLink(this, link, this.volume, this.log);
+    this.links.add(link);
     link.onFrame = (frame) => pl.enqueue(frame);
     link.onClose = (reason) => {
+      this.links.delete(link);
       const why = describeClose(reason);
       if (this.current === pl) {
         this.current = undefined;
@@ -154,15 +157,15 @@ export class ReplicaReplication {
     };
   }
 
+  // Stops listening, lets the current link finish the frame it is on, then
+  // says goodbye on every link (the server's close waits for them to end).
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
-    const cur = this.current;
-    if (cur !== undefined) {
-      await cur.idle();
-      cur.link.close('shutdown', 'replica stopping', 'goodbye');
-    }
+    const closing = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await this.current?.idle();
+    for (const link of this.links) link.close('shutdown', 'replica stopping', 'goodbye');
+    await closing;
   }
 }
 
