@@ -34,7 +34,7 @@ const BENCHES: Readonly<Record<string, () => Promise<Bench>>> = {
   replication: async () => (await import('./replication')).bench,
 };
 // `anchors` is a subset of wal_append, so running everything skips it.
-const DEFAULT_BENCHES: readonly string[] = ['wal_append', 'wal_replay', 'flusher', 'nbd'];
+const DEFAULT_BENCHES: readonly string[] = ['wal_append', 'wal_replay', 'flusher', 'nbd', 'replication'];
 const RESULTS_DIR = path.join(__dirname, '..', '..', 'bench', 'results');
 
 /** Other load (% of all CPUs) above which a figure is flagged as suspect. */
