@@ -104,8 +104,14 @@ test('nothing listening: the peer keeps reconnecting with a bounded backoff, and
 
 test('a replica behind the backlog is reported needs_catchup; a current one streams and gets every record', async () => {
   const received: number[] = [];
+  let away = false; // the replica refuses the primary meanwhile
+  let hellos = 0;
   const fake = await fakeReplica((frame, link) => {
-    if (frame.type === 'hello') link.send(replicaHello(frame, { lsnHead: 0 }));
+    if (frame.type === 'hello') {
+      hellos++;
+      if (away) link.close('shutdown', 'away');
+      else link.send(replicaHello(frame, { lsnHead: received.length }));
+    }
     if (frame.type === 'wal_records') {
       for (const r of frame.records) received.push(r.lsn);
       const last = frame.records[frame.records.length - 1]!.lsn;
@@ -120,12 +126,15 @@ test('a replica behind the backlog is reported needs_catchup; a current one stre
       assert.deepEqual(received, [1, 2, 3, 4, 5, 6, 7, 8]);
       // Cut the link, write past what the backlog holds: the replica at LSN 8
       // cannot be fed from memory any more.
+      away = true;
       fake.links[0]!.close('shutdown', 'away');
       await until('reconnecting', () => peer().state !== 'streaming');
       for (let i = 0; i < 40; i++) await volume.write(i * 4096, Buffer.alloc(4096, 100 + i));
-      const script = fake.links.length;
-      await until('needs_catchup', () => peer().state === 'needs_catchup' && fake.links.length > script);
-      assert.match(peer().reason ?? '', /backlog/);
+      assert.equal(received.length, 8, 'nothing reached the replica while it was away');
+      const before = hellos;
+      away = false; // back, at LSN 8; the backlog now starts far above 9
+      await until('needs_catchup', () => peer().state === 'needs_catchup' && hellos > before);
+      assert.match(peer().reason ?? '', /replica is at LSN 8; the in-memory backlog starts at \d+/);
     });
   } finally {
     await fake.close();
