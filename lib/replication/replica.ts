@@ -20,7 +20,6 @@ import * as net from 'node:net';
 import type { Logger } from 'pino';
 
 import type { Volume } from '../engine/volume';
-import { BlockwalError } from '../native/errors';
 import { applyChecksumToHex } from './apply_checksum';
 import { checkEpoch } from './epoch';
 import type { CloseCode, Frame, HelloFrame, WalRecordsFrame } from './frames';
@@ -385,8 +384,4 @@ class PrimaryLink {
     this.log.warn({ code, reason: message }, 'closing the primary link');
     this.link.close(code, message);
   }
-}
-
-export function isReplicationError(err: unknown): err is BlockwalError {
-  return err instanceof BlockwalError && err.code.startsWith('ERR_REPL');
 }
