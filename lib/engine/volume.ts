@@ -533,20 +533,18 @@ function replay(scan: ScanResult, checkpointLsn: number, io: VolumeIo): void {
         throw new BlockwalError('ERR_WAL_CORRUPT', `LSN ${lsn}: ${(err as Error).message}`, { cause: err });
       }
     }
-    io.replayed(
-      {
-        lsn,
-        control,
-        kind,
-        lba: r.lba[i]!,
-        lengthBlocks: r.lengthBlocks[i]!,
-        segmentSeq: r.segmentSeq[i]!,
-        offsetBytes: r.offsetBytes[i]!,
-        spanBytes: Math.ceil((64 + r.payloadBytes[i]!) / 8) * 8,
-        checksum: r.checksum[i]!,
-      },
-      r.epoch[i]!,
-    );
+    io.replayed({
+      lsn,
+      epoch: r.epoch[i]!,
+      control,
+      kind,
+      lba: r.lba[i]!,
+      lengthBlocks: r.lengthBlocks[i]!,
+      segmentSeq: r.segmentSeq[i]!,
+      offsetBytes: r.offsetBytes[i]!,
+      spanBytes: Math.ceil((64 + r.payloadBytes[i]!) / 8) * 8,
+      checksum: r.checksum[i]!,
+    });
   }
 }
 

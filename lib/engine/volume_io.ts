@@ -51,6 +51,7 @@ export interface ShippedRecord {
 // gets a record once the primary says it is committed).
 export interface PendingRecord {
   lsn: number;
+  epoch: number;
   control?: ControlEntry; // kind 'control': the decoded entry
   kind: RecordKind;
   lba: number;
@@ -87,7 +88,6 @@ export class VolumeIo {
   // Replica: received records not yet applied, in LSN order, and the LSN the
   // next received record must carry.
   private readonly pending: PendingRecord[] = [];
-  private readonly pendingEpochs: number[] = [];
   // The largest size a received (maybe unapplied) resize asks for.
   private receivedSizeBytes = 0;
   private replayedTail: { record: PendingRecord; applyChecksum: ApplyChecksum }[] = [];
@@ -115,10 +115,9 @@ export class VolumeIo {
 
   // Open: the records after the checkpoint, in LSN order. A primary applies
   // them (its log is the truth); a replica holds them until a commit covers them.
-  replayed(record: PendingRecord, epoch: number): void {
+  replayed(record: PendingRecord): void {
     if (this.role === 'replica') {
       this.pending.push(record);
-      this.pendingEpochs.push(epoch);
       if (record.control?.type === 'resize') this.receivedSizeBytes = Math.max(this.receivedSizeBytes, record.control.sizeBytes);
     } else {
       this.applyRecord(record);
@@ -152,7 +151,7 @@ export class VolumeIo {
   // Reads a record back by its location; undefined when it is no longer there.
   async readRecordAt(r: PendingRecord): Promise<Buffer | undefined> {
     try {
-      return await this.readRecordChecked({ lsn: r.lsn, segmentSeq: r.segmentSeq, recordOffsetBytes: r.offsetBytes, recordSpanBytes: r.spanBytes } as BlockEntry);
+      return await this.readRecordChecked({ lsn: r.lsn, segmentSeq: r.segmentSeq, recordOffsetBytes: r.offsetBytes, recordSpanBytes: r.spanBytes });
     } catch {
       return undefined;
     }
@@ -246,8 +245,7 @@ export class VolumeIo {
           return;
         }
         const { segmentSeq, offsetBytes, spanBytes } = a;
-        this.pending.push({ lsn: a.lsn, control, kind: rec.kind, lba: rec.lba, lengthBlocks: rec.lengthBlocks, segmentSeq, offsetBytes, spanBytes, checksum: a.checksum });
-        this.pendingEpochs.push(rec.epoch);
+        this.pending.push({ lsn: a.lsn, epoch: rec.epoch, control, kind: rec.kind, lba: rec.lba, lengthBlocks: rec.lengthBlocks, segmentSeq, offsetBytes, spanBytes, checksum: a.checksum });
       },
     });
     if (this.wal.full) this.onPressure();
@@ -261,7 +259,7 @@ export class VolumeIo {
 
   // The epoch of the newest received record not applied yet (undefined: none).
   get pendingEpoch(): number | undefined {
-    return this.pending.length === 0 ? undefined : this.pendingEpochs[this.pendingEpochs.length - 1];
+    return this.pending.at(-1)?.epoch;
   }
 
   // Forgets every received record not applied yet; the next one received
@@ -269,7 +267,6 @@ export class VolumeIo {
   // beyond lsnApplied (truncateUnapplied in volume.ts).
   resetReceived(wal: Wal): void {
     this.pending.length = 0;
-    this.pendingEpochs.length = 0;
     this.receivedSizeBytes = 0;
     this.wal = wal;
     this.lsnReceiveNext = this.lsnApplied + 1;
@@ -280,7 +277,6 @@ export class VolumeIo {
     let applied = 0;
     while (this.pending.length > 0 && this.pending[0]!.lsn <= lsnCommit) {
       this.applyRecord(this.pending.shift()!);
-      this.pendingEpochs.shift();
       applied++;
     }
     return applied;
@@ -402,7 +398,7 @@ export class VolumeIo {
   }
 
   // The record entry points to, refused (ERR_RECORD_MOVED) unless it still holds entry's LSN.
-  private async readRecordChecked(entry: BlockEntry): Promise<Buffer> {
+  private async readRecordChecked(entry: Pick<BlockEntry, 'lsn' | 'segmentSeq' | 'recordOffsetBytes' | 'recordSpanBytes'>): Promise<Buffer> {
     const rec = await this.wal.readRecord(entry.segmentSeq, entry.recordOffsetBytes, entry.recordSpanBytes);
     const lsn = Number(rec.readBigUInt64LE(RECORD_LSN_OFFSET));
     if (lsn !== entry.lsn) {

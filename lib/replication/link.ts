@@ -460,3 +460,21 @@ function closeLogFields(reason: LinkCloseReason): Record<string, unknown> {
       return assertNever(reason);
   }
 }
+
+// One line for logs and status: why a link closed.
+export function describeClose(reason: LinkCloseReason): string {
+  switch (reason.kind) {
+    case 'peer_closed':
+      return `peer closed the link${reason.code !== undefined ? ` (${reason.code})` : ''}: ${reason.message}`;
+    case 'bad_frame':
+      return `bad frame: ${reason.error.message}`;
+    case 'timeout':
+      return `timeout: ${reason.message}`;
+    case 'local':
+      return `closed here (${reason.code}): ${reason.message}`;
+    case 'socket_error':
+      return `socket error: ${reason.error.message}`;
+    default:
+      return assertNever(reason);
+  }
+}

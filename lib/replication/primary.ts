@@ -29,13 +29,12 @@ import type { Logger } from 'pino';
 import type { ShippedRecord, Volume } from '../engine/volume';
 import { BlockwalError } from '../native/errors';
 import type { AckGate } from '../node/volume_backend';
+import { DURABILITY_MODES, type DurabilityMode } from '../statemachine/control';
 import { applyChecksumToHex, type ApplyChecksum } from './apply_checksum';
 import { checkEpoch } from './epoch';
 import type { AckFrame, Frame, HelloFrame, WalRecord } from './frames';
 import { WAL_GROUP_BYTES_MAX } from './frames';
-import { type LinkCloseReason, ReplicationLink } from './link';
-
-import { DURABILITY_MODES, type DurabilityMode } from '../statemachine/control';
+import { describeClose, type LinkCloseReason, ReplicationLink } from './link';
 
 export { DURABILITY_MODES, type DurabilityMode };
 
@@ -422,6 +421,9 @@ export class PrimaryReplication implements AckGate {
   get epoch(): number {
     return this.volume.epoch;
   }
+  get volumeUuid(): string {
+    return this.volume.uuid;
+  }
   get logger(): Logger {
     return this.log;
   }
@@ -585,8 +587,8 @@ class ReplicaPeer {
       this.fail('role_conflict', `the node at ${this.address} is a ${hello.role}, not a replica`);
       return;
     }
-    if (hello.volumeUuid !== this.primary.hello().volumeUuid) {
-      this.fail('wrong_volume', `the replica holds volume ${hello.volumeUuid}, not ${this.primary.hello().volumeUuid}`);
+    if (hello.volumeUuid !== this.primary.volumeUuid) {
+      this.fail('wrong_volume', `the replica holds volume ${hello.volumeUuid}, not ${this.primary.volumeUuid}`);
       return;
     }
     this.nodeId = hello.nodeId;
@@ -791,20 +793,5 @@ class ReplicaPeer {
       applyChecksum: this.applyChecksum === undefined ? undefined : applyChecksumToHex(this.applyChecksum),
       connects: this.connects,
     };
-  }
-}
-
-export function describeClose(reason: LinkCloseReason): string {
-  switch (reason.kind) {
-    case 'peer_closed':
-      return `peer closed the link${reason.code !== undefined ? ` (${reason.code})` : ''}: ${reason.message}`;
-    case 'bad_frame':
-      return `bad frame: ${reason.error.message}`;
-    case 'timeout':
-      return `timeout: ${reason.message}`;
-    case 'local':
-      return `closed here (${reason.code}): ${reason.message}`;
-    case 'socket_error':
-      return `socket error: ${reason.error.message}`;
   }
 }

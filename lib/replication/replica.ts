@@ -23,8 +23,7 @@ import type { Volume } from '../engine/volume';
 import { applyChecksumToHex } from './apply_checksum';
 import { checkEpoch } from './epoch';
 import type { CloseCode, Frame, HelloFrame, WalRecordsFrame } from './frames';
-import { describeClose } from './primary';
-import { ReplicationLink } from './link';
+import { describeClose, ReplicationLink } from './link';
 
 // Received record bytes not yet written to the WAL: the socket is not read
 // above the high mark until they drop below the low one.

@@ -82,7 +82,7 @@ async function withPrimary(
 }
 
 async function until(what: string, pred: () => boolean): Promise<void> {
-  for (let i = 0; i < 4000 && !pred(); i++) await new Promise((r) => setTimeout(r, 5));
+  for (let i = 0; i < 12000 && !pred(); i++) await new Promise((r) => setTimeout(r, 5)); // up to a minute on a loaded host
   assert.ok(pred(), `never reached: ${what}`);
 }
 

@@ -73,7 +73,7 @@ async function connect(receiver: ReplicaReplication): Promise<{ link: Replicatio
 }
 
 async function until(pred: () => boolean): Promise<void> {
-  for (let i = 0; i < 2000 && !pred(); i++) await new Promise((r) => setTimeout(r, 5));
+  for (let i = 0; i < 12000 && !pred(); i++) await new Promise((r) => setTimeout(r, 5)); // up to a minute on a loaded host
   assert.ok(pred(), 'condition not reached');
 }
 
