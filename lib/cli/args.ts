@@ -69,6 +69,20 @@ export function formatBytes(bytes: number): string {
   return `${i === 0 ? v : v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
 }
 
+// `[#######.............] 35%  1.2 GiB of 3.4 GiB, 410 MiB/s, ETA 6 s`
+export function progressBar(doneBytes: number, totalBytes: number, bytesPerSecond: number, etaSeconds: number | undefined): string {
+  const eta = etaSeconds === undefined ? 'ETA unknown' : `ETA ${etaSeconds.toFixed(0)} s`;
+  return `${bar(doneBytes, totalBytes)}  ${formatBytes(doneBytes)} of ${formatBytes(totalBytes)}, ${formatBytes(bytesPerSecond)}/s, ${eta}`;
+}
+
+// `[#######.............] 35%`
+export function bar(done: number, total: number): string {
+  const width = 20;
+  const fraction = total <= 0 ? 1 : Math.min(1, done / total);
+  const filled = Math.round(fraction * width);
+  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(fraction * 100).toFixed(0)}%`;
+}
+
 // Logs on stderr (stdout stays free for results and for NBD in stdio mode):
 // JSON, or readable lines when stderr is a terminal.
 export function stderrLogger(level = process.env.BLOCKWAL_LOG ?? 'info'): Logger {

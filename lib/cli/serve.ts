@@ -2,7 +2,7 @@
 // or SIGTERM, then finishes requests in flight, checkpoints and exits 0.
 import { type ReplicationOptions, StorageNode } from '../node/storage_node';
 import { DURABILITY_MODES, type DurabilityMode } from '../replication/primary';
-import { type Command, parse, parseHostPort, stderrLogger, UsageError } from './args';
+import { type Command, parse, parseHostPort, parseSize, stderrLogger, UsageError } from './args';
 import { help } from './create';
 
 const NBD_DEFAULT = '127.0.0.1:10809';
@@ -12,7 +12,8 @@ export const serve: Command = {
                       [--metrics HOST:PORT] [--node-id ID] [--read-only]
                       [--role primary|replica] [--repl-listen HOST:PORT]
                       [--replica HOST:PORT]... [--durability best_effort|sync_all|sync_quorum]
-                      [--epoch N] [--ack-timeout MS]
+                      [--epoch N] [--ack-timeout MS] [--repl-backlog SIZE]
+                      [--rebuild-rate SIZE] [--rebuild-latency-target MS]
 
 Serves the volume in DIR over NBD (default ${NBD_DEFAULT}, or the socket
 handed over by systemd socket activation, as \`nbdinfo -- [ blockwal serve DIR ]\`
@@ -34,6 +35,13 @@ Replication (WAL shipping from a primary to its replicas):
   --epoch N          persist epoch N first (a new primary: higher than the old one's)
   --ack-timeout MS   sync_all: a replica holding an acknowledgement this long
                      leaves the ack set and the volume runs degraded (default 5000)
+  --repl-backlog SIZE recent records kept in memory for replicas (default 256M);
+                     a replica further behind is caught up from the WAL on disk
+                     (kept for it within the volume's WAL retention budget)
+  --rebuild-rate SIZE a replica's rebuild copies at most SIZE per second of
+                     this node's base image (e.g. 100M; default: unthrottled)
+  --rebuild-latency-target MS  while a rebuild runs, slow its base lane down
+                     when foreground writes take longer than MS on average
 Logs are JSON on stderr (BLOCKWAL_LOG=debug|info|warn). \`blockwal status DIR\` asks the running server.`,
 
   async run(args) {
@@ -51,6 +59,9 @@ Logs are JSON on stderr (BLOCKWAL_LOG=debug|info|warn). \`blockwal status DIR\` 
         durability: { type: 'string' },
         epoch: { type: 'string' },
         'ack-timeout': { type: 'string' },
+        'repl-backlog': { type: 'string' },
+        'rebuild-rate': { type: 'string' },
+        'rebuild-latency-target': { type: 'string' },
       },
       { min: 1, max: 1, names: 'DIR' },
     );
@@ -95,13 +106,16 @@ function parseReplication(values: {
   replica?: string[];
   durability?: string;
   'ack-timeout'?: string;
+  'repl-backlog'?: string;
+  'rebuild-rate'?: string;
+  'rebuild-latency-target'?: string;
 }): ReplicationOptions | undefined {
   const role = values.role ?? 'primary';
   if (role !== 'primary' && role !== 'replica') throw new UsageError(`--role: '${role}' is not primary or replica`);
   const replicas = (values.replica ?? []).map((r) => parseHostPort(r, '--replica'));
   if (role === 'replica') {
     if (values['repl-listen'] === undefined) throw new UsageError('--role replica needs --repl-listen HOST:PORT (where its primary connects)');
-    for (const flag of ['replica', 'durability', 'ack-timeout'] as const) {
+    for (const flag of ['replica', 'durability', 'ack-timeout', 'repl-backlog', 'rebuild-rate', 'rebuild-latency-target'] as const) {
       if (values[flag] !== undefined) throw new UsageError(`--${flag} is for a primary; a replica takes its mode from its primary`);
     }
     return { role, listen: parseHostPort(values['repl-listen'], '--repl-listen') };
@@ -112,8 +126,8 @@ function parseReplication(values: {
     throw new UsageError(`--durability: '${durability}' is not one of ${DURABILITY_MODES.join(', ')}`);
   }
   if (replicas.length === 0) {
-    if (values.durability !== undefined || values['ack-timeout'] !== undefined) {
-      throw new UsageError('--durability and --ack-timeout need at least one --replica');
+    if (values.durability !== undefined || values['ack-timeout'] !== undefined || values['repl-backlog'] !== undefined || values['rebuild-rate'] !== undefined || values['rebuild-latency-target'] !== undefined) {
+      throw new UsageError('--durability, --ack-timeout, --repl-backlog, --rebuild-rate and --rebuild-latency-target need at least one --replica');
     }
     return values.role === undefined ? undefined : { role, replicas };
   }
@@ -122,7 +136,16 @@ function parseReplication(values: {
     ackTimeoutMs = Number(values['ack-timeout']);
     if (!Number.isSafeInteger(ackTimeoutMs) || ackTimeoutMs < 10) throw new UsageError(`--ack-timeout: '${values['ack-timeout']}' is not a whole number of milliseconds >= 10`);
   }
-  return { role, replicas, durability: durability as DurabilityMode, ackTimeoutMs };
+  const backlogBytes = values['repl-backlog'] === undefined ? undefined : parseSize(values['repl-backlog'], '--repl-backlog');
+  const rebuildBytesPerSecond = values['rebuild-rate'] === undefined ? undefined : parseSize(values['rebuild-rate'].replace(/\/s$/, ''), '--rebuild-rate');
+  let rebuildLatencyTargetMs: number | undefined;
+  if (values['rebuild-latency-target'] !== undefined) {
+    rebuildLatencyTargetMs = Number(values['rebuild-latency-target']);
+    if (!Number.isFinite(rebuildLatencyTargetMs) || rebuildLatencyTargetMs <= 0) {
+      throw new UsageError(`--rebuild-latency-target: '${values['rebuild-latency-target']}' is not a positive number of milliseconds`);
+    }
+  }
+  return { role, replicas, durability: durability as DurabilityMode, ackTimeoutMs, backlogBytes, rebuildBytesPerSecond, rebuildLatencyTargetMs };
 }
 
 function parseEpoch(text: string): number {

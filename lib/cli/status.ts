@@ -5,7 +5,7 @@ import { queryControl } from '../node/control';
 import type { NodeStatus } from '../node/storage_node';
 import type { PrimaryReplicationStatus } from '../replication/primary';
 import type { ReplicaReplicationStatus } from '../replication/replica';
-import { type Command, formatBytes, parse } from './args';
+import { bar, type Command, formatBytes, parse, progressBar } from './args';
 import { help } from './create';
 
 export const status: Command = {
@@ -80,6 +80,11 @@ function renderReplication(r: PrimaryReplicationStatus | ReplicaReplicationStatu
       `  replica    ${r.state}, ${from}, listening on ${r.listen}`,
       `  lsn        received ${r.lsnReceived}  durable ${r.lsnDurable}  applied ${r.lsnApplied}  commit ${r.lsnCommit}  chain ${r.applyChecksum}`,
       ...(r.lastClose === undefined ? [] : [`  last close ${r.lastClose}`]),
+      ...(r.rebuild === undefined
+        ? []
+        : [
+            `  rebuild    session ${r.rebuild.sessionId} ${r.rebuild.phase}: ${bar(r.rebuild.chunksDone, r.rebuild.chunksTotal)} ${r.rebuild.chunksDone} of ${r.rebuild.chunksTotal} chunks; applied ${r.rebuild.lsnApplied} of target ${r.rebuild.lsnTarget} (base LSN ${r.rebuild.lsnBase}); reads are refused until it completes`,
+          ]),
     ].join('\n') + '\n';
   }
   const lines = [
@@ -90,6 +95,27 @@ function renderReplication(r: PrimaryReplicationStatus | ReplicaReplicationStatu
       `  replica    ${p.address}${p.nodeId === undefined ? '' : ` (${p.nodeId})`}: ${p.state}${p.reason === undefined ? '' : ` (${p.reason})`}${p.inAckSet ? '' : ', not in the ack set'}`,
       `             lag ${p.lagLsn} LSN, ${formatBytes(p.lagBytes)}, ${p.lagSeconds.toFixed(1)} s; received ${p.lsnReceived} durable ${p.lsnDurable} applied ${p.lsnApplied}`,
     );
+    if (p.decision !== undefined) lines.push(`             decision ${p.decision.kind} (~${formatBytes(p.decision.costBytes)}): ${p.decision.reason}`);
+    const c = p.catchUp;
+    if (c !== undefined) lines.push(`             catch-up ${progressBar(c.bytesDone, c.bytesTotal, c.bytesPerSecond, c.etaSeconds)}`);
+    const b = p.rebuild;
+    if (b !== undefined) {
+      lines.push(
+        `             rebuild  ${progressBar(b.bytesSent, b.bytesTotal, b.bytesPerSecond, b.etaSeconds)}`,
+        `                      session ${b.sessionId}${b.resumed ? ' (resumed)' : ''}: chunks sent ${b.chunksSent}, durable there ${b.chunksDone} of ${b.chunksTotal}; base LSN ${b.lsnBase}, target ${b.lsnTarget}`,
+      );
+    }
+    const h = p.retention;
+    if (h !== undefined) {
+      const time = h.headroomSeconds === undefined ? 'no writes now' : `about ${h.headroomSeconds.toFixed(0)} s at the current write rate`;
+      lines.push(`             WAL held for it ${formatBytes(h.heldBytes)}; headroom ${formatBytes(h.headroomBytes)} (${time}) before it needs a rebuild`);
+    }
+  }
+  lines.push(`  repl wal   tail ${r.wal.lsnTail}, ${formatBytes(r.wal.retainedBytes)} retained of a ${formatBytes(r.wal.budgetBytes)} budget, writes ${formatBytes(r.wal.writeBytesPerSecond)}/s`);
+  if (r.replicas.some((p) => p.rebuild !== undefined)) {
+    const pace = r.rebuildPace.bytesPerSecond > 0 ? `${formatBytes(r.rebuildPace.bytesPerSecond)}/s` : 'unthrottled';
+    const target = r.rebuildPace.latencyTargetMs > 0 ? ` (steered by a ${r.rebuildPace.latencyTargetMs} ms write latency target)` : '';
+    lines.push(`  rebuild    base lane pace ${pace}${target}`);
   }
   return lines.join('\n') + '\n';
 }

@@ -52,6 +52,8 @@ export interface FlusherOptions {
   idleMs: number;
   // WAL bytes kept below the checkpoint for replicas that need catch-up.
   retentionBytes: number;
+  // At most this many WAL bytes are held for a pin (walPin).
+  pinBudgetBytes: number;
 }
 
 export class Flusher {
@@ -63,6 +65,10 @@ export class Flusher {
   // (checkpoint LSN, WAL bytes written when it was taken), oldest first: maps
   // the retention budget in bytes to an LSN below which the WAL may go.
   private readonly marks: { lsn: number; walBytes: number }[] = [];
+  // The lowest LSN some reader still needs from the WAL (a replica catching
+  // up, or one that is away and may come back); honoured within pinBudgetBytes.
+  walPin: (() => number) | undefined;
+  pinDropped = 0; // times a pin was over budget and the WAL went anyway
 
   constructor(
     private readonly io: VolumeIo,
@@ -87,6 +93,10 @@ export class Flusher {
   kick(): void {
     if (this.pending || this.stopped) return;
     this.checkpoint().catch(() => undefined);
+  }
+
+  get pinBudgetBytes(): number {
+    return this.options.pinBudgetBytes;
   }
 
   // A checkpoint covering every write resolved before the call.
@@ -140,6 +150,7 @@ export class Flusher {
       // The WAL below `to` is released afterwards, and the writer recycles only
       // durable segments: make it durable alongside base.img.
       await Promise.all([io.base.fdatasync(), io.wal.waitDurable(to)]);
+      io.beforeCheckpoint?.();
       await io.sb.update({ checkpointLsn: to, applyChecksum, features, sizeBytes, durabilityCode: durabilityCode(durability) });
     } catch (err) {
       throw io.fail(err);
@@ -154,17 +165,26 @@ export class Flusher {
   }
 
   // Releases the WAL up to the newest checkpoint that lies at least
-  // retentionBytes behind the head (all of it when retention is 0).
+  // retentionBytes behind the head (all of it when retention is 0), but not
+  // past a pin while what the pin holds fits in pinBudgetBytes.
   private releaseWal(to: number): void {
     const walBytes = this.io.wal.status().bytesWritten;
-    if (this.options.retentionBytes === 0) {
-      this.io.wal.release(to);
-      return;
+    let releasable = to;
+    if (this.options.retentionBytes > 0) {
+      this.marks.push({ lsn: to, walBytes });
+      releasable = 0;
+      while (this.marks.length > 0 && walBytes - this.marks[0]!.walBytes >= this.options.retentionBytes) {
+        releasable = this.marks.shift()!.lsn;
+      }
     }
-    this.marks.push({ lsn: to, walBytes });
-    let releasable = 0;
-    while (this.marks.length > 0 && walBytes - this.marks[0]!.walBytes >= this.options.retentionBytes) {
-      releasable = this.marks.shift()!.lsn;
+    const pin = this.walPin?.() ?? Number.MAX_SAFE_INTEGER;
+    if (pin - 1 < releasable) {
+      const heldBytes = this.io.walIndex.bytesAfter(pin - 1);
+      if (heldBytes <= this.options.pinBudgetBytes) releasable = pin - 1;
+      else {
+        this.pinDropped++;
+        this.io.log.warn({ lsnPin: pin, heldBytes, budgetBytes: this.options.pinBudgetBytes }, 'WAL retention budget exceeded: releasing WAL a lagging replica still needs');
+      }
     }
     if (releasable > 0) this.io.wal.release(releasable);
   }

@@ -25,16 +25,18 @@ import { BaseImage, BLOCK_BYTES } from '../native/base_image';
 import { BlockwalError } from '../native/errors';
 import { FileLock } from '../native/lock';
 import { Ring } from '../native/ring';
+import type { DenseBitmap } from '../native/bitmap';
 import { Wal } from '../native/wal';
 import { recordKindOf, type ScanResult, splitControlPayloads } from '../native/wal_format';
 import { type AllocationExtent, BaseAllocation, blockStatus } from './allocation';
 import { applyChecksumToHex } from '../replication/apply_checksum';
-import { type Applied, check as checkControl, type ControlEntry, decodeControl, type ReplicatedState } from '../statemachine/control';
+import { type Applied, check as checkControl, type ControlEntry, decodeControl, durabilityCode, durabilityOfCode, type ReplicatedState } from '../statemachine/control';
 import { DirtyMap } from './dirty_map';
+import { createRebuildBitmap, openRebuildBitmap, type RebuildSaved, readRebuildSaved, removeRebuildFiles, writeRebuildSaved } from './rebuild_files';
 import { Flusher } from './flusher';
 import { RangeLocks } from './range_locks';
 import { peekSuperblock, Superblock, type SuperblockFields } from './superblock';
-import { type ShippedRecord, VolumeIo, type VolumeRole } from './volume_io';
+import { type PendingRecord, type ShippedRecord, VolumeIo, type VolumeRole } from './volume_io';
 
 export type { ShippedRecord, VolumeRole };
 
@@ -114,6 +116,8 @@ export interface VolumeStatus {
 
 export class Volume {
   private closed = false;
+  // The unfinished rebuild (replica), from rebuild.json.
+  private rebuild: RebuildSaved | undefined;
 
   private constructor(
     readonly dir: string,
@@ -234,12 +238,16 @@ export class Volume {
         idleMs: options.flushIdleMs ?? 1000,
         // Never more than half the WAL: writers would wait forever for space.
         retentionBytes: Math.min(f.walRetentionBytes, Math.floor(walBytes / 2)),
+        pinBudgetBytes: f.walRetentionBytes > 0 ? Math.min(f.walRetentionBytes, Math.floor(walBytes / 2)) : Math.floor(walBytes / 2),
       });
       // Replayed records count as dirty: a full WAL (stopped while full) frees
       // its segments only through a checkpoint.
       flusher.noteWrite();
       if (wal.status().segmentCount >= walSegmentsMax) flusher.kick();
-      return new Volume(dir, io, flusher, lock, new BaseAllocation(path.join(dir, FILES.base)), walSegmentsMax);
+      const volume = new Volume(dir, io, flusher, lock, new BaseAllocation(path.join(dir, FILES.base)), walSegmentsMax);
+      volume.rebuild = readRebuildSaved(dir);
+      if (volume.rebuild !== undefined) log.warn({ rebuild: volume.rebuild }, 'an unfinished rebuild: the base image is partial until the primary completes it');
+      return volume;
     } catch (err) {
       if (wal !== undefined) await wal.close().catch(() => undefined);
       base?.close();
@@ -281,6 +289,9 @@ export class Volume {
 
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.checkOpen();
+    if (this.rebuild !== undefined) {
+      return Promise.reject(new BlockwalError('ERR_REBUILDING', `the volume is being rebuilt from its primary (session ${this.rebuild.sessionId}): its data is not whole yet`));
+    }
     checkRange(offsetBytes, lengthBytes, this.sizeBytes, REQUEST_BYTES_MAX);
     return this.io.read(offsetBytes, lengthBytes);
   }
@@ -401,6 +412,169 @@ export class Volume {
       out.push({ lsn: record.lsn, bytes, checksum: record.checksum, applyChecksum });
     }
     return out;
+  }
+
+  // ---- the retained WAL (catch-up of a replica that fell behind) ----
+
+  // Every record after this LSN is still in the WAL.
+  get walTail(): number {
+    this.checkOpen();
+    return this.io.walTail;
+  }
+
+  // WAL bytes of the records after lsn (what a catch-up from there moves).
+  walBytesAfter(lsn: number): number {
+    return this.io.walIndex.bytesAfter(lsn);
+  }
+
+  // Records from lsnFrom on, encoded, read back from the WAL (about bytesMax
+  // at most, at least one); ERR_WAL_GONE when lsnFrom is no longer held.
+  readWalRecords(lsnFrom: number, bytesMax: number): Promise<{ lsn: number; bytes: Buffer }[]> {
+    this.checkOpen();
+    return this.io.readWalRecords(lsnFrom, bytesMax);
+  }
+
+  // The lowest LSN some reader still needs from the WAL: checkpoints do not
+  // release the WAL past it while what it holds fits in the retention budget.
+  setWalPin(pin: (() => number) | undefined): void {
+    this.flusher.walPin = pin;
+  }
+
+  // The most WAL a pin may hold (the retention budget).
+  get walPinBudgetBytes(): number {
+    return this.flusher.pinBudgetBytes;
+  }
+
+  get lsnCheckpoint(): number {
+    return this.io.sb.fields.checkpointLsn;
+  }
+
+  // ---- rebuild (primary): the base lane's source ----
+
+  // The checkpoint the base lane copies from: its LSN, the chain there and
+  // what control records had made of the volume there (one consistent read).
+  checkpointState(): { lsnCheckpoint: number; applyChecksum: bigint; state: ReplicatedState } {
+    this.checkOpen();
+    const f = this.io.sb.fields;
+    return {
+      lsnCheckpoint: f.checkpointLsn,
+      applyChecksum: f.applyChecksum,
+      state: { epoch: f.epoch, features: f.features, sizeBytes: f.sizeBytes, durability: durabilityOfCode(f.durabilityCode) },
+    };
+  }
+
+  // Blocks [startBlock, startBlock + lengthBlocks) of base.img as they are on
+  // disk now (holding everything up to the checkpoint, maybe newer).
+  async readBaseBlocks(startBlock: number, lengthBlocks: number): Promise<Buffer> {
+    this.checkOpen();
+    const io = this.io;
+    const bytes = lengthBlocks * BLOCK_BYTES;
+    const slice = io.ring.allocNow(bytes) ?? (await io.ring.allocWait(bytes));
+    try {
+      await io.base.readBlocks(startBlock, lengthBlocks, slice);
+      return Buffer.from(slice.bytes.subarray(0, bytes));
+    } finally {
+      io.ring.free(slice);
+    }
+  }
+
+  // ---- rebuild (replica): see rebuild_files.ts ----
+
+  // The unfinished rebuild (rebuild.json), if any: while set, the base image
+  // is partial and reads are refused.
+  get rebuildSaved(): RebuildSaved | undefined {
+    return this.rebuild;
+  }
+
+  // Starts a rebuild at the primary's checkpoint lsnBase: records what is
+  // being done first, then drops everything local (WAL, dirty map) and sets
+  // the volume to lsnBase with the primary's chain and state there. Returns
+  // the session's fresh bitmap; the caller marks it from onApply.
+  async beginRebuild(saved: RebuildSaved, base: { applyChecksum: bigint; state: ReplicatedState }): Promise<DenseBitmap> {
+    this.checkOpen();
+    const io = this.io;
+    if (io.role !== 'replica') throw new BlockwalError('ERR_NOT_REPLICA', 'only a replica is rebuilt');
+    await io.wal.waitWritten(io.lsnReceived).catch(() => undefined);
+    return this.flusher.exclusive(async () => {
+      await writeRebuildSaved(this.dir, saved);
+      this.rebuild = saved;
+      const walDir = path.join(this.dir, FILES.wal);
+      await io.wal.close();
+      for (const name of fs.readdirSync(walDir).sort().reverse()) fs.rmSync(path.join(walDir, name), { force: true });
+      fsyncDir(walDir);
+      const reopened = await Wal.open(io.ring, { dir: walDir, segmentBytes: io.sb.fields.walSegmentBytes, segmentsMax: this.walSegmentsMax, lsnFrom: saved.lsnBase + 1 });
+      const sizeBlocks = base.state.sizeBytes / BLOCK_BYTES;
+      if (io.base.sizeBlocks < sizeBlocks) io.base.grow(sizeBlocks);
+      io.resetForRebuild(reopened.wal, saved.lsnBase, base.applyChecksum, base.state);
+      await io.sb.update({
+        epoch: Math.max(io.sb.fields.epoch, saved.epoch),
+        checkpointLsn: saved.lsnBase,
+        applyChecksum: base.applyChecksum,
+        sizeBytes: base.state.sizeBytes,
+        features: base.state.features,
+        durabilityCode: durabilityCode(base.state.durability),
+      });
+      io.log.warn({ sessionId: saved.sessionId, lsnBase: saved.lsnBase, lsnTarget: saved.lsnTarget }, 'rebuild started: local data dropped; the base image is partial until it completes');
+      return createRebuildBitmap(this.dir, Math.max(1, sizeBlocks));
+    });
+  }
+
+  // The base lane: writes runs of a chunk (blocks of data, which starts at
+  // chunkStartBlock; undefined: the chunk is all zeros and the runs become
+  // holes). Runs while no checkpoint runs, so the flusher never writes a
+  // block of these runs meanwhile (newer WAL data reaches base.img after).
+  async writeBaseRuns(runs: readonly { startBlock: number; lengthBlocks: number }[], chunkStartBlock: number, data: Uint8Array | undefined): Promise<void> {
+    this.checkOpen();
+    const io = this.io;
+    await this.flusher.exclusive(async () => {
+      for (const run of runs) {
+        if (data === undefined) {
+          await io.base.punchHole(run.startBlock, run.lengthBlocks);
+          continue;
+        }
+        const bytes = run.lengthBlocks * BLOCK_BYTES;
+        const slice = io.ring.allocNow(bytes) ?? (await io.ring.allocWait(bytes));
+        try {
+          const from = (run.startBlock - chunkStartBlock) * BLOCK_BYTES;
+          slice.bytes.set(data.subarray(from, from + bytes));
+          await io.base.writeBlocks(run.startBlock, run.lengthBlocks, slice);
+        } finally {
+          io.ring.free(slice);
+        }
+      }
+    });
+  }
+
+  // Makes the base lane's writes durable, then records progress (what
+  // saved() returns once they are).
+  async persistRebuild(saved: () => RebuildSaved): Promise<void> {
+    this.checkOpen();
+    await this.io.base.fdatasync();
+    const record = saved();
+    await writeRebuildSaved(this.dir, record);
+    this.rebuild = record;
+  }
+
+  // The rebuild is complete: a checkpoint covers what was applied, then the
+  // rebuild files go and reads are served again.
+  async finishRebuild(): Promise<void> {
+    this.checkOpen();
+    await this.flusher.checkpoint();
+    await this.io.base.fdatasync();
+    await removeRebuildFiles(this.dir);
+    this.rebuild = undefined;
+    this.io.log.info('rebuild complete: the volume is whole');
+  }
+
+  // The unfinished session's bitmap (undefined: missing or not trustworthy).
+  openRebuildBitmap(): DenseBitmap | undefined {
+    return openRebuildBitmap(this.dir);
+  }
+
+  // Replica rebuilding: hooks for the session (see VolumeIo.onApply, beforeCheckpoint).
+  setRebuildHooks(hooks: { onApply: ((record: PendingRecord) => void) | undefined; beforeCheckpoint: (() => void) | undefined }): void {
+    this.io.onApply = hooks.onApply;
+    this.io.beforeCheckpoint = hooks.beforeCheckpoint;
   }
 
   // Replica: the epoch of the newest received record not applied yet.
@@ -524,6 +698,9 @@ function replay(scan: ScanResult, checkpointLsn: number, io: VolumeIo): void {
     const lsn = r.lsn[i]!;
     const kind = recordKindOf(r.kind[i]!);
     const payload = kind === 'control' ? payloads[nextControl++]! : undefined;
+    const spanBytes = Math.ceil((64 + r.payloadBytes[i]!) / 8) * 8;
+    if (io.walIndex.count > 0 && lsn !== io.walIndex.lsnLast + 1) io.walIndex.clear();
+    io.walIndex.add(lsn, r.segmentSeq[i]!, r.offsetBytes[i]!, spanBytes);
     if (lsn <= checkpointLsn) continue;
     let control: ControlEntry | undefined;
     if (payload !== undefined) {
@@ -542,7 +719,7 @@ function replay(scan: ScanResult, checkpointLsn: number, io: VolumeIo): void {
       lengthBlocks: r.lengthBlocks[i]!,
       segmentSeq: r.segmentSeq[i]!,
       offsetBytes: r.offsetBytes[i]!,
-      spanBytes: Math.ceil((64 + r.payloadBytes[i]!) / 8) * 8,
+      spanBytes,
       checksum: r.checksum[i]!,
     });
   }

@@ -22,6 +22,7 @@ import {
 import type { BlockEntry, DirtyMap } from './dirty_map';
 import type { RangeLocks } from './range_locks';
 import type { Superblock } from './superblock';
+import { WalIndex } from './wal_index';
 
 // Blocks per write record at most (1 MiB payload); smaller WAL segments may
 // lower it (wal.recordPayloadMaxBytes).
@@ -93,6 +94,16 @@ export class VolumeIo {
   private replayedTail: { record: PendingRecord; applyChecksum: ApplyChecksum }[] = [];
   private replayedTailBytes = 0;
   private lsnReceiveNext: number;
+  // Where the records the WAL holds live (catch-up reads them back).
+  readonly walIndex = new WalIndex();
+  // Replica rebuilding: told each record as it is applied (the rebuild
+  // bitmap marks its blocks), in the same synchronous step that puts it in
+  // the dirty map.
+  onApply: ((record: PendingRecord) => void) | undefined;
+  // Called by the flusher right before a checkpoint is recorded (the rebuild
+  // bitmap is synced there: its bits must be durable before the records
+  // that set them leave the WAL).
+  beforeCheckpoint: (() => void) | undefined;
 
   constructor(
     readonly ring: Ring,
@@ -148,6 +159,52 @@ export class VolumeIo {
     return tail;
   }
 
+  // Every record after this LSN is still in the WAL (and indexed): a replica
+  // at or above it can be fed from the WAL on disk.
+  get walTail(): number {
+    const held = this.wal.status().lsnTail;
+    if (held > 0) this.walIndex.dropBelow(held);
+    const first = this.walIndex.lsnFirst;
+    return first === 0 ? this.wal.lsnHead : first - 1;
+  }
+
+  // Records from lsnFrom on, encoded (as shipped to a replica), read back from
+  // the WAL: one run of records back to back in one segment, at most about
+  // bytesMax, each verified (checksum and LSN). Only what the WAL has written.
+  // Throws ERR_WAL_GONE when lsnFrom is no longer held.
+  async readWalRecords(lsnFrom: number, bytesMax: number): Promise<{ lsn: number; bytes: Buffer }[]> {
+    if (lsnFrom <= this.walTail || lsnFrom > this.wal.lsnHead) {
+      throw new BlockwalError('ERR_WAL_GONE', `LSN ${lsnFrom} is not in the WAL (it holds ${this.walTail + 1}..${this.wal.lsnHead})`);
+    }
+    await this.wal.waitWritten(lsnFrom);
+    const run = this.walIndex.run(lsnFrom, Math.max(bytesMax, BLOCK_BYTES));
+    if (run === undefined) throw new BlockwalError('ERR_WAL_GONE', `LSN ${lsnFrom} is no longer in the WAL`);
+    const written = this.wal.lsnWritten;
+    const records = run.records.filter((r) => r.lsn <= written);
+    const endBytes = records[records.length - 1]!.offsetBytes + records[records.length - 1]!.spanBytes;
+    const startAligned = Math.floor(run.startBytes / BLOCK_BYTES) * BLOCK_BYTES;
+    const lengthBytes = Math.ceil(endBytes / BLOCK_BYTES) * BLOCK_BYTES - startAligned;
+    const slice = this.ring.allocNow(lengthBytes) ?? (await this.ring.allocWait(lengthBytes));
+    try {
+      await this.wal.readSpan(run.segmentSeq, startAligned, lengthBytes, slice);
+      const out: { lsn: number; bytes: Buffer }[] = [];
+      for (const r of records) {
+        const at = r.offsetBytes - startAligned;
+        let lsn: number;
+        try {
+          lsn = decodeRecord(slice.bytes, at).lsn;
+        } catch (err) {
+          throw new BlockwalError('ERR_WAL_GONE', `LSN ${r.lsn} no longer reads back from segment ${run.segmentSeq}: ${(err as Error).message}`, { cause: err });
+        }
+        if (lsn !== r.lsn) throw new BlockwalError('ERR_WAL_GONE', `segment ${run.segmentSeq} at ${r.offsetBytes} holds LSN ${lsn}, not ${r.lsn} (recycled)`);
+        out.push({ lsn, bytes: Buffer.from(slice.bytes.subarray(at, at + r.spanBytes)) });
+      }
+      return out;
+    } finally {
+      this.ring.free(slice);
+    }
+  }
+
   // Reads a record back by its location; undefined when it is no longer there.
   async readRecordAt(r: PendingRecord): Promise<Buffer | undefined> {
     try {
@@ -163,6 +220,7 @@ export class VolumeIo {
     else if (r.control !== undefined) this.applyControlEntry(r.control);
     this.lsnApplied = r.lsn;
     this.applyChecksum = extendApplyChecksum(this.applyChecksum, r.checksum);
+    this.onApply?.(r);
   }
 
   // One control entry through the state machine; its effects happen here.
@@ -245,6 +303,7 @@ export class VolumeIo {
           return;
         }
         const { segmentSeq, offsetBytes, spanBytes } = a;
+        this.walIndex.add(a.lsn, segmentSeq, offsetBytes, spanBytes);
         this.pending.push({ lsn: a.lsn, epoch: rec.epoch, control, kind: rec.kind, lba: rec.lba, lengthBlocks: rec.lengthBlocks, segmentSeq, offsetBytes, spanBytes, checksum: a.checksum });
       },
     });
@@ -269,7 +328,22 @@ export class VolumeIo {
     this.pending.length = 0;
     this.receivedSizeBytes = 0;
     this.wal = wal;
+    this.walIndex.clear();
     this.lsnReceiveNext = this.lsnApplied + 1;
+  }
+
+  // Replica starting a rebuild: everything local is dropped; the volume is
+  // at lsnBase with the primary's chain and state there, and a fresh WAL.
+  resetForRebuild(wal: Wal, lsnBase: number, applyChecksum: ApplyChecksum, state: ReplicatedState): void {
+    this.pending.length = 0;
+    this.receivedSizeBytes = 0;
+    this.wal = wal;
+    this.walIndex.clear();
+    this.dirty.dropUpTo(Number.MAX_SAFE_INTEGER);
+    this.lsnApplied = lsnBase;
+    this.applyChecksum = applyChecksum;
+    this.state = state;
+    this.lsnReceiveNext = lsnBase + 1;
   }
 
   // Applies received records up to lsnCommit (those received so far), in order.
@@ -534,6 +608,7 @@ export class VolumeIo {
       copyOut: this.onRecord !== undefined,
       onAssigned: (rec) => {
         appending.lsn = rec.lsn;
+        this.walIndex.add(rec.lsn, rec.segmentSeq, rec.offsetBytes, rec.spanBytes);
         onAssigned(rec);
         this.lsnApplied = rec.lsn;
         this.applyChecksum = extendApplyChecksum(this.applyChecksum, rec.checksum);

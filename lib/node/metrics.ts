@@ -147,7 +147,31 @@ export class NodeMetrics {
       ['blockwal_replica_lsn_durable', 'Highest LSN durable on the replica', (p) => p.lsnDurable],
       ['blockwal_replica_in_ack_set', '1 while the replica counts for acknowledgements', (p) => (p.inAckSet ? 1 : 0)],
       ['blockwal_replica_streaming', '1 while the replica is in keep-up', (p) => (p.state === 'streaming' ? 1 : 0)],
+      ['blockwal_replica_catching_up', '1 while the replica is fed from the WAL on disk', (p) => (p.state === 'catching_up' ? 1 : 0)],
+      ['blockwal_replica_needs_rebuild', '1 while the last decision was a rebuild that is not running', (p) => (p.state === 'needs_rebuild' ? 1 : 0)],
+      ['blockwal_replica_rebuilding', '1 while a rebuild of the replica runs', (p) => (p.state === 'rebuilding' ? 1 : 0)],
+      ['blockwal_replica_rebuild_chunks_done', 'Base chunks of the running rebuild durable on the replica', (p) => p.rebuild?.chunksDone ?? 0],
+      ['blockwal_replica_rebuild_chunks_total', 'Base chunks of the running rebuild', (p) => p.rebuild?.chunksTotal ?? 0],
+      ['blockwal_replica_rebuild_bytes_sent', 'Base image bytes the running rebuild has sent', (p) => p.rebuild?.bytesSent ?? 0],
+      ['blockwal_replica_decision_cost_bytes', 'Estimated bytes to move by the last decision for the replica', (p) => p.decision?.costBytes ?? 0],
+      ['blockwal_replica_catch_up_bytes_done', 'Bytes sent by the running WAL catch-up', (p) => p.catchUp?.bytesDone ?? 0],
+      ['blockwal_replica_catch_up_bytes_total', 'Bytes the running WAL catch-up is to send (estimate)', (p) => p.catchUp?.bytesTotal ?? 0],
+      ['blockwal_replica_wal_held_bytes', 'WAL bytes held for the lagging replica', (p) => p.retention?.heldBytes ?? 0],
+      ['blockwal_replica_wal_headroom_bytes', 'WAL bytes the lagging replica may still fall behind before it needs a rebuild', (p) => p.retention?.headroomBytes ?? 0],
+      ['blockwal_replica_wal_headroom_seconds', 'Estimated seconds at the current write rate before the lagging replica falls off the WAL (-1: no writes)', (p) => (p.retention === undefined ? 0 : p.retention.headroomSeconds ?? -1)],
     ];
+    new Gauge({
+      name: 'blockwal_replica_decision',
+      help: "1 for the kind of the primary's last decision for the replica (keep_up, catch_up, bitmap_resync, rebuild, fence)",
+      labelNames: ['export', 'replica', 'kind'],
+      registers,
+      collect() {
+        this.reset();
+        for (const { exportName, r } of primaries()) {
+          for (const p of r.replicas) if (p.decision !== undefined) this.set({ export: exportName, replica: p.address, kind: p.decision.kind }, 1);
+        }
+      },
+    });
     for (const [name, help, pick] of replicaFields) {
       new Gauge({
         name,

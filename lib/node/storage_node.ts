@@ -55,6 +55,10 @@ export type ReplicationOptions =
       durability?: DurabilityMode; // default best_effort
       ackTimeoutMs?: number;
       backlogBytes?: number;
+      // A rebuild's base lane sends at most this many bytes per second (default: unthrottled).
+      rebuildBytesPerSecond?: number;
+      // While a rebuild runs, keep foreground write latency near this (the base lane slows down).
+      rebuildLatencyTargetMs?: number;
       idleTimeoutMs?: number;
       heartbeatIntervalMs?: number;
     }
@@ -168,6 +172,8 @@ export class StorageNode extends EventEmitter {
           logger: this.log.child({ exportName }),
           ackTimeoutMs: repl.ackTimeoutMs,
           backlogBytes: repl.backlogBytes,
+          rebuildBytesPerSecond: repl.rebuildBytesPerSecond,
+          rebuildLatencyTargetMs: repl.rebuildLatencyTargetMs,
           idleTimeoutMs: repl.idleTimeoutMs,
           heartbeatIntervalMs: repl.heartbeatIntervalMs,
         });

@@ -9,10 +9,12 @@ import type { Extent, NbdBackend, ZeroOptions } from '../nbd/backend';
 
 // What the durability mode requires before a write or flush is acknowledged.
 export interface AckGate {
-  // Throws when writes are refused before they start (a fenced primary).
-  admit(): void;
-  // The write ending at lsn (local WAL has it; durable too when fua).
-  written(lsn: number, fua: boolean): Promise<void>;
+  // Throws when writes are refused before they start (a fenced primary);
+  // returns when the write started (performance.now()), for written().
+  admit(): number;
+  // The write ending at lsn (local WAL has it; durable too when fua),
+  // admitted at admittedAtMs (its acknowledged latency is measured).
+  written(lsn: number, fua: boolean, admittedAtMs?: number): Promise<void>;
   // A flush: everything up to lsn is durable locally.
   flushed(lsn: number): Promise<void>;
 }
@@ -33,9 +35,9 @@ export class VolumeBackend implements NbdBackend {
   }
 
   async write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<void> {
-    this.checkWritable();
+    const admittedAtMs = this.checkWritable();
     const lsn = await this.volume.write(offsetBytes, data, { fua });
-    if (this.gate !== undefined) await this.gate.written(lsn, fua);
+    if (this.gate !== undefined) await this.gate.written(lsn, fua, admittedAtMs);
   }
 
   async flush(): Promise<void> {
@@ -45,20 +47,20 @@ export class VolumeBackend implements NbdBackend {
   }
 
   async trim(offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void> {
-    this.checkWritable();
+    const admittedAtMs = this.checkWritable();
     const lsn = await this.volume.trim(offsetBytes, lengthBytes);
     if (fua) await this.volume.flush();
-    if (this.gate !== undefined) await this.gate.written(lsn, fua);
+    if (this.gate !== undefined) await this.gate.written(lsn, fua, admittedAtMs);
   }
 
   // Zeroing is one metadata record whatever the length, so it is always fast.
   // Without NO_HOLE the range may be deallocated: a trim, which reads back as
   // zeros here. With NO_HOLE it stays allocated until a checkpoint.
   async writeZeroes(offsetBytes: number, lengthBytes: number, options: ZeroOptions): Promise<void> {
-    this.checkWritable();
     if (!options.noHole) return this.trim(offsetBytes, lengthBytes, options.fua);
+    const admittedAtMs = this.checkWritable();
     const lsn = await this.volume.writeZeroes(offsetBytes, lengthBytes, { fua: options.fua });
-    if (this.gate !== undefined) await this.gate.written(lsn, options.fua);
+    if (this.gate !== undefined) await this.gate.written(lsn, options.fua, admittedAtMs);
   }
 
   async cache(): Promise<void> {
@@ -69,8 +71,8 @@ export class VolumeBackend implements NbdBackend {
     return this.volume.blockStatus(offsetBytes, lengthBytes);
   }
 
-  private checkWritable(): void {
+  private checkWritable(): number | undefined {
     if (this.readOnly) throw new BlockwalError('ERR_READ_ONLY', `volume ${this.volume.dir} is served read-only`);
-    this.gate?.admit();
+    return this.gate?.admit();
   }
 }

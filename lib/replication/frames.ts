@@ -27,12 +27,17 @@
 // flags, reserved, epoch range, and the body's own shape. Anything wrong
 // closes the link: a frame stream has no resynchronisation point.
 //
-// Bodies (offset: field):
+// Bodies (offset: field; u64 fields without a note are u53 numbers):
 //   HELLO        0 role u8 (1 primary, 2 replica), 1 nodeIdBytes u8,
-//                2..7 reserved 0, 8 volume UUID (16 bytes), 24 lsnDurable,
-//                32 lsnApplied, 40 lsnTail, 48 lsnHead, 56 applyChecksum u64,
-//                64 node id (UTF-8, 1..NODE_ID_BYTES_MAX bytes). Exactly
-//                64 + nodeIdBytes bytes.
+//                2 helloFlags u8 (bit 0: rebuild info follows the node id;
+//                other bits 0), 3..7 reserved 0, 8 volume UUID (16 bytes),
+//                24 lsnDurable, 32 lsnApplied, 40 lsnTail, 48 lsnHead,
+//                56 applyChecksum u64, 64 node id (UTF-8, 1..NODE_ID_BYTES_MAX
+//                bytes), then with bit 0 the replica's unfinished rebuild at
+//                r = 64 + nodeIdBytes: r+0 sessionId, r+8 epoch, r+16 baseLsn,
+//                r+24 chunksDone u32, r+28 chunksTotal u32 (1.., chunksDone
+//                <= chunksTotal), r+32..r+39 reserved 0. Exactly
+//                64 + nodeIdBytes (+ 40 with bit 0) bytes.
 //   WAL_RECORDS  0 recordCount u32 (1..WAL_RECORDS_PER_FRAME_MAX), 4 reserved
 //                0, 8 index: recordCount entries of {lsn u64, lengthBytes
 //                u32}, then the records' bytes back to back in index order.
@@ -47,6 +52,29 @@
 //   ERROR,
 //   GOODBYE      0 close code u16 (CLOSE_CODES), 2 messageBytes u16,
 //                4 message (UTF-8, 0..CLOSE_MESSAGE_BYTES_MAX bytes).
+//   REBUILD_START  0 sessionId, 8 lsnBase, 16 lsnTarget (>= lsnBase),
+//                24 applyChecksumBase u64 (the primary's chain at lsnBase),
+//                32 sizeBytes (a positive multiple of BLOCK_BYTES), 40 features
+//                (bit set below 2^FEATURE_BITS), 48 chunkBlocks u32
+//                (1..BASE_CHUNK_BLOCKS_MAX), 52 chunkFrom u32 (first chunk the
+//                primary sends, <= the session's chunk count), 56 durabilityCode
+//                u8 (0 none, else statemachine/control.ts codes), 57..63
+//                reserved 0. 64 bytes.
+//   BASE_CHUNK   0 sessionId, 8 index u32, 12 blocks u32
+//                (1..BASE_CHUNK_BLOCKS_MAX), 16 startBlock, 24 lsnCheckpoint
+//                (the primary's checkpoint when it read the chunk), 32 digest
+//                u64 (XXH3-64 of the chunk's blocks x BLOCK_BYTES bytes, zero
+//                or not), 40 chunkFlags u32 (bit 0: all zeros, no data; other
+//                bits 0), 44 reserved u32 0, 48 data: blocks x BLOCK_BYTES
+//                bytes, none when all zeros. (startBlock + blocks) x
+//                BLOCK_BYTES <= 2^53 - 1. Exactly 48 (+ the data) bytes.
+//   SESSION_ACK  0 sessionId, 8 lsnApplied, 16 lsnAchieved (0 unless the
+//                phase is completed), 24 chunksDone u32 (a durable prefix),
+//                28 phase u8 (SESSION_PHASE_CODES), 29 failure u8
+//                (SESSION_FAILURE_CODES when the phase is failed, else 0),
+//                30 ackFlags u8 (bit 0: digestsMatch; other bits 0),
+//                31 reserved 0, 32 messageBytes u16, 34 reserved u16 0,
+//                36 message (UTF-8, 0..CLOSE_MESSAGE_BYTES_MAX bytes).
 //
 // The codec checks shape, not meaning: whether lsnApplied <= lsnDurable, or a
 // frame's epoch is acceptable (epoch.ts), is for the protocol to judge.
@@ -54,6 +82,8 @@ import { constants as bufferConstants } from 'node:buffer';
 import { XXHash3 } from 'xxhash-addon';
 
 import { BlockwalError } from '../native/errors';
+import type { ReplicaFacts, SessionFailure } from '../protocol/types';
+import { durabilityOfCode, FEATURE_BITS } from '../statemachine/control';
 import type { ApplyChecksum } from './apply_checksum';
 import { assert, assertNever } from '../util/assert';
 import type { Role } from './epoch';
@@ -89,6 +119,14 @@ export const COMMIT_BODY_BYTES = 8;
 export const SYNC_BODY_BYTES = 8;
 export const HEARTBEAT_BODY_BYTES = 8;
 export const CLOSE_FIXED_BYTES = 4;
+export const HELLO_REBUILD_BYTES = 40;
+export const REBUILD_START_BODY_BYTES = 64;
+export const BASE_CHUNK_FIXED_BYTES = 48;
+export const SESSION_ACK_FIXED_BYTES = 36;
+// HELLO byte 2; BASE_CHUNK's chunkFlags; SESSION_ACK's ackFlags.
+const HELLO_FLAG_REBUILD = 0x1;
+const CHUNK_FLAG_ZERO = 0x1;
+const ACK_FLAG_DIGESTS_MATCH = 0x1;
 
 // ---- Limits ----
 
@@ -103,18 +141,31 @@ export const WAL_RECORD_BYTES_MAX = WAL_RECORD_HEADER_BYTES + WAL_RECORD_PAYLOAD
 export const WAL_RECORDS_PER_FRAME_MAX = WAL_GROUP_BYTES_MAX / WAL_RECORD_HEADER_BYTES;
 export const NODE_ID_BYTES_MAX = 255;
 export const CLOSE_MESSAGE_BYTES_MAX = 1024;
+// A base chunk carries whole blocks of the volume (the engine's block size).
+export const BLOCK_BYTES = 4096;
+export const BASE_CHUNK_BLOCKS_MAX = 8192;
+export const BASE_CHUNK_BODY_BYTES_MAX = BASE_CHUNK_FIXED_BYTES + BASE_CHUNK_BLOCKS_MAX * BLOCK_BYTES;
 export const FRAME_BODY_BYTES_MAX = 64 * MiB;
-// The lowest body limit a decoder may set: one maximal WAL record alone must
-// always fit, or a large write could never be shipped.
-export const FRAME_BODY_BYTES_FLOOR = WAL_RECORDS_PREFIX_BYTES + WAL_RECORD_ENTRY_BYTES + WAL_RECORD_BYTES_MAX;
-const HELLO_BODY_BYTES_MAX = HELLO_FIXED_BYTES + NODE_ID_BYTES_MAX;
+// WAL_RECORDS carrying one maximal record.
+export const WAL_RECORD_ALONE_BODY_BYTES = WAL_RECORDS_PREFIX_BYTES + WAL_RECORD_ENTRY_BYTES + WAL_RECORD_BYTES_MAX;
+// The lowest body limit a decoder may set: one maximal WAL record alone and a
+// maximal base chunk must always fit, or a large write could never be
+// shipped and a rebuild could stall on a link the primary cannot see into.
+export const FRAME_BODY_BYTES_FLOOR = Math.max(WAL_RECORD_ALONE_BODY_BYTES, BASE_CHUNK_BODY_BYTES_MAX);
+const HELLO_BODY_BYTES_MAX = HELLO_FIXED_BYTES + NODE_ID_BYTES_MAX + HELLO_REBUILD_BYTES;
 const CLOSE_BODY_BYTES_MAX = CLOSE_FIXED_BYTES + CLOSE_MESSAGE_BYTES_MAX;
+const SESSION_ACK_BODY_BYTES_MAX = SESSION_ACK_FIXED_BYTES + CLOSE_MESSAGE_BYTES_MAX;
 
 assert(FRAME_HEADER_BYTES + FRAME_BODY_BYTES_MAX <= U32_MAX, 'body length fits its u32 field');
 assert(FRAME_HEADER_BYTES + FRAME_BODY_BYTES_MAX <= bufferConstants.MAX_LENGTH, 'a whole frame fits one Buffer');
-assert(FRAME_BODY_BYTES_FLOOR <= FRAME_BODY_BYTES_MAX, 'one maximal record fits a frame');
+assert(FRAME_BODY_BYTES_FLOOR <= FRAME_BODY_BYTES_MAX, 'one maximal record or base chunk fits a frame');
 assert(HELLO_BODY_BYTES_MAX <= FRAME_BODY_BYTES_FLOOR, 'a HELLO fits under any decoder limit');
 assert(CLOSE_BODY_BYTES_MAX <= FRAME_BODY_BYTES_FLOOR, 'an ERROR/GOODBYE fits under any decoder limit');
+assert(SESSION_ACK_BODY_BYTES_MAX <= FRAME_BODY_BYTES_FLOOR, 'a SESSION_ACK fits under any decoder limit');
+assert(REBUILD_START_BODY_BYTES <= FRAME_BODY_BYTES_FLOOR, 'a REBUILD_START fits under any decoder limit');
+assert(BASE_CHUNK_BODY_BYTES_MAX <= FRAME_BODY_BYTES_FLOOR, 'a maximal base chunk fits under any decoder limit');
+assert(BASE_CHUNK_BLOCKS_MAX <= U32_MAX, 'chunk block count fits u32');
+assert(FEATURE_BITS <= 53, 'a feature bit set fits a u53 field');
 assert(
   WAL_RECORDS_PREFIX_BYTES + WAL_RECORDS_PER_FRAME_MAX * WAL_RECORD_ENTRY_BYTES + WAL_GROUP_BYTES_MAX <= FRAME_BODY_BYTES_MAX,
   'a full commit group fits one frame with its index',
@@ -145,7 +196,12 @@ export interface HelloFrame {
   readonly lsnTail: number;
   readonly lsnHead: number;
   readonly applyChecksum: ApplyChecksum; // the chain at lsnApplied
+  // A replica's unfinished rebuild (its persisted progress); absent when it
+  // has none. The shape of ReplicaFacts.rebuild, so it passes straight on.
+  readonly rebuild?: HelloRebuild;
 }
+
+export type HelloRebuild = Readonly<NonNullable<ReplicaFacts['rebuild']>>;
 
 export interface WalRecord {
   readonly lsn: number;
@@ -196,7 +252,69 @@ export interface CloseFrame {
   readonly message: string;
 }
 
-export type Frame = HelloFrame | WalRecordsFrame | AckFrame | CommitFrame | SyncFrame | HeartbeatFrame | CloseFrame;
+// A two-lane rebuild session (protocol/rebuild_session.ts): the primary
+// opens it with REBUILD_START and sends BASE_CHUNKs on the same link as the
+// WAL lane's WAL_RECORDS; the replica reports with SESSION_ACK.
+
+// Opens (or resumes, chunkFrom > 0) session sessionId on the replica.
+export interface RebuildStartFrame {
+  readonly type: 'rebuild_start';
+  readonly epoch: number;
+  readonly sessionId: number;
+  readonly lsnBase: number; // the checkpoint the base lane copies; the WAL lane starts after it
+  readonly lsnTarget: number; // >= lsnBase
+  readonly applyChecksumBase: ApplyChecksum; // the primary's chain at lsnBase
+  readonly sizeBytes: number; // the volume, a positive multiple of BLOCK_BYTES
+  readonly features: number; // the replicated feature bit set (statemachine/control.ts)
+  readonly durabilityCode: number; // statemachine/control.ts durabilityCode(): 0 none, 1..3
+  readonly chunkBlocks: number; // 1..BASE_CHUNK_BLOCKS_MAX
+  readonly chunkFrom: number; // u32, <= ceil(sizeBytes / BLOCK_BYTES / chunkBlocks)
+}
+
+// One chunk of the base lane. data is blocks x BLOCK_BYTES bytes, or
+// undefined when zero (the chunk is all zeros and carries no data). Decoded
+// data is a view of the received body, not a copy (like WAL record bytes).
+export interface BaseChunkFrame {
+  readonly type: 'base_chunk';
+  readonly epoch: number;
+  readonly sessionId: number;
+  readonly index: number; // u32
+  readonly startBlock: number;
+  readonly blocks: number; // 1..BASE_CHUNK_BLOCKS_MAX
+  readonly lsnCheckpoint: number; // the primary's checkpoint when it read the chunk (BASE_NEWER)
+  readonly digest: bigint; // XXH3-64 of the chunk's blocks x BLOCK_BYTES bytes, zeros included
+  readonly zero: boolean;
+  readonly data: Uint8Array | undefined;
+}
+
+export type SessionPhase = 'accepted' | 'running' | 'base_done' | 'completed' | 'failed';
+
+// The replica's report on a session. failure is set exactly when the phase
+// is failed; lsnAchieved is 0 unless it is completed.
+export interface SessionAckFrame {
+  readonly type: 'session_ack';
+  readonly epoch: number;
+  readonly sessionId: number;
+  readonly phase: SessionPhase;
+  readonly chunksDone: number; // u32: chunks durably written, a contiguous prefix
+  readonly lsnApplied: number;
+  readonly lsnAchieved: number;
+  readonly digestsMatch: boolean;
+  readonly failure: SessionFailure | undefined;
+  readonly message: string; // UTF-8, 0..CLOSE_MESSAGE_BYTES_MAX bytes
+}
+
+export type Frame =
+  | HelloFrame
+  | WalRecordsFrame
+  | AckFrame
+  | CommitFrame
+  | SyncFrame
+  | HeartbeatFrame
+  | CloseFrame
+  | RebuildStartFrame
+  | BaseChunkFrame
+  | SessionAckFrame;
 export type FrameType = Frame['type'];
 
 export const FRAME_TYPE_CODES: Readonly<Record<FrameType, number>> = {
@@ -208,6 +326,9 @@ export const FRAME_TYPE_CODES: Readonly<Record<FrameType, number>> = {
   error: 6,
   goodbye: 7,
   sync: 8,
+  rebuild_start: 9,
+  base_chunk: 10,
+  session_ack: 11,
 };
 export const ROLE_CODES: Readonly<Record<Role, number>> = { primary: 1, replica: 2 };
 export const CLOSE_CODES: Readonly<Record<CloseCode, number>> = {
@@ -220,12 +341,40 @@ export const CLOSE_CODES: Readonly<Record<CloseCode, number>> = {
   stepping_down: 7,
   reassigned: 8,
 };
+export const SESSION_PHASE_CODES: Readonly<Record<SessionPhase, number>> = {
+  accepted: 1,
+  running: 2,
+  base_done: 3,
+  completed: 4,
+  failed: 5,
+};
+// 0 on the wire: no failure.
+export const SESSION_FAILURE_CODES: Readonly<Record<SessionFailure, number>> = {
+  epoch_mismatch: 1,
+  transport_lost: 2,
+  progress_stalled: 3,
+  deadline_exceeded: 4,
+  pin_lost: 5,
+  digest_mismatch: 6,
+  local_wal_corrupt: 7,
+  local_base_corrupt: 8,
+  superseded: 9,
+  cancelled: 10,
+};
 const FRAME_TYPE_BY_CODE = inverse(FRAME_TYPE_CODES);
 const ROLE_BY_CODE = inverse(ROLE_CODES);
 const CLOSE_CODE_BY_NUMBER = inverse(CLOSE_CODES);
+const SESSION_PHASE_BY_CODE = inverse(SESSION_PHASE_CODES);
+const SESSION_FAILURE_BY_CODE = inverse(SESSION_FAILURE_CODES);
 
 function inverse<K extends string>(codes: Readonly<Record<K, number>>): ReadonlyMap<number, K> {
   return new Map(Object.entries<number>(codes).map(([name, code]) => [code, name as K]));
+}
+
+// The code of a name from the caller (undefined for anything not a key of
+// the table, 'constructor' and 'toString' included).
+function codeOf<K extends string>(codes: Readonly<Record<K, number>>, name: unknown): number | undefined {
+  return typeof name === 'string' && Object.hasOwn(codes, name) ? codes[name as K] : undefined;
 }
 
 // ---- Errors ----
@@ -275,11 +424,12 @@ function viewOf(bytes: Uint8Array): DataView {
 // ---- Encoding ----
 
 // The frame as chunks for a gathered write: the header, the body's own
-// bytes, and (WAL_RECORDS) the callers' record bytes as they are, not copied.
+// bytes, and the caller's bytes as they are, not copied: WAL_RECORDS' record
+// bytes, BASE_CHUNK's data.
 // Fields are checked first: a bad one is a caller bug (RangeError/TypeError).
 export function encodeFrameChunks(frame: Frame): Uint8Array[] {
   checkU53('epoch', frame.epoch, 0);
-  const typeCode = FRAME_TYPE_CODES[frame.type];
+  const typeCode = codeOf(FRAME_TYPE_CODES, frame.type);
   if (typeCode === undefined) throw new RangeError(`unknown frame type ${String(frame.type)}`);
   const body = encodeBody(frame);
   const bodyBytes = body.reduce((sum, part) => sum + part.byteLength, 0);
@@ -299,7 +449,7 @@ export function encodeFrameChunks(frame: Frame): Uint8Array[] {
   return [header, ...body];
 }
 
-// The frame in one buffer (copies WAL record bytes; see encodeFrameChunks).
+// The frame in one buffer (copies record bytes and chunk data; see encodeFrameChunks).
 export function encodeFrame(frame: Frame): Buffer {
   const chunks = encodeFrameChunks(frame);
   return Buffer.concat(chunks, chunks.reduce((sum, part) => sum + part.byteLength, 0));
@@ -322,23 +472,35 @@ function encodeBody(frame: Frame): Uint8Array[] {
     case 'error':
     case 'goodbye':
       return [encodeClose(frame)];
+    case 'rebuild_start':
+      return [encodeRebuildStart(frame)];
+    case 'base_chunk':
+      return encodeBaseChunk(frame);
+    case 'session_ack':
+      return [encodeSessionAck(frame)];
     default:
       return assertNever(frame);
   }
 }
 
 function encodeHello(frame: HelloFrame): Buffer {
-  const roleCode = ROLE_CODES[frame.role];
+  const roleCode = codeOf(ROLE_CODES, frame.role);
   if (roleCode === undefined) throw new RangeError(`role must be primary or replica, got ${String(frame.role)}`);
   if (typeof frame.volumeUuid !== 'string' || !/^[0-9a-f]{32}$/.test(frame.volumeUuid)) {
     throw new RangeError(`volumeUuid must be 32 lower-case hex digits, got ${JSON.stringify(frame.volumeUuid)}`);
   }
   const nodeId = utf8Bytes('nodeId', frame.nodeId, 1, NODE_ID_BYTES_MAX);
   checkU64('applyChecksum', frame.applyChecksum);
-  const body = Buffer.alloc(HELLO_FIXED_BYTES + nodeId.length);
+  const rebuild = frame.rebuild;
+  const rebuildBytes = rebuild === undefined ? 0 : HELLO_REBUILD_BYTES;
+  const body = Buffer.alloc(HELLO_FIXED_BYTES + nodeId.length + rebuildBytes);
   const view = viewOf(body);
   body[0] = roleCode;
   body[1] = nodeId.length;
+  if (rebuild !== undefined) {
+    body[2] = HELLO_FLAG_REBUILD;
+    encodeHelloRebuild(view, HELLO_FIXED_BYTES + nodeId.length, rebuild);
+  }
   body.write(frame.volumeUuid, 8, 'hex');
   writeLsn(view, 24, 'lsnDurable', frame.lsnDurable);
   writeLsn(view, 32, 'lsnApplied', frame.lsnApplied);
@@ -347,6 +509,17 @@ function encodeHello(frame: HelloFrame): Buffer {
   view.setBigUint64(56, frame.applyChecksum, true);
   body.set(nodeId, HELLO_FIXED_BYTES);
   return body;
+}
+
+function encodeHelloRebuild(view: DataView, offset: number, rebuild: HelloRebuild): void {
+  if (typeof rebuild !== 'object' || rebuild === null) throw new TypeError('rebuild must be an object or undefined');
+  writeLsn(view, offset, 'rebuild.sessionId', rebuild.sessionId);
+  writeLsn(view, offset + 8, 'rebuild.epoch', rebuild.epoch);
+  writeLsn(view, offset + 16, 'rebuild.baseLsn', rebuild.baseLsn);
+  checkU32('rebuild.chunksTotal', rebuild.chunksTotal, 1, U32_MAX);
+  checkU32('rebuild.chunksDone', rebuild.chunksDone, 0, rebuild.chunksTotal);
+  view.setUint32(offset + 24, rebuild.chunksDone, true);
+  view.setUint32(offset + 28, rebuild.chunksTotal, true);
 }
 
 // The prefix and index in one buffer, then each record's bytes as given.
@@ -401,13 +574,114 @@ function encodeSingleU53(name: string, value: number): Buffer {
 }
 
 function encodeClose(frame: CloseFrame): Buffer {
-  const code = CLOSE_CODES[frame.code];
+  const code = codeOf(CLOSE_CODES, frame.code);
   if (code === undefined) throw new RangeError(`unknown close code ${String(frame.code)}`);
   const message = utf8Bytes('message', frame.message, 0, CLOSE_MESSAGE_BYTES_MAX);
   const body = Buffer.alloc(CLOSE_FIXED_BYTES + message.length);
   body.writeUInt16LE(code, 0);
   body.writeUInt16LE(message.length, 2);
   body.set(message, CLOSE_FIXED_BYTES);
+  return body;
+}
+
+function encodeRebuildStart(frame: RebuildStartFrame): Buffer {
+  checkU64('applyChecksumBase', frame.applyChecksumBase);
+  checkU53('lsnTarget', frame.lsnTarget, 0);
+  checkU53('lsnBase', frame.lsnBase, 0);
+  if (frame.lsnBase > frame.lsnTarget) throw new RangeError(`lsnBase ${frame.lsnBase} is above lsnTarget ${frame.lsnTarget}`);
+  checkU53('sizeBytes', frame.sizeBytes, BLOCK_BYTES);
+  if (frame.sizeBytes % BLOCK_BYTES !== 0) throw new RangeError(`sizeBytes ${frame.sizeBytes} is not a multiple of ${BLOCK_BYTES}`);
+  checkU53('features', frame.features, 0);
+  if (!Number.isInteger(frame.durabilityCode) || (frame.durabilityCode !== 0 && durabilityOfCode(frame.durabilityCode) === undefined)) {
+    throw new RangeError(`durabilityCode must be 0 or a durability mode code, got ${frame.durabilityCode}`);
+  }
+  checkU32('chunkBlocks', frame.chunkBlocks, 1, BASE_CHUNK_BLOCKS_MAX);
+  checkU32('chunkFrom', frame.chunkFrom, 0, chunksOf(frame.sizeBytes, frame.chunkBlocks));
+  const body = Buffer.alloc(REBUILD_START_BODY_BYTES);
+  const view = viewOf(body);
+  writeLsn(view, 0, 'sessionId', frame.sessionId);
+  writeU53(view, 8, frame.lsnBase);
+  writeU53(view, 16, frame.lsnTarget);
+  view.setBigUint64(24, frame.applyChecksumBase, true);
+  writeU53(view, 32, frame.sizeBytes);
+  writeU53(view, 40, frame.features);
+  view.setUint32(48, frame.chunkBlocks, true);
+  view.setUint32(52, frame.chunkFrom, true);
+  view.setUint8(56, frame.durabilityCode);
+  return body;
+}
+
+// Chunks of chunkBlocks blocks in a volume of sizeBytes (the last one shorter).
+function chunksOf(sizeBytes: number, chunkBlocks: number): number {
+  return Math.ceil(sizeBytes / BLOCK_BYTES / chunkBlocks);
+}
+
+// The fixed part in one buffer, then the data as given.
+function encodeBaseChunk(frame: BaseChunkFrame): Uint8Array[] {
+  checkU32('index', frame.index, 0, U32_MAX);
+  checkU32('blocks', frame.blocks, 1, BASE_CHUNK_BLOCKS_MAX);
+  checkU53('startBlock', frame.startBlock, 0);
+  checkChunkRange(frame.startBlock, frame.blocks, (message) => new RangeError(message));
+  checkU64('digest', frame.digest);
+  if (typeof frame.zero !== 'boolean') throw new TypeError('zero must be a boolean');
+  checkChunkData(frame);
+  const fixed = Buffer.alloc(BASE_CHUNK_FIXED_BYTES);
+  const view = viewOf(fixed);
+  writeLsn(view, 0, 'sessionId', frame.sessionId);
+  view.setUint32(8, frame.index, true);
+  view.setUint32(12, frame.blocks, true);
+  writeU53(view, 16, frame.startBlock);
+  writeLsn(view, 24, 'lsnCheckpoint', frame.lsnCheckpoint);
+  view.setBigUint64(32, frame.digest, true);
+  view.setUint32(40, frame.zero ? CHUNK_FLAG_ZERO : 0, true);
+  return frame.data === undefined ? [fixed] : [fixed, frame.data];
+}
+
+function checkChunkData(frame: BaseChunkFrame): void {
+  if (frame.zero) {
+    if (frame.data !== undefined) throw new RangeError('a zero chunk carries no data: data must be undefined');
+    return;
+  }
+  if (frame.data === undefined) throw new RangeError('a chunk that is not zero must carry data');
+  if (!(frame.data instanceof Uint8Array)) throw new TypeError('data must be a Uint8Array');
+  if (frame.data.byteLength !== frame.blocks * BLOCK_BYTES) {
+    throw new RangeError(`data is ${frame.data.byteLength} bytes, expected ${frame.blocks} blocks x ${BLOCK_BYTES}`);
+  }
+}
+
+// Byte offsets of every block of the chunk stay exact JS numbers.
+function checkChunkRange(startBlock: number, blocks: number, error: (message: string) => Error): void {
+  if (startBlock + blocks > Math.floor(U53_MAX / BLOCK_BYTES)) {
+    throw error(`blocks ${startBlock}+${blocks} end beyond 2^53 - 1 bytes`);
+  }
+}
+
+function encodeSessionAck(frame: SessionAckFrame): Buffer {
+  const phaseCode = codeOf(SESSION_PHASE_CODES, frame.phase);
+  if (phaseCode === undefined) throw new RangeError(`unknown session phase ${String(frame.phase)}`);
+  const failureCode = frame.failure === undefined ? 0 : codeOf(SESSION_FAILURE_CODES, frame.failure);
+  if (failureCode === undefined) throw new RangeError(`unknown session failure ${String(frame.failure)}`);
+  if ((frame.phase === 'failed') !== (failureCode !== 0)) {
+    throw new RangeError(`failure must be set exactly when the phase is failed (phase ${frame.phase}, failure ${String(frame.failure)})`);
+  }
+  checkU32('chunksDone', frame.chunksDone, 0, U32_MAX);
+  checkU53('lsnAchieved', frame.lsnAchieved, 0);
+  if (frame.phase !== 'completed' && frame.lsnAchieved !== 0) {
+    throw new RangeError(`lsnAchieved must be 0 unless the phase is completed (phase ${frame.phase}, lsnAchieved ${frame.lsnAchieved})`);
+  }
+  if (typeof frame.digestsMatch !== 'boolean') throw new TypeError('digestsMatch must be a boolean');
+  const message = utf8Bytes('message', frame.message, 0, CLOSE_MESSAGE_BYTES_MAX);
+  const body = Buffer.alloc(SESSION_ACK_FIXED_BYTES + message.length);
+  const view = viewOf(body);
+  writeLsn(view, 0, 'sessionId', frame.sessionId);
+  writeLsn(view, 8, 'lsnApplied', frame.lsnApplied);
+  writeU53(view, 16, frame.lsnAchieved);
+  view.setUint32(24, frame.chunksDone, true);
+  view.setUint8(28, phaseCode);
+  view.setUint8(29, failureCode);
+  view.setUint8(30, frame.digestsMatch ? ACK_FLAG_DIGESTS_MATCH : 0);
+  view.setUint16(32, message.length, true);
+  body.set(message, SESSION_ACK_FIXED_BYTES);
   return body;
 }
 
@@ -435,6 +709,12 @@ function writeU53(view: DataView, offset: number, value: number): void {
 function checkU53(name: string, value: number, min: number): void {
   if (!Number.isSafeInteger(value) || value < min) {
     throw new RangeError(`${name} must be an integer in [${min}, ${U53_MAX}], got ${value}`);
+  }
+}
+
+function checkU32(name: string, value: number, min: number, max: number): void {
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new RangeError(`${name} must be an integer in [${min}, ${max}], got ${value}`);
   }
 }
 
@@ -499,6 +779,12 @@ function bodyBoundsOf(type: FrameType, bodyBytesMax: number): [number, number] {
     case 'error':
     case 'goodbye':
       return [CLOSE_FIXED_BYTES, CLOSE_BODY_BYTES_MAX];
+    case 'rebuild_start':
+      return [REBUILD_START_BODY_BYTES, REBUILD_START_BODY_BYTES];
+    case 'base_chunk':
+      return [BASE_CHUNK_FIXED_BYTES, BASE_CHUNK_BODY_BYTES_MAX];
+    case 'session_ack':
+      return [SESSION_ACK_FIXED_BYTES, SESSION_ACK_BODY_BYTES_MAX];
     default:
       return assertNever(type);
   }
@@ -507,7 +793,8 @@ function bodyBoundsOf(type: FrameType, bodyBytesMax: number): [number, number] {
 // ---- Decoding: the body ----
 
 // Verifies the checksum and the rest of the header, then decodes the body.
-// WAL record bytes in the result are views of `body`, not copies.
+// WAL record bytes and base chunk data in the result are views of `body`,
+// not copies: the caller must not reuse body's memory while it holds them.
 export function decodeFrameBody(header: FrameHeader, body: Uint8Array): Frame {
   assert(body.byteLength === header.bodyBytes, `body of ${body.byteLength} bytes, header says ${header.bodyBytes}`);
   const checksum = frameChecksum(header.bytes, [body]);
@@ -539,6 +826,12 @@ function decodeBody(type: FrameType, epoch: number, body: Uint8Array): Frame {
     case 'error':
     case 'goodbye':
       return decodeClose(type, epoch, body);
+    case 'rebuild_start':
+      return decodeRebuildStart(epoch, body);
+    case 'base_chunk':
+      return decodeBaseChunk(epoch, body);
+    case 'session_ack':
+      return decodeSessionAck(epoch, body);
     default:
       return assertNever(type);
   }
@@ -550,21 +843,44 @@ function decodeHello(epoch: number, body: Uint8Array): HelloFrame {
   if (role === undefined) throw malformed(`hello: bad role ${body[0]}`);
   const nodeIdBytes = body[1]!;
   if (nodeIdBytes === 0) throw malformed('hello: empty node id');
-  if (body.byteLength !== HELLO_FIXED_BYTES + nodeIdBytes) {
-    throw malformed(`hello: ${body.byteLength} bytes for a node id of ${nodeIdBytes} bytes`);
+  const helloFlags = body[2]!;
+  if ((helloFlags & ~HELLO_FLAG_REBUILD) !== 0) throw malformed(`hello: unknown flags 0x${helloFlags.toString(16)}`);
+  const rebuildBytes = (helloFlags & HELLO_FLAG_REBUILD) !== 0 ? HELLO_REBUILD_BYTES : 0;
+  const nodeIdEnd = HELLO_FIXED_BYTES + nodeIdBytes;
+  if (body.byteLength !== nodeIdEnd + rebuildBytes) {
+    const what = rebuildBytes === 0 ? '' : ` and ${rebuildBytes} bytes of rebuild info`;
+    throw malformed(`hello: ${body.byteLength} bytes for a node id of ${nodeIdBytes} bytes${what}`);
   }
-  if (!body.subarray(2, 8).every((b) => b === 0)) throw malformed('hello: reserved bytes are not zero');
-  return {
+  if (!body.subarray(3, 8).every((b) => b === 0)) throw malformed('hello: reserved bytes are not zero');
+  const hello: HelloFrame = {
     type: 'hello',
     epoch,
     role,
     volumeUuid: asBuffer(body.subarray(8, 24)).toString('hex'),
-    nodeId: decodeUtf8(body.subarray(HELLO_FIXED_BYTES), 'hello: node id'),
+    nodeId: decodeUtf8(body.subarray(HELLO_FIXED_BYTES, nodeIdEnd), 'hello: node id'),
     lsnDurable: readU53(view, 24, 'lsnDurable'),
     lsnApplied: readU53(view, 32, 'lsnApplied'),
     lsnTail: readU53(view, 40, 'lsnTail'),
     lsnHead: readU53(view, 48, 'lsnHead'),
     applyChecksum: view.getBigUint64(56, true),
+  };
+  // No rebuild key at all without the flag, so such a HELLO equals one built without it.
+  return rebuildBytes === 0 ? hello : { ...hello, rebuild: decodeHelloRebuild(view, nodeIdEnd) };
+}
+
+function decodeHelloRebuild(view: DataView, offset: number): HelloRebuild {
+  const chunksDone = view.getUint32(offset + 24, true);
+  const chunksTotal = view.getUint32(offset + 28, true);
+  if (chunksTotal === 0 || chunksDone > chunksTotal) {
+    throw malformed(`hello: rebuild chunks ${chunksDone}/${chunksTotal}: need 0 <= chunksDone <= chunksTotal, chunksTotal >= 1`);
+  }
+  if (view.getBigUint64(offset + 32, true) !== 0n) throw malformed('hello: rebuild reserved bytes are not zero');
+  return {
+    sessionId: readU53(view, offset, 'hello: rebuild.sessionId'),
+    epoch: readU53(view, offset + 8, 'hello: rebuild.epoch'),
+    baseLsn: readU53(view, offset + 16, 'hello: rebuild.baseLsn'),
+    chunksDone,
+    chunksTotal,
   };
 }
 
@@ -621,6 +937,107 @@ function decodeClose(type: 'error' | 'goodbye', epoch: number, body: Uint8Array)
     throw malformed(`${type}: ${body.byteLength} bytes for a message of ${messageBytes} bytes`);
   }
   return { type, epoch, code, message: decodeUtf8(body.subarray(CLOSE_FIXED_BYTES), `${type}: message`) };
+}
+
+function decodeRebuildStart(epoch: number, body: Uint8Array): RebuildStartFrame {
+  const view = viewOf(body);
+  const lsnBase = readU53(view, 8, 'rebuild_start: lsnBase');
+  const lsnTarget = readU53(view, 16, 'rebuild_start: lsnTarget');
+  if (lsnBase > lsnTarget) throw malformed(`rebuild_start: lsnBase ${lsnBase} is above lsnTarget ${lsnTarget}`);
+  const sizeBytes = readU53(view, 32, 'rebuild_start: sizeBytes');
+  if (sizeBytes === 0 || sizeBytes % BLOCK_BYTES !== 0) {
+    throw malformed(`rebuild_start: sizeBytes ${sizeBytes} is not a positive multiple of ${BLOCK_BYTES}`);
+  }
+  const chunkBlocks = view.getUint32(48, true);
+  if (chunkBlocks < 1 || chunkBlocks > BASE_CHUNK_BLOCKS_MAX) {
+    throw malformed(`rebuild_start: chunkBlocks ${chunkBlocks}, outside 1..${BASE_CHUNK_BLOCKS_MAX}`);
+  }
+  const chunkFrom = view.getUint32(52, true);
+  const chunksTotal = chunksOf(sizeBytes, chunkBlocks);
+  if (chunkFrom > chunksTotal) throw malformed(`rebuild_start: chunkFrom ${chunkFrom} is past the ${chunksTotal} chunks`);
+  const durabilityCode = view.getUint8(56);
+  if (durabilityCode !== 0 && durabilityOfCode(durabilityCode) === undefined) {
+    throw malformed(`rebuild_start: unknown durability code ${durabilityCode}`);
+  }
+  if (!body.subarray(57, REBUILD_START_BODY_BYTES).every((b) => b === 0)) throw malformed('rebuild_start: reserved bytes are not zero');
+  return {
+    type: 'rebuild_start',
+    epoch,
+    sessionId: readU53(view, 0, 'rebuild_start: sessionId'),
+    lsnBase,
+    lsnTarget,
+    applyChecksumBase: view.getBigUint64(24, true),
+    sizeBytes,
+    features: readU53(view, 40, 'rebuild_start: features'),
+    durabilityCode,
+    chunkBlocks,
+    chunkFrom,
+  };
+}
+
+// data is a view of body, not a copy.
+function decodeBaseChunk(epoch: number, body: Uint8Array): BaseChunkFrame {
+  const view = viewOf(body);
+  const blocks = view.getUint32(12, true);
+  if (blocks < 1 || blocks > BASE_CHUNK_BLOCKS_MAX) throw malformed(`base_chunk: ${blocks} blocks, outside 1..${BASE_CHUNK_BLOCKS_MAX}`);
+  const startBlock = readU53(view, 16, 'base_chunk: startBlock');
+  checkChunkRange(startBlock, blocks, (message) => malformed(`base_chunk: ${message}`));
+  const chunkFlags = view.getUint32(40, true);
+  if ((chunkFlags & ~CHUNK_FLAG_ZERO) !== 0) throw malformed(`base_chunk: unknown flags 0x${chunkFlags.toString(16)}`);
+  if (view.getUint32(44, true) !== 0) throw malformed('base_chunk: reserved bytes are not zero');
+  const zero = (chunkFlags & CHUNK_FLAG_ZERO) !== 0;
+  const dataBytes = zero ? 0 : blocks * BLOCK_BYTES;
+  if (body.byteLength !== BASE_CHUNK_FIXED_BYTES + dataBytes) {
+    const what = zero ? 'a zero chunk (no data)' : `${blocks} blocks of data`;
+    throw malformed(`base_chunk: ${body.byteLength} bytes for ${what}`);
+  }
+  return {
+    type: 'base_chunk',
+    epoch,
+    sessionId: readU53(view, 0, 'base_chunk: sessionId'),
+    index: view.getUint32(8, true),
+    startBlock,
+    blocks,
+    lsnCheckpoint: readU53(view, 24, 'base_chunk: lsnCheckpoint'),
+    digest: view.getBigUint64(32, true),
+    zero,
+    // A plain Uint8Array view (never a Buffer), like WAL record bytes.
+    data: zero ? undefined : new Uint8Array(body.buffer, body.byteOffset + BASE_CHUNK_FIXED_BYTES, dataBytes),
+  };
+}
+
+function decodeSessionAck(epoch: number, body: Uint8Array): SessionAckFrame {
+  const view = viewOf(body);
+  const phase = SESSION_PHASE_BY_CODE.get(body[28]!);
+  if (phase === undefined) throw malformed(`session_ack: unknown phase ${body[28]}`);
+  const failureCode = body[29]!;
+  const failure = failureCode === 0 ? undefined : SESSION_FAILURE_BY_CODE.get(failureCode);
+  if (failureCode !== 0 && failure === undefined) throw malformed(`session_ack: unknown failure ${failureCode}`);
+  if ((phase === 'failed') !== (failure !== undefined)) {
+    throw malformed(`session_ack: phase ${phase} with failure ${failure ?? 'none'} (a failure goes with phase failed only)`);
+  }
+  const lsnAchieved = readU53(view, 16, 'session_ack: lsnAchieved');
+  if (phase !== 'completed' && lsnAchieved !== 0) throw malformed(`session_ack: lsnAchieved ${lsnAchieved} in phase ${phase}`);
+  const ackFlags = body[30]!;
+  if ((ackFlags & ~ACK_FLAG_DIGESTS_MATCH) !== 0) throw malformed(`session_ack: unknown flags 0x${ackFlags.toString(16)}`);
+  if (body[31] !== 0 || view.getUint16(34, true) !== 0) throw malformed('session_ack: reserved bytes are not zero');
+  const messageBytes = view.getUint16(32, true);
+  if (messageBytes > CLOSE_MESSAGE_BYTES_MAX) throw malformed(`session_ack: message of ${messageBytes} bytes is too long`);
+  if (body.byteLength !== SESSION_ACK_FIXED_BYTES + messageBytes) {
+    throw malformed(`session_ack: ${body.byteLength} bytes for a message of ${messageBytes} bytes`);
+  }
+  return {
+    type: 'session_ack',
+    epoch,
+    sessionId: readU53(view, 0, 'session_ack: sessionId'),
+    phase,
+    chunksDone: view.getUint32(24, true),
+    lsnApplied: readU53(view, 8, 'session_ack: lsnApplied'),
+    lsnAchieved,
+    digestsMatch: (ackFlags & ACK_FLAG_DIGESTS_MATCH) !== 0,
+    failure,
+    message: decodeUtf8(body.subarray(SESSION_ACK_FIXED_BYTES), 'session_ack: message'),
+  };
 }
 
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });

@@ -317,6 +317,9 @@ export class ReplicationLink {
       case 'ack':
       case 'commit':
       case 'sync':
+      case 'rebuild_start':
+      case 'base_chunk':
+      case 'session_ack':
         this.deliver(frame);
         return;
       default:

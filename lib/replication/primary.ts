@@ -29,16 +29,25 @@ import type { Logger } from 'pino';
 import type { ShippedRecord, Volume } from '../engine/volume';
 import { BlockwalError } from '../native/errors';
 import type { AckGate } from '../node/volume_backend';
-import { DURABILITY_MODES, type DurabilityMode } from '../statemachine/control';
+import { DURABILITY_MODES, type DurabilityMode, durabilityCode } from '../statemachine/control';
 import { applyChecksumToHex, type ApplyChecksum } from './apply_checksum';
 import { checkEpoch } from './epoch';
-import type { AckFrame, Frame, HelloFrame, WalRecord } from './frames';
+import type { AckFrame, Frame, HelloFrame, SessionAckFrame, WalRecord } from './frames';
 import { WAL_GROUP_BYTES_MAX } from './frames';
 import { describeClose, type LinkCloseReason, ReplicationLink } from './link';
+import { decide } from '../protocol/decide';
+import { xxh3Digest } from '../protocol/rebuild_session';
+import { assertNever } from '../util/assert';
+import type { Decision, DecisionKind, PrimaryFacts, ReplicaFacts } from '../protocol/types';
 
 export { DURABILITY_MODES, type DurabilityMode };
 
-export type PeerState = 'connecting' | 'syncing' | 'streaming' | 'reconnecting' | 'needs_catchup' | 'failed' | 'closed';
+// syncing: fed from the in-memory backlog until current; catching_up: fed
+// from the WAL on disk until the backlog covers the rest; rebuilding: a
+// two-lane rebuild (base image chunks + the WAL from the base LSN);
+// needs_rebuild: the last decision was a rebuild that is not running.
+// Each connect is decided afresh.
+export type PeerState = 'connecting' | 'syncing' | 'catching_up' | 'rebuilding' | 'streaming' | 'reconnecting' | 'needs_rebuild' | 'failed' | 'closed';
 
 export interface ReplicaAddress {
   host: string;
@@ -62,6 +71,14 @@ export interface PrimaryReplicationOptions {
   // How often the primary makes its WAL durable on its own so that the
   // commit LSN moves without client flushes.
   durableIntervalMs?: number;
+  // A rebuild's base lane sends at most this many bytes per second (0 or
+  // absent: as fast as the link and disks take it).
+  rebuildBytesPerSecond?: number;
+  // While a rebuild runs, foreground writes should be acknowledged within
+  // this (mean, per tick): the base lane slows down (x0.7) when they are not
+  // and speeds up again (x1.2, up to rebuildBytesPerSecond) when they are.
+  // 0 or absent: no latency target.
+  rebuildLatencyTargetMs?: number;
 }
 
 export interface ReplicaPeerStatus {
@@ -79,6 +96,17 @@ export interface ReplicaPeerStatus {
   lagBytes: number; // bytes of those records still in the backlog (a lower bound when it is not)
   lagSeconds: number; // since the oldest record the replica has not acknowledged was written
   connects: number;
+  // The primary's last decision for this replica (keep_up, catch_up, rebuild, ...).
+  decision: { kind: DecisionKind; reason: string; costBytes: number; atMs: number } | undefined;
+  // A running WAL catch-up.
+  catchUp: { lsnFrom: number; lsnTarget: number; bytesDone: number; bytesTotal: number; bytesPerSecond: number; etaSeconds: number | undefined } | undefined;
+  // A running rebuild: the base lane's progress (chunks sent, and done = durable on the replica).
+  rebuild:
+    | { sessionId: number; resumed: boolean; lsnBase: number; lsnTarget: number; chunksTotal: number; chunksSent: number; chunksDone: number; bytesSent: number; bytesTotal: number; bytesPerSecond: number; etaSeconds: number | undefined }
+    | undefined;
+  // While the replica lags: WAL held for it, and how much more (and about how
+  // long at the current write rate) before it falls off the WAL.
+  retention: { heldBytes: number; headroomBytes: number; headroomSeconds: number | undefined } | undefined;
 }
 
 export interface PrimaryReplicationStatus {
@@ -90,10 +118,56 @@ export interface PrimaryReplicationStatus {
   lsnCommit: number;
   ackSet: string[];
   backlog: { lsnFirst: number; lsnLast: number; bytes: number; bytesMax: number };
+  wal: { lsnTail: number; retainedBytes: number; budgetBytes: number; writeBytesPerSecond: number };
+  // The rebuild base lane's pace now (0: unthrottled), and the latency target steering it (0: none).
+  rebuildPace: { bytesPerSecond: number; latencyTargetMs: number };
   replicas: ReplicaPeerStatus[];
 }
 
 const RECORDS_PER_FRAME_MAX = 4096;
+// One WAL read of a catch-up (a run of records back to back in a segment).
+const CATCH_UP_READ_BYTES = 4 << 20;
+// Steering the base lane against a latency target: where it starts without
+// a cap, and the least it goes down to (a rebuild always moves).
+const REBUILD_RATE_START_BYTES = 256 << 20;
+const REBUILD_RATE_MIN_BYTES = 4 << 20;
+const REBUILD_RATE_MAX_BYTES = 16 * 2 ** 30;
+// A rebuild's base chunk: 1 MiB (256 blocks).
+const REBUILD_CHUNK_BLOCKS = 256;
+const BLOCK_BYTES = 4096;
+
+interface RebuildRun {
+  sessionId: number;
+  lsnBase: number;
+  lsnTarget: number;
+  chunkBlocks: number;
+  volumeBlocks: number;
+  chunksTotal: number;
+  chunkFrom: number; // first chunk sent (a resumed session skips what the replica has)
+  chunksSent: number;
+  chunksDone: number; // durable on the replica (its SESSION_ACKs)
+  bytesSent: number;
+  baseSent: boolean;
+  startedMs: number;
+  resumed: boolean;
+}
+
+const zeroChunks = new Map<number, { zeros: Buffer; digest: bigint }>();
+
+function zeroChunk(bytes: number): { zeros: Buffer; digest: bigint } {
+  let z = zeroChunks.get(bytes);
+  if (z === undefined) {
+    const zeros = Buffer.alloc(bytes);
+    z = { zeros, digest: xxh3Digest(zeros) };
+    zeroChunks.set(bytes, z);
+  }
+  return z;
+}
+
+function isZeroChunk(data: Buffer): boolean {
+  return data.equals(zeroChunk(data.byteLength).zeros);
+}
+
 
 interface BacklogEntry {
   lsn: number;
@@ -169,12 +243,26 @@ export class PrimaryReplication implements AckGate {
   private closed = false;
   readonly ackTimeoutMs: number;
   private readonly membershipPath: string;
+  // WAL bytes written (shipped) since start, and the write rate from it.
+  private bytesWritten = 0;
+  private rateSample = { atMs: performance.now(), bytes: 0 };
+  private writeBytesPerSecond = 0;
+  private sessionIdLast = Date.now();
+  private rebuildTokens = 0;
+  private rebuildTokensAtMs = performance.now();
+  private readonly rebuildLatencyTargetMs: number;
+  private latencySumMs = 0;
+  private latencyCount = 0;
+  // The base lane's pace now: the cap, or less while foreground writes are slow.
+  private rebuildRate: number;
 
   private constructor(readonly options: PrimaryReplicationOptions) {
     this.volume = options.volume;
     this.durability = options.durability;
     this.log = options.logger.child({ replication: 'primary' });
     this.ackTimeoutMs = options.ackTimeoutMs ?? 5000;
+    this.rebuildLatencyTargetMs = options.rebuildLatencyTargetMs ?? 0;
+    this.rebuildRate = options.rebuildBytesPerSecond ?? 0;
     this.backlog = new Backlog(options.backlogBytes ?? 256 << 20);
     this.membershipPath = path.join(this.volume.dir, 'replication.json');
     this.lsnCommit = this.volume.lsnDurable;
@@ -195,6 +283,7 @@ export class PrimaryReplication implements AckGate {
       r.backlog.push({ lsn: rec.lsn, bytes: rec.bytes, applyChecksum: rec.applyChecksum, atMs: now });
     }
     if (r.backlog.lsnLast !== 0) r.log.info({ lsnFirst: r.backlog.lsnFirst, lsnLast: r.backlog.lsnLast, bytes: r.backlog.bytes }, 'backlog seeded from the WAL');
+    options.volume.setWalPin(() => r.walPinLsn());
     for (const p of r.peers) p.connect();
     return r;
   }
@@ -202,6 +291,7 @@ export class PrimaryReplication implements AckGate {
   // Volume hook: each record as it gets its LSN (synchronously, in order).
   onRecord(record: ShippedRecord): void {
     this.backlog.push({ lsn: record.lsn, bytes: record.bytes, applyChecksum: this.volume.applyChecksum, atMs: performance.now() });
+    this.bytesWritten += record.bytes.byteLength;
     for (const p of this.peers) p.schedulePump();
   }
 
@@ -217,12 +307,22 @@ export class PrimaryReplication implements AckGate {
 
   // ---- the gate ----
 
-  admit(): void {
+  admit(): number {
     if (this.fenced !== undefined) throw this.fenced;
+    return performance.now();
   }
 
-  written(lsn: number, fua: boolean): Promise<void> {
-    return this.wait(lsn, fua);
+  written(lsn: number, fua: boolean, admittedAtMs?: number): Promise<void> {
+    const done = this.wait(lsn, fua);
+    if (admittedAtMs === undefined || this.rebuildLatencyTargetMs <= 0) return done;
+    return done.then(() => this.noteWriteLatency(performance.now() - admittedAtMs));
+  }
+
+  // Foreground write latency (admission to acknowledgement), averaged per
+  // tick, steers the rebuild rate when a latency target is set.
+  private noteWriteLatency(ms: number): void {
+    this.latencySumMs += ms;
+    this.latencyCount++;
   }
 
   flushed(lsn: number): Promise<void> {
@@ -381,6 +481,8 @@ export class PrimaryReplication implements AckGate {
   private tick(): void {
     if (this.closed) return;
     const now = performance.now();
+    this.sampleWriteRate(now);
+    this.steerRebuildRate();
     // Durability on its own, here and on the replicas, so that commit moves
     // without client flushes.
     for (const p of this.peers) p.requestSync(this.volume.lsnHead);
@@ -411,6 +513,85 @@ export class PrimaryReplication implements AckGate {
       }
     }
     this.settle();
+  }
+
+  // A rebuild session id above every one this primary used or a replica
+  // reported (ids also grow across restarts: they start from the clock).
+  nextSessionId(reported: number): number {
+    this.sessionIdLast = Math.max(this.sessionIdLast, reported) + 1;
+    return this.sessionIdLast;
+  }
+
+  // Paces base-lane bytes to rebuildBytesPerSecond (a token bucket shared by
+  // every replica being rebuilt, with at most a second of burst).
+  async rebuildThrottle(bytes: number): Promise<void> {
+    const rate = this.rebuildRate;
+    if (rate <= 0) return;
+    const now = performance.now();
+    this.rebuildTokens = Math.min(rate, this.rebuildTokens + ((now - this.rebuildTokensAtMs) * rate) / 1000);
+    this.rebuildTokensAtMs = now;
+    this.rebuildTokens -= bytes;
+    if (this.rebuildTokens < 0) await new Promise((resolve) => setTimeout(resolve, (-this.rebuildTokens * 1000) / rate));
+  }
+
+  // AIMD on the base lane's rate against the latency target (see the option).
+  private steerRebuildRate(): void {
+    if (this.rebuildLatencyTargetMs <= 0 || this.latencyCount === 0) return;
+    const meanMs = this.latencySumMs / this.latencyCount;
+    this.latencySumMs = 0;
+    this.latencyCount = 0;
+    const capBytes = this.options.rebuildBytesPerSecond ?? 0;
+    const current = this.rebuildRate > 0 ? this.rebuildRate : capBytes > 0 ? capBytes : REBUILD_RATE_START_BYTES;
+    const next = meanMs > this.rebuildLatencyTargetMs ? current * 0.7 : current * 1.2;
+    this.rebuildRate = Math.max(REBUILD_RATE_MIN_BYTES, Math.min(capBytes > 0 ? capBytes : REBUILD_RATE_MAX_BYTES, next));
+  }
+
+  get rebuildBytesPerSecondNow(): number {
+    return this.rebuildRate;
+  }
+
+  // Write rate over the last second or so (smoothed), for retention headroom.
+  private sampleWriteRate(nowMs: number): void {
+    const elapsedMs = nowMs - this.rateSample.atMs;
+    if (elapsedMs < 1000) return;
+    const rate = ((this.bytesWritten - this.rateSample.bytes) * 1000) / elapsedMs;
+    this.writeBytesPerSecond = this.writeBytesPerSecond === 0 ? rate : 0.7 * this.writeBytesPerSecond + 0.3 * rate;
+    this.rateSample = { atMs: nowMs, bytes: this.bytesWritten };
+  }
+
+  // The lowest LSN a replica that may still be fed from the WAL needs: the
+  // flusher keeps the WAL from there (within the retention budget).
+  private walPinLsn(): number {
+    let pin = Number.MAX_SAFE_INTEGER;
+    for (const p of this.peers) {
+      if (p.state === 'failed' || p.state === 'closed') continue;
+      pin = Math.min(pin, p.lsnReceived + 1);
+    }
+    return pin;
+  }
+
+  // What this primary knows of itself, for a decision about a replica at lsnReplica.
+  facts(lsnReplica: number): PrimaryFacts {
+    const v = this.volume;
+    const head = v.lsnHead;
+    const first = this.backlog.lsnFirst;
+    // The WAL is released only up to a checkpoint (read first: both move).
+    const walTail = v.walTail;
+    const lsnCheckpoint = Math.max(walTail, v.lsnCheckpoint);
+    return {
+      epoch: v.epoch,
+      lsnHead: head,
+      lsnCheckpoint,
+      backlogFloor: first === 0 ? head : first - 1,
+      walTail,
+      walBytesAfterReplica: v.walBytesAfter(lsnReplica),
+      walBytesAfterCheckpoint: v.walBytesAfter(lsnCheckpoint),
+      volumeBytes: v.sizeBytes,
+    };
+  }
+
+  get volumeRef(): Volume {
+    return this.volume;
   }
 
   // ---- for peers ----
@@ -460,6 +641,8 @@ export class PrimaryReplication implements AckGate {
   status(): PrimaryReplicationStatus {
     const head = this.volume.lsnHead;
     const now = performance.now();
+    const walTail = this.volume.walTail;
+    const budgetBytes = this.volume.walPinBudgetBytes;
     return {
       role: 'primary',
       durability: this.durability,
@@ -469,13 +652,21 @@ export class PrimaryReplication implements AckGate {
       lsnCommit: this.lsnCommit,
       ackSet: this.peers.filter((p) => p.inAckSet).map((p) => p.address),
       backlog: { lsnFirst: this.backlog.lsnFirst, lsnLast: this.backlog.lsnLast, bytes: this.backlog.bytes, bytesMax: this.backlog.bytesMax },
+      wal: { lsnTail: walTail, retainedBytes: this.volume.walBytesAfter(walTail), budgetBytes, writeBytesPerSecond: Math.round(this.writeBytesPerSecond) },
+      rebuildPace: { bytesPerSecond: Math.round(this.rebuildRate), latencyTargetMs: this.rebuildLatencyTargetMs },
       replicas: this.peers.map((p) => {
         const oldest = this.backlog.get(p.lsnReceived + 1);
+        const lagging = p.lsnReceived < head && p.state !== 'failed';
+        const heldBytes = lagging ? this.volume.walBytesAfter(p.lsnReceived) : 0;
+        const headroomBytes = Math.max(0, budgetBytes - heldBytes);
         return {
           ...p.status(),
           lagLsn: Math.max(0, head - p.lsnReceived),
-          lagBytes: this.backlog.bytesBetween(p.lsnReceived, head),
+          lagBytes: Math.max(this.backlog.bytesBetween(p.lsnReceived, head), this.volume.walBytesAfter(p.lsnReceived)),
           lagSeconds: p.lsnReceived >= head || oldest === undefined ? 0 : (now - oldest.atMs) / 1000,
+          retention: lagging
+            ? { heldBytes, headroomBytes, headroomSeconds: this.writeBytesPerSecond > 0 ? headroomBytes / this.writeBytesPerSecond : undefined }
+            : undefined,
         };
       }),
     };
@@ -485,6 +676,7 @@ export class PrimaryReplication implements AckGate {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.timer);
+    this.volume.setWalPin(undefined);
     // What is written locally is acknowledged by then or refused.
     const err = new BlockwalError('ERR_CLOSED', 'replication closed');
     for (const w of this.waiters.splice(0)) w.reject(err);
@@ -518,6 +710,14 @@ class ReplicaPeer {
   private retryTimer: NodeJS.Timeout | undefined;
   private stopped = false;
   private readonly log: Logger;
+  decision: ReplicaPeerStatus['decision'];
+  private catchUp: { lsnFrom: number; lsnTarget: number; bytesDone: number; bytesTotal: number; startedMs: number } | undefined;
+  private rebuild: RebuildRun | undefined;
+  catchUpsCompleted = 0;
+  rebuildsCompleted = 0;
+  // Records come from the WAL on disk (feedFromDisk), not the backlog (pump).
+  private fromDisk = false;
+  private drainWaiters: (() => void)[] = [];
 
   constructor(
     private readonly primary: PrimaryReplication,
@@ -556,7 +756,10 @@ class ReplicaPeer {
     this.lsnSyncSent = 0;
     link.onFrame = (frame) => this.onFrame(frame);
     link.onClose = (reason) => this.onLinkClose(link, reason);
-    link.onDrain = () => this.schedulePump();
+    link.onDrain = () => {
+      for (const waiter of this.drainWaiters.splice(0)) waiter();
+      this.schedulePump();
+    };
     link.send(this.primary.hello());
   }
 
@@ -576,6 +779,9 @@ class ReplicaPeer {
         return;
       case 'ack':
         this.onAck(frame);
+        return;
+      case 'session_ack':
+        this.onSessionAck(frame);
         return;
       default:
         this.link?.close('bad_frame', `unexpected ${frame.type} frame from a replica`);
@@ -598,27 +804,276 @@ class ReplicaPeer {
     this.lsnApplied = hello.lsnApplied;
     this.applyChecksum = hello.applyChecksum;
     const head = this.primary.head;
-    if (hello.lsnHead > head) {
-      this.fail(undefined, `divergent: the replica holds LSNs up to ${hello.lsnHead}, beyond this primary's head ${head}; it needs a rebuild`);
+    const replicaFacts: ReplicaFacts = {
+      epoch: hello.epoch,
+      lsnReceived: hello.lsnHead,
+      lsnDurable: hello.lsnDurable,
+      lsnApplied: hello.lsnApplied,
+      chainMatches: this.chainMatches(hello.lsnApplied, hello.applyChecksum),
+      rebuild: hello.rebuild,
+    };
+    let decision: Decision;
+    try {
+      decision = decide(this.primary.facts(hello.lsnHead), replicaFacts);
+    } catch (err) {
+      this.fail(undefined, `cannot decide how to feed the replica: ${(err as Error).message}`);
       return;
     }
-    if (!this.checkChain(hello.lsnApplied, hello.applyChecksum)) return;
-    if (hello.lsnHead < head && this.primary.backlogEntry(hello.lsnHead + 1) === undefined) {
-      this.setState('needs_catchup', `the replica is at LSN ${hello.lsnHead}; the in-memory backlog starts at ${this.primary.backlogFirst}: it needs a WAL catch-up or rebuild`);
-      this.log.warn({ lsnReplica: hello.lsnHead, head }, this.reason);
-      this.link?.close('reassigned', this.reason!);
-      return;
+    this.decision = { kind: decision.kind, reason: decision.reason, costBytes: decision.costBytes, atMs: Date.now() };
+    this.log.info({ decision: decision.kind, reason: decision.reason, costBytes: decision.costBytes, lsnReplica: hello.lsnHead, head }, 'replica decision');
+    switch (decision.kind) {
+      case 'fence':
+        this.primary.stepDown(hello.epoch, this.address);
+        return;
+      case 'rebuild':
+        if (replicaFacts.chainMatches === false) this.alarmChain(hello.lsnApplied, hello.applyChecksum);
+        this.startRebuild(decision, hello);
+        return;
+      case 'bitmap_resync':
+        // No dirty bitmaps are kept for replicas yet (decide never gets one).
+        this.setState('needs_rebuild', decision.reason);
+        this.link?.close('reassigned', decision.reason);
+        return;
+      case 'catch_up':
+        this.startFeed(hello, 'catching_up');
+        this.catchUp = { lsnFrom: decision.lsnFrom, lsnTarget: decision.lsnTarget, bytesDone: 0, bytesTotal: decision.costBytes, startedMs: performance.now() };
+        void this.feedFromDisk();
+        return;
+      case 'keep_up':
+        this.startFeed(hello, hello.lsnHead < head ? 'syncing' : 'streaming');
+        this.schedulePump();
+        return;
+      default:
+        assertNever(decision.kind);
     }
-    this.lsnSent = hello.lsnHead;
+  }
+
+  private startFeed(hello: HelloFrame, state: 'syncing' | 'streaming' | 'catching_up' | 'rebuilding', lsnFrom = hello.lsnHead + 1): void {
+    this.lsnSent = lsnFrom - 1;
+    this.fromDisk = state === 'catching_up';
     this.backoffMs = this.primary.options.reconnectMinMs ?? 100;
-    this.setState(hello.lsnHead < head ? 'syncing' : 'streaming', undefined);
-    this.log.info({ lsnReplica: hello.lsnHead, head, nodeId: hello.nodeId }, 'replica connected');
+    this.setState(state, undefined);
+    this.log.info({ lsnReplica: hello.lsnHead, head: this.primary.head, nodeId: hello.nodeId, state }, 'replica connected');
     this.sendCommit(this.primary.commitLsn);
+  }
+
+  // Streams retained WAL from disk until the in-memory backlog covers the
+  // rest, then hands over to the backlog pump: one cursor (lsnSent), so no
+  // gap and no duplicate. A read that fails (the WAL went) ends the link; the
+  // next HELLO is decided afresh. Feeds a catch-up and a rebuild's WAL lane.
+  private async feedFromDisk(): Promise<void> {
+    const link = this.link;
+    if (link === undefined) return;
+    this.fromDisk = true;
+    const volume = this.primary.volumeRef;
+    const startedMs = performance.now();
+    const lsnFrom = this.lsnSent + 1;
+    let bytesSent = 0;
+    let next: Promise<{ lsn: number; bytes: Buffer }[]> | undefined;
+    const read = (lsn: number): Promise<{ lsn: number; bytes: Buffer }[]> => {
+      const p = volume.readWalRecords(lsn, CATCH_UP_READ_BYTES);
+      p.catch(() => undefined);
+      return p;
+    };
+    const current = (): boolean => this.link === link && !link.closed && this.fromDisk;
+    try {
+      for (;;) {
+        if (!current()) return;
+        const floor = this.primary.backlogFirst;
+        if ((floor > 0 && this.lsnSent + 1 >= floor) || this.lsnSent >= this.primary.head) break;
+        const records = await (next ?? read(this.lsnSent + 1));
+        next = undefined;
+        if (!current()) return;
+        const lsnLast = records[records.length - 1]!.lsn;
+        // Read ahead while these go out.
+        if (lsnLast < this.primary.head && !(floor > 0 && lsnLast + 1 >= floor)) next = read(lsnLast + 1);
+        let more = true;
+        for (let i = 0; i < records.length; ) {
+          const group: WalRecord[] = [];
+          let bytes = 0;
+          while (i < records.length && group.length < RECORDS_PER_FRAME_MAX && (group.length === 0 || bytes + records[i]!.bytes.byteLength <= WAL_GROUP_BYTES_MAX)) {
+            bytes += records[i]!.bytes.byteLength;
+            group.push(records[i++]!);
+          }
+          this.lsnSent = group[group.length - 1]!.lsn;
+          bytesSent += bytes;
+          if (this.catchUp !== undefined) this.catchUp.bytesDone += bytes;
+          more = link.send({ type: 'wal_records', epoch: this.primary.epoch, records: group });
+        }
+        this.sendSync();
+        if (!more) await this.drained();
+      }
+    } catch (err) {
+      if (!current()) return;
+      const why = `WAL feed from disk stopped at LSN ${this.lsnSent}: ${(err as Error).message}`;
+      this.log.warn({ reason: why }, 'feeding the replica from the WAL failed; the next connect decides afresh');
+      link.close('reassigned', why);
+      return;
+    }
+    this.log.info({ lsnFrom, lsnSent: this.lsnSent, bytes: bytesSent, ms: Math.round(performance.now() - startedMs), state: this.state }, 'fed from the WAL on disk; now from memory');
+    this.fromDisk = false;
+    if (this.state === 'catching_up') {
+      this.catchUp = undefined;
+      this.setState(this.lsnSent < this.primary.head ? 'syncing' : 'streaming', undefined);
+    }
+    this.schedulePump();
+  }
+
+  // Resolves once the link takes more (or closes).
+  private drained(): Promise<void> {
+    return new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  // ---- rebuild (the primary's side of a two-lane rebuild) ----
+
+  // Starts (or resumes) a rebuild: REBUILD_START, then the WAL lane from the
+  // base LSN (from disk while the backlog does not hold it) and the base lane
+  // (this node's base.img, chunk by chunk with XXH3 digests) side by side.
+  private startRebuild(decision: Decision, hello: HelloFrame): void {
+    const link = this.link;
+    if (link === undefined) return;
+    const v = this.primary.volumeRef;
+    const cp = v.checkpointState();
+    const saved = hello.rebuild;
+    const resume = decision.resumesSessionId !== undefined && saved !== undefined && saved.sessionId === decision.resumesSessionId;
+    const volumeBlocks = Math.ceil(v.sizeBytes / BLOCK_BYTES);
+    const chunkBlocks = resume ? Math.ceil(volumeBlocks / Math.max(1, saved.chunksTotal)) : REBUILD_CHUNK_BLOCKS;
+    const r: RebuildRun = {
+      sessionId: resume ? saved.sessionId : this.primary.nextSessionId(saved?.sessionId ?? 0),
+      lsnBase: resume ? saved.baseLsn : cp.lsnCheckpoint,
+      lsnTarget: v.lsnHead,
+      chunkBlocks,
+      volumeBlocks,
+      chunksTotal: Math.ceil(volumeBlocks / chunkBlocks),
+      chunkFrom: resume ? saved.chunksDone : 0,
+      chunksSent: 0,
+      chunksDone: resume ? saved.chunksDone : 0,
+      bytesSent: 0,
+      baseSent: false,
+      startedMs: performance.now(),
+      resumed: resume,
+    };
+    this.rebuild = r;
+    link.send({
+      type: 'rebuild_start',
+      epoch: this.primary.epoch,
+      sessionId: r.sessionId,
+      lsnBase: r.lsnBase,
+      lsnTarget: r.lsnTarget,
+      applyChecksumBase: cp.applyChecksum,
+      sizeBytes: cp.state.sizeBytes,
+      features: cp.state.features,
+      durabilityCode: durabilityCode(cp.state.durability),
+      chunkBlocks: r.chunkBlocks,
+      chunkFrom: r.chunkFrom,
+    });
+    this.log.warn(
+      { sessionId: r.sessionId, resumed: resume, lsnBase: r.lsnBase, lsnTarget: r.lsnTarget, chunkFrom: r.chunkFrom, chunksTotal: r.chunksTotal, reason: decision.reason },
+      'rebuild started',
+    );
+    // The WAL lane: a fresh session from the base LSN; a resumed one from what the replica holds.
+    this.startFeed(hello, 'rebuilding', resume ? hello.lsnHead + 1 : r.lsnBase + 1);
+    this.lsnReceived = this.lsnSent; // the WAL pin holds from here
+    const floor = this.primary.backlogFirst;
+    if (this.lsnSent < this.primary.head && (floor === 0 || this.lsnSent + 1 < floor)) void this.feedFromDisk();
+    else this.schedulePump();
+    void this.runBaseLane(link, r);
+  }
+
+  private async runBaseLane(link: ReplicationLink, r: RebuildRun): Promise<void> {
+    const v = this.primary.volumeRef;
+    const current = (): boolean => this.link === link && !link.closed && this.rebuild === r;
+    try {
+      for (let index = r.chunkFrom; index < r.chunksTotal; index++) {
+        const startBlock = index * r.chunkBlocks;
+        const blocks = Math.min(r.chunkBlocks, r.volumeBlocks - startBlock);
+        await this.primary.rebuildThrottle(blocks * BLOCK_BYTES);
+        if (!current()) return;
+        // Noted before the read: the chunk holds at least this checkpoint.
+        const lsnCheckpoint = v.lsnCheckpoint;
+        const data = await v.readBaseBlocks(startBlock, blocks);
+        if (!current()) return;
+        const zero = isZeroChunk(data);
+        const more = link.send({
+          type: 'base_chunk',
+          epoch: this.primary.epoch,
+          sessionId: r.sessionId,
+          index,
+          startBlock,
+          blocks,
+          lsnCheckpoint,
+          digest: zero ? zeroChunk(data.byteLength).digest : xxh3Digest(data),
+          zero,
+          data: zero ? undefined : data,
+        });
+        r.chunksSent++;
+        r.bytesSent += data.byteLength;
+        if (!more) await this.drained();
+      }
+      r.baseSent = true;
+      this.log.info({ sessionId: r.sessionId, chunks: r.chunksSent, bytes: r.bytesSent, ms: Math.round(performance.now() - r.startedMs) }, 'rebuild: base lane sent');
+    } catch (err) {
+      if (!current()) return;
+      const why = `rebuild base lane stopped at chunk ${r.chunkFrom + r.chunksSent}: ${(err as Error).message}`;
+      this.log.warn({ reason: why }, 'rebuild interrupted; the next connect decides afresh');
+      link.close('reassigned', why);
+    }
+  }
+
+  private onSessionAck(ack: SessionAckFrame): void {
+    const r = this.rebuild;
+    if (r === undefined || ack.sessionId !== r.sessionId) return; // stale: an older session's
+    r.chunksDone = Math.max(r.chunksDone, ack.chunksDone);
+    switch (ack.phase) {
+      case 'accepted':
+      case 'running':
+      case 'base_done':
+        return;
+      case 'failed': {
+        const why = `rebuild session ${r.sessionId} failed on the replica (${ack.failure ?? 'unknown'}): ${ack.message}`;
+        this.log.warn({ reason: why }, 'rebuild failed; the next connect decides afresh');
+        this.rebuild = undefined;
+        this.setState('needs_rebuild', why);
+        this.link?.close('reassigned', why);
+        return;
+      }
+      case 'completed':
+        this.rebuildCompleted(r, ack);
+        return;
+      default:
+        assertNever(ack.phase);
+    }
+  }
+
+  // The completion gate: every chunk sent and durable there with matching
+  // digests, and the replica at or past the target. Accepted once.
+  private rebuildCompleted(r: RebuildRun, ack: SessionAckFrame): void {
+    const refused = !r.baseSent
+      ? 'the base lane has not sent every chunk'
+      : !ack.digestsMatch
+        ? 'digests did not match'
+        : ack.lsnAchieved < r.lsnTarget
+          ? `achieved LSN ${ack.lsnAchieved} is below the target ${r.lsnTarget}`
+          : ack.chunksDone < r.chunksTotal
+            ? `only ${ack.chunksDone} of ${r.chunksTotal} chunks done`
+            : undefined;
+    this.rebuild = undefined;
+    if (refused !== undefined) {
+      const why = `rebuild session ${r.sessionId}: completion refused: ${refused}`;
+      this.log.error({ reason: why }, 'rebuild completion refused');
+      this.setState('needs_rebuild', why);
+      this.link?.close('reassigned', why);
+      return;
+    }
+    this.log.info({ sessionId: r.sessionId, lsnAchieved: ack.lsnAchieved, bytes: r.bytesSent, ms: Math.round(performance.now() - r.startedMs) }, 'rebuild complete: the replica is whole');
+    this.rebuildsCompleted++;
+    this.setState(this.lsnReceived >= this.primary.head ? 'streaming' : 'syncing', undefined);
+    if (this.state === 'streaming') this.primary.rejoin(this);
     this.schedulePump();
   }
 
   private onAck(ack: AckFrame): void {
-    if (this.state !== 'streaming' && this.state !== 'syncing') return;
+    if (!this.feeding) return;
     if (ack.lsnReceived > this.lsnSent || ack.lsnDurable > ack.lsnReceived || ack.lsnApplied > ack.lsnReceived) {
       this.link?.close('bad_frame', `ACK ${ack.lsnReceived}/${ack.lsnDurable}/${ack.lsnApplied} beyond what was sent (${this.lsnSent})`);
       return;
@@ -631,18 +1086,30 @@ class ReplicaPeer {
       if (!this.checkChain(ack.lsnApplied, ack.applyChecksum)) return;
     }
     if (this.state === 'syncing' && this.lsnReceived >= this.primary.head) this.setState('streaming', undefined);
+    if (this.catchUp !== undefined && this.lsnReceived >= this.catchUp.lsnTarget) this.catchUpsCompleted++;
     if (this.state === 'streaming') this.primary.rejoin(this);
     this.primary.settle();
   }
 
-  // Divergence: the replica's chain must equal ours at the same LSN.
-  private checkChain(lsn: number, theirs: ApplyChecksum): boolean {
+  // Divergence: the replica's chain must equal ours at the same LSN
+  // (undefined: we no longer know ours there).
+  private chainMatches(lsn: number, theirs: ApplyChecksum): boolean | undefined {
     const ours = this.primary.applyChecksumAt(lsn);
-    if (ours === undefined || ours === theirs) return true;
+    return ours === undefined ? undefined : ours === theirs;
+  }
+
+  private alarmChain(lsn: number, theirs: ApplyChecksum): void {
+    const ours = this.primary.applyChecksumAt(lsn) ?? 0n;
     this.log.error(
       { lsn, ours: applyChecksumToHex(ours), theirs: applyChecksumToHex(theirs) },
       'ALARM: apply checksum mismatch: the replica diverged and needs a rebuild',
     );
+  }
+
+  private checkChain(lsn: number, theirs: ApplyChecksum): boolean {
+    if (this.chainMatches(lsn, theirs) !== false) return true;
+    this.alarmChain(lsn, theirs);
+    const ours = this.primary.applyChecksumAt(lsn) ?? 0n;
     this.fail(undefined, `apply checksum mismatch at LSN ${lsn}: ours ${applyChecksumToHex(ours)}, replica ${applyChecksumToHex(theirs)}; needs a rebuild`);
     return false;
   }
@@ -651,7 +1118,7 @@ class ReplicaPeer {
   // before the local WAL's own submission (queued after this by the append),
   // so the replica works while this node's disk does.
   schedulePump(): void {
-    if (this.pumpScheduled || (this.state !== 'streaming' && this.state !== 'syncing')) return;
+    if (this.pumpScheduled || !this.feeding || this.fromDisk) return;
     this.pumpScheduled = true;
     queueMicrotask(() => {
       this.pumpScheduled = false;
@@ -662,7 +1129,7 @@ class ReplicaPeer {
   // Sends records after lsnSent while the link takes them.
   private pump(): void {
     const link = this.link;
-    if (link === undefined || link.closed || (this.state !== 'streaming' && this.state !== 'syncing')) return;
+    if (link === undefined || link.closed || !this.feeding || this.fromDisk) return;
     const head = this.primary.head;
     while (this.lsnSent < head) {
       const records: WalRecord[] = [];
@@ -670,9 +1137,7 @@ class ReplicaPeer {
       for (let lsn = this.lsnSent + 1; lsn <= head && records.length < RECORDS_PER_FRAME_MAX; lsn++) {
         const e = this.primary.backlogEntry(lsn);
         if (e === undefined) {
-          this.setState('needs_catchup', `the replica fell behind the in-memory backlog at LSN ${lsn}: it needs a WAL catch-up or rebuild`);
-          this.log.warn(this.reason!);
-          link.close('reassigned', this.reason!);
+          this.fellBehind(link);
           return;
         }
         if (records.length > 0 && bytes + e.bytes.byteLength > WAL_GROUP_BYTES_MAX) break;
@@ -686,6 +1151,29 @@ class ReplicaPeer {
     this.sendSync();
   }
 
+  // The backlog moved past what this replica was sent: decide again from
+  // the records in flight (the WAL on disk may still hold the gap).
+  private fellBehind(link: ReplicationLink): void {
+    const facts: ReplicaFacts = { epoch: this.primary.epoch, lsnReceived: this.lsnSent, lsnDurable: this.lsnDurable, lsnApplied: this.lsnApplied, chainMatches: undefined };
+    let decision: Decision;
+    try {
+      decision = decide(this.primary.facts(this.lsnSent), facts);
+    } catch (err) {
+      this.fail(undefined, `cannot decide how to feed the replica: ${(err as Error).message}`);
+      return;
+    }
+    this.decision = { kind: decision.kind, reason: decision.reason, costBytes: decision.costBytes, atMs: Date.now() };
+    this.log.warn({ decision: decision.kind, reason: decision.reason, lsnSent: this.lsnSent }, 'replica fell behind the in-memory backlog');
+    if (decision.kind === 'catch_up') {
+      if (this.state !== 'rebuilding') this.setState('catching_up', undefined);
+      this.catchUp = { lsnFrom: decision.lsnFrom, lsnTarget: decision.lsnTarget, bytesDone: 0, bytesTotal: decision.costBytes, startedMs: performance.now() };
+      void this.feedFromDisk();
+      return;
+    }
+    this.setState('needs_rebuild', decision.reason);
+    link.close('reassigned', decision.reason);
+  }
+
   // The replica is to be durable up to lsn: a SYNC once the records are sent.
   requestSync(lsn: number): void {
     if (lsn <= this.lsnDurable || lsn <= this.lsnSyncWanted) return;
@@ -694,17 +1182,22 @@ class ReplicaPeer {
     else this.schedulePump();
   }
 
+  // Records go out on the link (from memory or, catching up, from disk).
+  private get feeding(): boolean {
+    return this.state === 'streaming' || this.state === 'syncing' || this.state === 'catching_up' || this.state === 'rebuilding';
+  }
+
   private sendSync(): void {
     const lsn = Math.min(this.lsnSyncWanted, this.lsnSent);
     if (lsn <= this.lsnSyncSent || lsn <= this.lsnDurable || this.link === undefined || this.link.closed) return;
-    if (this.state !== 'streaming' && this.state !== 'syncing') return;
+    if (!this.feeding) return;
     this.lsnSyncSent = lsn;
     this.link.send({ type: 'sync', epoch: this.primary.epoch, lsnSync: lsn });
   }
 
   sendCommit(lsn: number): void {
     if (this.link === undefined || this.link.closed || lsn <= this.lsnCommitSent) return;
-    if (this.state !== 'streaming' && this.state !== 'syncing') return;
+    if (!this.feeding) return;
     this.lsnCommitSent = lsn;
     this.link.send({ type: 'commit', epoch: this.primary.epoch, lsnCommit: lsn });
   }
@@ -712,6 +1205,12 @@ class ReplicaPeer {
   private onLinkClose(link: ReplicationLink, reason: LinkCloseReason): void {
     if (this.link !== link) return;
     this.link = undefined;
+    this.catchUp = undefined;
+    this.fromDisk = false;
+    // A rebuild cut short resumes on the next connect (the replica persisted
+    // its progress); the WAL pin keeps its lane meanwhile.
+    this.rebuild = undefined;
+    for (const waiter of this.drainWaiters.splice(0)) waiter();
     if (this.stopped) {
       this.setState('closed', undefined);
       return;
@@ -722,7 +1221,7 @@ class ReplicaPeer {
       return;
     }
     const why = describeClose(reason);
-    if (this.state === 'failed' || this.state === 'needs_catchup') {
+    if (this.state === 'failed' || this.state === 'needs_rebuild') {
       this.scheduleRetry(this.primary.options.reconnectMaxMs ?? 5000);
       return;
     }
@@ -779,7 +1278,7 @@ class ReplicaPeer {
     });
   }
 
-  status(): Omit<ReplicaPeerStatus, 'lagLsn' | 'lagBytes' | 'lagSeconds'> {
+  status(): Omit<ReplicaPeerStatus, 'lagLsn' | 'lagBytes' | 'lagSeconds' | 'retention'> {
     return {
       address: this.address,
       nodeId: this.nodeId,
@@ -792,6 +1291,46 @@ class ReplicaPeer {
       lsnApplied: this.lsnApplied,
       applyChecksum: this.applyChecksum === undefined ? undefined : applyChecksumToHex(this.applyChecksum),
       connects: this.connects,
+      decision: this.decision,
+      catchUp: this.catchUpStatus(),
+      rebuild: this.rebuildStatus(),
+    };
+  }
+
+  private rebuildStatus(): ReplicaPeerStatus['rebuild'] {
+    const r = this.rebuild;
+    if (r === undefined) return undefined;
+    const seconds = (performance.now() - r.startedMs) / 1000;
+    const bytesPerSecond = seconds > 0 ? Math.round(r.bytesSent / seconds) : 0;
+    const bytesTotal = Math.max(0, r.volumeBlocks - r.chunkFrom * r.chunkBlocks) * BLOCK_BYTES;
+    return {
+      sessionId: r.sessionId,
+      resumed: r.resumed,
+      lsnBase: r.lsnBase,
+      lsnTarget: r.lsnTarget,
+      chunksTotal: r.chunksTotal,
+      chunksSent: r.chunkFrom + r.chunksSent,
+      chunksDone: r.chunksDone,
+      bytesSent: r.bytesSent,
+      bytesTotal,
+      bytesPerSecond,
+      etaSeconds: bytesPerSecond > 0 ? Math.max(0, bytesTotal - r.bytesSent) / bytesPerSecond : undefined,
+    };
+  }
+
+  private catchUpStatus(): ReplicaPeerStatus['catchUp'] {
+    const c = this.catchUp;
+    if (c === undefined) return undefined;
+    const seconds = (performance.now() - c.startedMs) / 1000;
+    const bytesPerSecond = seconds > 0 ? Math.round(c.bytesDone / seconds) : 0;
+    const left = Math.max(0, c.bytesTotal - c.bytesDone);
+    return {
+      lsnFrom: c.lsnFrom,
+      lsnTarget: c.lsnTarget,
+      bytesDone: c.bytesDone,
+      bytesTotal: c.bytesTotal,
+      bytesPerSecond,
+      etaSeconds: bytesPerSecond > 0 ? left / bytesPerSecond : undefined,
     };
   }
 }

@@ -24,6 +24,7 @@ import { applyChecksumToHex } from './apply_checksum';
 import { checkEpoch } from './epoch';
 import type { CloseCode, Frame, HelloFrame, WalRecordsFrame } from './frames';
 import { describeClose, ReplicationLink } from './link';
+import { ReplicaRebuild, type ReplicaRebuildStatus } from './replica_rebuild';
 
 // Received record bytes not yet written to the WAL: the socket is not read
 // above the high mark until they drop below the low one.
@@ -54,6 +55,7 @@ export interface ReplicaReplicationStatus {
   applyChecksum: string;
   lastClose: string | undefined;
   framesRefused: number;
+  rebuild: ReplicaRebuildStatus | undefined;
 }
 
 export class ReplicaReplication {
@@ -67,15 +69,22 @@ export class ReplicaReplication {
   framesRefused = 0;
   private closed = false;
   private boundPort = 0;
+  readonly rebuild: ReplicaRebuild;
 
   private constructor(readonly options: ReplicaReplicationOptions) {
     this.volume = options.volume;
     this.log = options.logger.child({ replication: 'replica' });
     this.server = net.createServer((socket) => this.accept(socket));
+    this.rebuild = new ReplicaRebuild(this.volume, this.log);
+    this.rebuild.onCompleted = (ack) => {
+      if (this.current !== undefined) this.current.link.send(ack);
+      else this.log.warn('rebuild completed with no primary connected: the next one learns it from the HELLO');
+    };
   }
 
   static async start(options: ReplicaReplicationOptions): Promise<ReplicaReplication> {
     const r = new ReplicaReplication(options);
+    r.rebuild.restore();
     await new Promise<void>((resolve, reject) => {
       r.server.once('error', reject);
       r.server.listen(options.listen.port, options.listen.host, () => {
@@ -114,6 +123,7 @@ export class ReplicaReplication {
         this.current = undefined;
         this.lastClose = why;
         this.log.info({ primary: link.peer, reason: why }, 'primary link closed');
+        void this.rebuild.linkLost();
       }
     };
   }
@@ -127,6 +137,10 @@ export class ReplicaReplication {
 
   isCurrent(pl: PrimaryLink): boolean {
     return this.current === pl;
+  }
+
+  resetCommit(lsn: number): void {
+    this.lsnCommit = lsn;
   }
 
   noteCommit(lsn: number): void {
@@ -152,6 +166,7 @@ export class ReplicaReplication {
       applyChecksum: applyChecksumToHex(v.applyChecksum),
       lastClose: this.lastClose,
       framesRefused: this.framesRefused,
+      rebuild: this.rebuild.status(),
     };
   }
 
@@ -164,6 +179,7 @@ export class ReplicaReplication {
     await this.current?.idle();
     for (const link of this.links) link.close('shutdown', 'replica stopping', 'goodbye');
     await closing;
+    await this.rebuild.close();
   }
 }
 
@@ -193,7 +209,12 @@ class PrimaryLink {
   enqueue(frame: Frame): void {
     // Frames are handled in order on one chain. Received bytes not yet
     // written to the WAL are bounded: past the mark the socket is not read.
-    const bytes = frame.type === 'wal_records' ? frame.records.reduce((sum, r) => sum + r.bytes.byteLength, 0) : 0;
+    const bytes =
+      frame.type === 'wal_records'
+        ? frame.records.reduce((sum, r) => sum + r.bytes.byteLength, 0)
+        : frame.type === 'base_chunk'
+          ? (frame.data?.byteLength ?? 0)
+          : 0;
     this.outstandingBytes += bytes;
     if (this.outstandingBytes > OUTSTANDING_BYTES_HIGH && !this.inputPaused) {
       this.inputPaused = true;
@@ -262,6 +283,17 @@ class PrimaryLink {
       case 'sync':
         this.makeDurable();
         return;
+      case 'rebuild_start':
+        // What an earlier primary committed says nothing about the rebuilt lineage.
+        this.owner.resetCommit(frame.lsnBase);
+        this.link.send(await this.owner.rebuild.start(frame));
+        this.scheduleAck();
+        return;
+      case 'base_chunk': {
+        const ack = await this.owner.rebuild.chunk(frame);
+        if (ack !== undefined) this.link.send(ack);
+        return;
+      }
       default:
         this.refuse('bad_frame', `unexpected ${frame.type} frame from a primary`);
     }
@@ -309,6 +341,7 @@ class PrimaryLink {
       lsnTail: v.status().lsnTail,
       lsnHead: v.lsnReceived,
       applyChecksum: v.applyChecksum,
+      rebuild: this.owner.rebuild.facts(),
     });
   }
 
@@ -325,8 +358,11 @@ class PrimaryLink {
     this.sendAck();
     last.then(
       () => {
-        // A commit may have covered records that were still waiting for WAL space.
+        // A commit may have covered records that were still waiting for WAL
+        // space: apply them, and tell the primary.
+        const applied = this.volume.lsnApplied;
         this.volume.commit(Math.min(this.owner.commitLsn, this.volume.lsnReceived));
+        if (this.volume.lsnApplied > applied) this.scheduleAck();
       },
       (err: Error) => this.refuse('bad_frame', `appending received records failed: ${err.message}`),
     );
@@ -339,7 +375,10 @@ class PrimaryLink {
       return;
     }
     this.flushing = true;
-    this.volume.flush().then(
+    // A SYNC covers every record received before it: those still waiting for
+    // WAL space (a burst) are written first, then made durable.
+    const received = (this.lastAppend ?? Promise.resolve(0)).catch(() => 0);
+    received.then(() => this.volume.flush()).then(
       () => {
         this.flushing = false;
         this.scheduleAck();

@@ -9,6 +9,8 @@ import fc from 'fast-check';
 
 import { FrameDecoder } from '../../lib/replication/frame_decoder';
 import {
+  BASE_CHUNK_BLOCKS_MAX,
+  BASE_CHUNK_BODY_BYTES_MAX,
   encodeFrame,
   FRAME_BODY_BYTES_FLOOR,
   FRAME_BODY_BYTES_MAX,
@@ -16,6 +18,7 @@ import {
   FrameError,
   WAL_RECORD_BYTES_MAX,
   WAL_RECORDS_PER_FRAME_MAX,
+  type BaseChunkFrame,
   type FrameErrorCode,
   type WalRecordsFrame,
 } from '../../lib/replication/frames';
@@ -26,8 +29,16 @@ const STREAM = Buffer.concat(SAMPLES.map(encodeFrame));
 // Offset just past each sample frame in STREAM.
 const FRAME_ENDS = SAMPLES.map(encodeFrame).reduce<number[]>((ends, f) => [...ends, (ends.at(-1) ?? 0) + f.length], []);
 const WAL_SAMPLE = SAMPLES[1] as WalRecordsFrame;
+// Sample indexes of the rebuild frames (frame_samples.ts).
+const indexOf = (type: string, nth = 0): number => SAMPLES.map((f, i) => (f.type === type ? i : -1)).filter((i) => i >= 0)[nth]!;
+const REBUILD_START = indexOf('rebuild_start');
+const DATA_CHUNK = indexOf('base_chunk', 0);
+const ZERO_CHUNK = indexOf('base_chunk', 1);
+const FAILED_ACK = indexOf('session_ack', 0);
+const COMPLETED_ACK = indexOf('session_ack', 1);
+const REBUILD_HELLO = indexOf('hello', 1);
 
-function expectFrameError(decoder: FrameDecoder, code: FrameErrorCode, message?: RegExp): FrameError {
+function expectFrameError(decoder: FrameDecoder, code: FrameErrorCode, message?: RegExp, what = ''): FrameError {
   let caught: unknown;
   assert.throws(
     () => decoder.next(),
@@ -35,11 +46,12 @@ function expectFrameError(decoder: FrameDecoder, code: FrameErrorCode, message?:
       caught = err;
       return true;
     },
+    what,
   );
-  assert.ok(caught instanceof FrameError, `expected a FrameError, got ${String(caught)}`);
+  assert.ok(caught instanceof FrameError, `${what}: expected a FrameError, got ${String(caught)}`);
   assert.ok(caught instanceof BlockwalError);
-  assert.equal(caught.code, code, caught.message);
-  if (message !== undefined) assert.match(caught.message, message);
+  assert.equal(caught.code, code, `${what}: ${caught.message}`);
+  if (message !== undefined) assert.match(caught.message, message, what);
   return caught;
 }
 
@@ -90,6 +102,17 @@ test('random frames in random chunkings decode to the frames sent', () => {
 });
 
 // ---- Views, not copies ----
+
+test('base chunk data is a view of the body chunk, or of the one copy when the body spans chunks', () => {
+  const bytes = encodeFrame(SAMPLES[DATA_CHUNK]!);
+  const body = own(bytes.subarray(FRAME_HEADER_BYTES));
+  const [inPlace] = decodeChunks([own(bytes.subarray(0, FRAME_HEADER_BYTES)), body]) as BaseChunkFrame[];
+  assert.equal(inPlace!.data!.buffer, body.buffer, 'a view of the body chunk');
+  const parts = [own(bytes.subarray(0, 1000)), own(bytes.subarray(1000))];
+  const [spanning] = decodeChunks(parts) as BaseChunkFrame[];
+  assert.deepEqual(spanning, SAMPLES[DATA_CHUNK]);
+  for (const part of parts) assert.notEqual(spanning!.data!.buffer, part.buffer);
+});
 
 test('record bytes are views of the pushed chunk when the body lies in one chunk', () => {
   const bytes = encodeFrame(WAL_SAMPLE);
@@ -154,6 +177,12 @@ const u32At = (offset: number, value: number) => (b: Buffer) => void b.writeUInt
 const hello = (edit: (b: Buffer) => Buffer | void, header?: Partial<CraftFields>): Buffer => edited(0, 1, edit, header);
 const walRecords = (edit: (b: Buffer) => Buffer | void): Buffer => edited(1, 2, edit);
 const close = (edit: (b: Buffer) => Buffer | void): Buffer => edited(5, 6, edit);
+const rebuildHello = (edit: (b: Buffer) => Buffer | void): Buffer => edited(REBUILD_HELLO, 1, edit);
+const rebuildStart = (edit: (b: Buffer) => Buffer | void): Buffer => edited(REBUILD_START, 9, edit);
+const dataChunk = (edit: (b: Buffer) => Buffer | void): Buffer => edited(DATA_CHUNK, 10, edit);
+const zeroChunk = (edit: (b: Buffer) => Buffer | void): Buffer => edited(ZERO_CHUNK, 10, edit);
+const failedAck = (edit: (b: Buffer) => Buffer | void): Buffer => edited(FAILED_ACK, 11, edit);
+const completedAck = (edit: (b: Buffer) => Buffer | void): Buffer => edited(COMPLETED_ACK, 11, edit);
 
 const BAD_FRAMES: BadFrameCase[] = [
   { name: 'zero magic', bytes: craftFrame({ magic: 0, typeCode: 4, body: Buffer.alloc(8) }), code: 'ERR_FRAME_MAGIC', message: /magic/, headerOnly: true },
@@ -162,7 +191,7 @@ const BAD_FRAMES: BadFrameCase[] = [
   { name: 'version 0', bytes: craftFrame({ version: 0, typeCode: 4, body: Buffer.alloc(8) }), code: 'ERR_FRAME_VERSION', message: /version 0/, headerOnly: true },
   { name: 'a body over FRAME_BODY_BYTES_MAX', bytes: craftFrame({ typeCode: 2, bodyBytes: FRAME_BODY_BYTES_MAX + 1, body: new Uint8Array(0) }), code: 'ERR_FRAME_TOO_LARGE', message: /over the limit/, headerOnly: true },
   { name: 'type 0', bytes: craftFrame({ typeCode: 0, body: Buffer.alloc(8) }), code: 'ERR_FRAME_TYPE', message: /type 0/, headerOnly: true },
-  { name: 'type 9', bytes: craftFrame({ typeCode: 9, body: Buffer.alloc(8) }), code: 'ERR_FRAME_TYPE', message: /type 9/, headerOnly: true },
+  { name: 'type 12', bytes: craftFrame({ typeCode: 12, body: Buffer.alloc(8) }), code: 'ERR_FRAME_TYPE', message: /type 12/, headerOnly: true },
   { name: 'type 255', bytes: craftFrame({ typeCode: 255, body: Buffer.alloc(8) }), code: 'ERR_FRAME_TYPE', message: /type 255/, headerOnly: true },
   { name: 'bad checksum', bytes: craftFrame({ typeCode: 4, body: Buffer.alloc(8), badChecksum: true }), code: 'ERR_FRAME_CHECKSUM', message: /checksum/ },
   { name: 'a body byte changed', bytes: (() => { const b = encodeFrame(SAMPLES[2]!); b[40]! ^= 0x80; return b; })(), code: 'ERR_FRAME_CHECKSUM', message: /ack frame checksum/ },
@@ -171,7 +200,13 @@ const BAD_FRAMES: BadFrameCase[] = [
   { name: 'commit of 9 bytes', bytes: craftFrame({ typeCode: 4, body: Buffer.alloc(9) }), code: 'ERR_FRAME_MALFORMED', message: /commit body of 9 bytes/, headerOnly: true },
   { name: 'heartbeat of 7 bytes', bytes: craftFrame({ typeCode: 5, body: Buffer.alloc(7) }), code: 'ERR_FRAME_MALFORMED', message: /heartbeat body of 7/, headerOnly: true },
   { name: 'hello without node id', bytes: craftFrame({ typeCode: 1, body: Buffer.alloc(64) }), code: 'ERR_FRAME_MALFORMED', message: /hello body of 64/, headerOnly: true },
-  { name: 'hello of 320 bytes', bytes: craftFrame({ typeCode: 1, body: Buffer.alloc(320) }), code: 'ERR_FRAME_MALFORMED', message: /hello body of 320/, headerOnly: true },
+  { name: 'hello of 360 bytes', bytes: craftFrame({ typeCode: 1, body: Buffer.alloc(360) }), code: 'ERR_FRAME_MALFORMED', message: /hello body of 360/, headerOnly: true },
+  { name: 'rebuild_start of 63 bytes', bytes: craftFrame({ typeCode: 9, body: Buffer.alloc(63) }), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start body of 63/, headerOnly: true },
+  { name: 'rebuild_start of 65 bytes', bytes: craftFrame({ typeCode: 9, body: Buffer.alloc(65) }), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start body of 65/, headerOnly: true },
+  { name: 'base_chunk of 47 bytes', bytes: craftFrame({ typeCode: 10, body: Buffer.alloc(47) }), code: 'ERR_FRAME_MALFORMED', message: /base_chunk body of 47/, headerOnly: true },
+  { name: 'base_chunk over a maximal chunk', bytes: craftFrame({ typeCode: 10, bodyBytes: BASE_CHUNK_BODY_BYTES_MAX + 1, body: new Uint8Array(0) }), code: 'ERR_FRAME_MALFORMED', message: /base_chunk body of \d+ bytes, outside 48\.\./, headerOnly: true },
+  { name: 'session_ack of 35 bytes', bytes: craftFrame({ typeCode: 11, body: Buffer.alloc(35) }), code: 'ERR_FRAME_MALFORMED', message: /session_ack body of 35/, headerOnly: true },
+  { name: 'session_ack of 1061 bytes', bytes: craftFrame({ typeCode: 11, body: Buffer.alloc(1061) }), code: 'ERR_FRAME_MALFORMED', message: /session_ack body of 1061/, headerOnly: true },
   { name: 'wal_records of 20 bytes', bytes: craftFrame({ typeCode: 2, body: Buffer.alloc(20) }), code: 'ERR_FRAME_MALFORMED', message: /wal_records body of 20/, headerOnly: true },
   { name: 'error of 3 bytes', bytes: craftFrame({ typeCode: 6, body: Buffer.alloc(3) }), code: 'ERR_FRAME_MALFORMED', message: /error body of 3/, headerOnly: true },
   { name: 'goodbye of 1029 bytes', bytes: craftFrame({ typeCode: 7, body: Buffer.alloc(1029) }), code: 'ERR_FRAME_MALFORMED', message: /goodbye body of 1029/, headerOnly: true },
@@ -188,6 +223,15 @@ const BAD_FRAMES: BadFrameCase[] = [
   { name: 'hello reserved byte', bytes: hello((b) => void (b[5] = 1)), code: 'ERR_FRAME_MALFORMED', message: /reserved bytes/ },
   { name: 'hello node id not UTF-8', bytes: hello((b) => void (b[64] = 0xff)), code: 'ERR_FRAME_MALFORMED', message: /node id is not valid UTF-8/ },
   { name: 'hello lsnHead over 2^53', bytes: hello(u32At(52, OVER_U53)), code: 'ERR_FRAME_MALFORMED', message: /lsnHead is over/ },
+  { name: 'hello unknown flag bit 1', bytes: hello((b) => void (b[2] = 2)), code: 'ERR_FRAME_MALFORMED', message: /hello: unknown flags 0x2/ },
+  { name: 'hello unknown flag bit 7', bytes: rebuildHello((b) => void (b[2] = 0x81)), code: 'ERR_FRAME_MALFORMED', message: /hello: unknown flags 0x81/ },
+  { name: 'hello rebuild flag without rebuild info', bytes: hello((b) => void (b[2] = 1)), code: 'ERR_FRAME_MALFORMED', message: /for a node id of 6 bytes and 40 bytes of rebuild info/ },
+  { name: 'hello rebuild info without the flag', bytes: rebuildHello((b) => void (b[2] = 0)), code: 'ERR_FRAME_MALFORMED', message: /110 bytes for a node id of 6 bytes$/ },
+  { name: 'hello rebuild info one byte short', bytes: rebuildHello((b) => b.subarray(0, b.length - 1)), code: 'ERR_FRAME_MALFORMED', message: /and 40 bytes of rebuild info/ },
+  { name: 'hello rebuild reserved byte', bytes: rebuildHello((b) => void (b[b.length - 1] = 1)), code: 'ERR_FRAME_MALFORMED', message: /rebuild reserved bytes/ },
+  { name: 'hello rebuild chunksTotal 0', bytes: rebuildHello((b) => void b.fill(0, 70 + 24, 70 + 32)), code: 'ERR_FRAME_MALFORMED', message: /rebuild chunks 0\/0/ },
+  { name: 'hello rebuild chunksDone > chunksTotal', bytes: rebuildHello(u32At(70 + 28, 3)), code: 'ERR_FRAME_MALFORMED', message: /rebuild chunks 4294967294\/3/ },
+  { name: 'hello rebuild baseLsn over 2^53', bytes: rebuildHello(u32At(70 + 20, OVER_U53)), code: 'ERR_FRAME_MALFORMED', message: /rebuild\.baseLsn is over/ },
   // WAL_RECORDS bodies (sample: LSNs 100, 101, 103 of 64, 200 and 1 bytes).
   { name: 'zero records', bytes: walRecords(u32At(0, 0)), code: 'ERR_FRAME_MALFORMED', message: /0 records/ },
   { name: 'too many records', bytes: walRecords(u32At(0, WAL_RECORDS_PER_FRAME_MAX + 1)), code: 'ERR_FRAME_MALFORMED', message: /records, outside/ },
@@ -211,13 +255,51 @@ const BAD_FRAMES: BadFrameCase[] = [
   { name: 'message length past the end', bytes: close((b) => void b.writeUInt16LE(b.readUInt16LE(2) + 1, 2)), code: 'ERR_FRAME_MALFORMED', message: /for a message of/ },
   { name: 'message length over the limit', bytes: craftFrame({ typeCode: 6, body: Buffer.concat([Buffer.from([1, 0, 0x01, 0x04]), Buffer.alloc(1024)]) }), code: 'ERR_FRAME_MALFORMED', message: /1025 bytes is too long/ },
   { name: 'message not UTF-8', bytes: close((b) => void (b[4] = 0xc3)), code: 'ERR_FRAME_MALFORMED', message: /message is not valid UTF-8/ },
+  // REBUILD_START bodies (sample: 2^40 bytes in chunks of 8192 blocks, chunkFrom 3).
+  { name: 'rebuild_start lsnBase above lsnTarget', bytes: rebuildStart(u32At(20, 0)), code: 'ERR_FRAME_MALFORMED', message: /lsnBase \d+ is above lsnTarget/ },
+  { name: 'rebuild_start lsnTarget over 2^53', bytes: rebuildStart(u32At(20, OVER_U53)), code: 'ERR_FRAME_MALFORMED', message: /lsnTarget is over/ },
+  { name: 'rebuild_start sizeBytes 0', bytes: rebuildStart((b) => void b.fill(0, 32, 40)), code: 'ERR_FRAME_MALFORMED', message: /sizeBytes 0 is not a positive multiple/ },
+  { name: 'rebuild_start sizeBytes not a block multiple', bytes: rebuildStart(u32At(32, 512)), code: 'ERR_FRAME_MALFORMED', message: /sizeBytes \d+ is not a positive multiple of 4096/ },
+  { name: 'rebuild_start features over 2^53', bytes: rebuildStart(u32At(44, OVER_U53)), code: 'ERR_FRAME_MALFORMED', message: /features is over/ },
+  { name: 'rebuild_start chunkBlocks 0', bytes: rebuildStart(u32At(48, 0)), code: 'ERR_FRAME_MALFORMED', message: /chunkBlocks 0, outside 1\.\.8192/ },
+  { name: 'rebuild_start chunkBlocks 8193', bytes: rebuildStart(u32At(48, BASE_CHUNK_BLOCKS_MAX + 1)), code: 'ERR_FRAME_MALFORMED', message: /chunkBlocks 8193, outside/ },
+  { name: 'rebuild_start chunkFrom past the chunks', bytes: rebuildStart(u32At(52, 2 ** 15 + 1)), code: 'ERR_FRAME_MALFORMED', message: /chunkFrom 32769 is past the 32768 chunks/ },
+  { name: 'rebuild_start durability code 4', bytes: rebuildStart((b) => void (b[56] = 4)), code: 'ERR_FRAME_MALFORMED', message: /unknown durability code 4/ },
+  { name: 'rebuild_start reserved byte', bytes: rebuildStart((b) => void (b[63] = 1)), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start: reserved bytes/ },
+  // BASE_CHUNK bodies (samples: one data block at 2^33; a zero chunk of 8192 blocks).
+  { name: 'base_chunk blocks 0', bytes: dataChunk(u32At(12, 0)), code: 'ERR_FRAME_MALFORMED', message: /base_chunk: 0 blocks, outside 1\.\.8192/ },
+  { name: 'base_chunk blocks 8193', bytes: zeroChunk(u32At(12, BASE_CHUNK_BLOCKS_MAX + 1)), code: 'ERR_FRAME_MALFORMED', message: /base_chunk: 8193 blocks, outside/ },
+  { name: 'base_chunk data length mismatch (2 blocks said, 1 sent)', bytes: dataChunk(u32At(12, 2)), code: 'ERR_FRAME_MALFORMED', message: /4144 bytes for 2 blocks of data/ },
+  { name: 'base_chunk data one byte short', bytes: dataChunk((b) => b.subarray(0, b.length - 1)), code: 'ERR_FRAME_MALFORMED', message: /4143 bytes for 1 blocks of data/ },
+  { name: 'base_chunk zero flag with data', bytes: dataChunk(u32At(40, 1)), code: 'ERR_FRAME_MALFORMED', message: /4144 bytes for a zero chunk \(no data\)/ },
+  { name: 'base_chunk data without the data', bytes: zeroChunk(u32At(40, 0)), code: 'ERR_FRAME_MALFORMED', message: /48 bytes for 8192 blocks of data/ },
+  { name: 'base_chunk unknown flag', bytes: zeroChunk(u32At(40, 3)), code: 'ERR_FRAME_MALFORMED', message: /base_chunk: unknown flags 0x3/ },
+  { name: 'base_chunk reserved bytes', bytes: zeroChunk(u32At(44, 1)), code: 'ERR_FRAME_MALFORMED', message: /base_chunk: reserved bytes/ },
+  { name: 'base_chunk startBlock over 2^53', bytes: zeroChunk(u32At(20, OVER_U53)), code: 'ERR_FRAME_MALFORMED', message: /startBlock is over/ },
+  { name: 'base_chunk bytes end beyond 2^53', bytes: zeroChunk(u32At(20, 0x200)), code: 'ERR_FRAME_MALFORMED', message: /end beyond 2\^53 - 1 bytes/ },
+  { name: 'base_chunk lsnCheckpoint over 2^53', bytes: zeroChunk(u32At(28, OVER_U53)), code: 'ERR_FRAME_MALFORMED', message: /lsnCheckpoint is over/ },
+  // SESSION_ACK bodies (samples: failed digest_mismatch with a message; completed).
+  { name: 'session_ack phase 0', bytes: failedAck((b) => void (b[28] = 0)), code: 'ERR_FRAME_MALFORMED', message: /unknown phase 0/ },
+  { name: 'session_ack phase 6', bytes: failedAck((b) => void (b[28] = 6)), code: 'ERR_FRAME_MALFORMED', message: /unknown phase 6/ },
+  { name: 'session_ack failure 11', bytes: failedAck((b) => void (b[29] = 11)), code: 'ERR_FRAME_MALFORMED', message: /unknown failure 11/ },
+  { name: 'session_ack failed without failure', bytes: failedAck((b) => void (b[29] = 0)), code: 'ERR_FRAME_MALFORMED', message: /phase failed with failure none/ },
+  { name: 'session_ack failure while running', bytes: failedAck((b) => void (b[28] = 2)), code: 'ERR_FRAME_MALFORMED', message: /phase running with failure digest_mismatch/ },
+  { name: 'session_ack lsnAchieved before completed', bytes: completedAck((b) => void (b[28] = 3)), code: 'ERR_FRAME_MALFORMED', message: /lsnAchieved \d+ in phase base_done/ },
+  { name: 'session_ack lsnAchieved over 2^53', bytes: completedAck(u32At(20, OVER_U53)), code: 'ERR_FRAME_MALFORMED', message: /lsnAchieved is over/ },
+  { name: 'session_ack unknown flag', bytes: completedAck((b) => void (b[30] = 3)), code: 'ERR_FRAME_MALFORMED', message: /session_ack: unknown flags 0x3/ },
+  { name: 'session_ack reserved byte 31', bytes: completedAck((b) => void (b[31] = 1)), code: 'ERR_FRAME_MALFORMED', message: /session_ack: reserved bytes/ },
+  { name: 'session_ack reserved bytes 34..35', bytes: completedAck((b) => void (b[35] = 1)), code: 'ERR_FRAME_MALFORMED', message: /session_ack: reserved bytes/ },
+  { name: 'session_ack message past the end', bytes: failedAck((b) => void b.writeUInt16LE(b.readUInt16LE(32) + 1, 32)), code: 'ERR_FRAME_MALFORMED', message: /for a message of/ },
+  { name: 'session_ack trailing byte', bytes: completedAck((b) => Buffer.concat([b, Buffer.alloc(1)])), code: 'ERR_FRAME_MALFORMED', message: /37 bytes for a message of 0 bytes/ },
+  { name: 'session_ack message over the limit', bytes: craftFrame({ typeCode: 11, body: (() => { const b = Buffer.alloc(36 + 1024); b[28] = 2; b.writeUInt16LE(1025, 32); return b; })() }), code: 'ERR_FRAME_MALFORMED', message: /1025 bytes is too long/ },
+  { name: 'session_ack message not UTF-8', bytes: failedAck((b) => void (b[36] = 0xff)), code: 'ERR_FRAME_MALFORMED', message: /session_ack: message is not valid UTF-8/ },
 ];
 
 test('every bad frame gets its error code', () => {
   for (const { name, bytes, code, message, headerOnly } of BAD_FRAMES) {
     const decoder = new FrameDecoder();
     decoder.push(own(headerOnly === true ? bytes.subarray(0, FRAME_HEADER_BYTES) : bytes));
-    const err = expectFrameError(decoder, code, message);
+    const err = expectFrameError(decoder, code, message, name);
     assert.ok(err.message.length > 0, name);
   }
   const codes = new Set(BAD_FRAMES.map((c) => c.code));

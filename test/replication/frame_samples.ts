@@ -8,16 +8,22 @@ import { XXHash3 } from 'xxhash-addon';
 
 import { FrameDecoder } from '../../lib/replication/frame_decoder';
 import {
+  BASE_CHUNK_BLOCKS_MAX,
+  BLOCK_BYTES,
   CLOSE_CODES,
   CLOSE_MESSAGE_BYTES_MAX,
   FRAME_HEADER_BYTES,
   FRAME_MAGIC,
   NODE_ID_BYTES_MAX,
   PROTOCOL_VERSION,
+  SESSION_FAILURE_CODES,
+  SESSION_PHASE_CODES,
   type CloseCode,
   type Frame,
+  type SessionPhase,
   type WalRecord,
 } from '../../lib/replication/frames';
+import type { SessionFailure } from '../../lib/protocol/types';
 
 export const UUID = '0123456789abcdef0011223344556677';
 
@@ -31,7 +37,9 @@ export function bytesOf(length: number, seed: number): Uint8Array {
   return out;
 }
 
-// One of each type, with values that use the high half of their u64 fields.
+// One of each type (and the variants of HELLO, BASE_CHUNK and SESSION_ACK),
+// with values that use the high half of their u64 fields. Tests index the
+// first eight; new samples go at the end.
 export const SAMPLES: readonly Frame[] = [
   {
     type: 'hello',
@@ -60,6 +68,80 @@ export const SAMPLES: readonly Frame[] = [
   { type: 'error', epoch: 3, code: 'stale_epoch', message: 'stale epoch: frame epoch 3 < local epoch 7' },
   { type: 'goodbye', epoch: 7, code: 'shutdown', message: '' },
   { type: 'sync', epoch: 7, lsnSync: 123_456_789 },
+  {
+    type: 'rebuild_start',
+    epoch: 7,
+    sessionId: 2 ** 40 + 9,
+    lsnBase: 2 ** 40,
+    lsnTarget: 2 ** 40 + 5,
+    applyChecksumBase: 0x8877665544332211n,
+    sizeBytes: 2 ** 40,
+    features: 2 ** 52 + 5,
+    durabilityCode: 2,
+    chunkBlocks: 8192,
+    chunkFrom: 3,
+  },
+  {
+    type: 'base_chunk',
+    epoch: 7,
+    sessionId: 2 ** 40 + 9,
+    index: 0xffff_fffe,
+    startBlock: 2 ** 33,
+    blocks: 1,
+    lsnCheckpoint: 2 ** 40 + 2,
+    digest: 0xf0e1d2c3b4a59687n,
+    zero: false,
+    data: bytesOf(BLOCK_BYTES, 4),
+  },
+  {
+    type: 'base_chunk',
+    epoch: 7,
+    sessionId: 2 ** 40 + 9,
+    index: 4,
+    startBlock: 4 * 8192,
+    blocks: 8192,
+    lsnCheckpoint: 2 ** 40,
+    digest: 0x0123456789abcdefn,
+    zero: true,
+    data: undefined,
+  },
+  {
+    type: 'session_ack',
+    epoch: 7,
+    sessionId: 2 ** 40 + 9,
+    phase: 'failed',
+    chunksDone: 0xffff_ffff,
+    lsnApplied: 2 ** 40 + 1,
+    lsnAchieved: 0,
+    digestsMatch: false,
+    failure: 'digest_mismatch',
+    message: 'chunk 5 (blocks 40960+8192) does not match its digest',
+  },
+  {
+    type: 'session_ack',
+    epoch: 7,
+    sessionId: 2 ** 40 + 9,
+    phase: 'completed',
+    chunksDone: 12,
+    lsnApplied: 2 ** 40 + 5,
+    lsnAchieved: 2 ** 40 + 5,
+    digestsMatch: true,
+    failure: undefined,
+    message: '',
+  },
+  {
+    type: 'hello',
+    epoch: 7,
+    role: 'replica',
+    volumeUuid: UUID,
+    nodeId: 'node-b',
+    lsnDurable: 2 ** 40 + 1,
+    lsnApplied: 2 ** 40 + 1,
+    lsnTail: 2 ** 40,
+    lsnHead: 2 ** 40 + 1,
+    applyChecksum: 0x0102030405060708n,
+    rebuild: { sessionId: 2 ** 40 + 8, epoch: 2 ** 33 + 6, baseLsn: 2 ** 40, chunksDone: 0xffff_fffe, chunksTotal: 0xffff_ffff },
+  },
 ];
 
 // Feeds chunks one by one, taking every frame as soon as it is whole.
@@ -126,6 +208,14 @@ function utf8String(minBytes: number, maxBytes: number): fc.Arbitrary<string> {
 
 const uuidArb = fc.uint8Array({ minLength: 16, maxLength: 16 }).map((b) => Buffer.from(b).toString('hex'));
 
+const u32 = fc.nat({ max: 0xffff_ffff });
+
+// chunksDone <= chunksTotal, chunksTotal >= 1.
+const helloRebuildArb = fc
+  .record({ sessionId: u53, epoch: u53, baseLsn: u53, chunksTotal: fc.integer({ min: 1, max: 0xffff_ffff }), done: fc.double({ min: 0, max: 1, noNaN: true }) })
+  .map(({ done, ...rest }) => ({ ...rest, chunksDone: Math.floor(done * rest.chunksTotal) }));
+
+// With or without rebuild info (without: no rebuild key, as the decoder gives).
 const helloArb: fc.Arbitrary<Frame> = fc.record({
   type: fc.constant('hello' as const),
   epoch: u53,
@@ -137,7 +227,8 @@ const helloArb: fc.Arbitrary<Frame> = fc.record({
   lsnTail: u53,
   lsnHead: u53,
   applyChecksum: u64,
-}, PLAIN);
+  rebuild: helloRebuildArb,
+}, { ...PLAIN, requiredKeys: ['type', 'epoch', 'role', 'volumeUuid', 'nodeId', 'lsnDurable', 'lsnApplied', 'lsnTail', 'lsnHead', 'applyChecksum'] });
 
 // Strictly increasing LSNs from a start that leaves room for the gaps.
 const recordsArb: fc.Arbitrary<WalRecord[]> = fc
@@ -175,6 +266,92 @@ const closeArb: fc.Arbitrary<Frame> = fc.record({
   message: utf8String(0, CLOSE_MESSAGE_BYTES_MAX),
 }, PLAIN);
 
+// lsnBase <= lsnTarget; chunkFrom within the volume's chunks.
+const rebuildStartArb: fc.Arbitrary<Frame> = fc
+  .record({
+    epoch: u53,
+    sessionId: u53,
+    lsns: fc.tuple(u53, u53).map(([a, b]) => (a <= b ? [a, b] : [b, a])),
+    applyChecksumBase: u64,
+    sizeBlocks: fc.integer({ min: 1, max: Math.floor(Number.MAX_SAFE_INTEGER / BLOCK_BYTES) }),
+    features: u53,
+    durabilityCode: fc.integer({ min: 0, max: 3 }),
+    chunkBlocks: fc.integer({ min: 1, max: BASE_CHUNK_BLOCKS_MAX }),
+    from: fc.double({ min: 0, max: 1, noNaN: true }),
+  })
+  .map(({ lsns, sizeBlocks, from, ...rest }) => {
+    const chunksTotal = Math.ceil(sizeBlocks / rest.chunkBlocks);
+    return {
+      type: 'rebuild_start' as const,
+      epoch: rest.epoch,
+      sessionId: rest.sessionId,
+      lsnBase: lsns[0]!,
+      lsnTarget: lsns[1]!,
+      applyChecksumBase: rest.applyChecksumBase,
+      sizeBytes: sizeBlocks * BLOCK_BYTES,
+      features: rest.features,
+      durabilityCode: rest.durabilityCode,
+      chunkBlocks: rest.chunkBlocks,
+      chunkFrom: Math.min(Math.floor(from * (chunksTotal + 1)), chunksTotal, 0xffff_ffff),
+    };
+  });
+
+// Zero chunks of any size; data chunks of a few blocks (the bytes cost time).
+const baseChunkArb: fc.Arbitrary<Frame> = fc
+  .record({
+    epoch: u53,
+    sessionId: u53,
+    index: u32,
+    startBlock: fc.integer({ min: 0, max: Math.floor(Number.MAX_SAFE_INTEGER / BLOCK_BYTES) - BASE_CHUNK_BLOCKS_MAX }),
+    lsnCheckpoint: u53,
+    digest: u64,
+    shape: fc.oneof(
+      fc.record({ zero: fc.constant(true), blocks: fc.integer({ min: 1, max: BASE_CHUNK_BLOCKS_MAX }), seed: fc.constant(0) }),
+      fc.record({ zero: fc.constant(false), blocks: fc.integer({ min: 1, max: 3 }), seed: fc.nat() }),
+    ),
+  })
+  .map(({ shape, ...rest }) => ({
+    type: 'base_chunk' as const,
+    epoch: rest.epoch,
+    sessionId: rest.sessionId,
+    index: rest.index,
+    startBlock: rest.startBlock,
+    blocks: shape.blocks,
+    lsnCheckpoint: rest.lsnCheckpoint,
+    digest: rest.digest,
+    zero: shape.zero,
+    data: shape.zero ? undefined : bytesOf(shape.blocks * BLOCK_BYTES, shape.seed),
+  }));
+
+const PHASES = Object.keys(SESSION_PHASE_CODES) as SessionPhase[];
+const FAILURES = Object.keys(SESSION_FAILURE_CODES) as SessionFailure[];
+
+// A failure exactly with phase failed; lsnAchieved 0 unless completed.
+const sessionAckArb: fc.Arbitrary<Frame> = fc
+  .record({
+    epoch: u53,
+    sessionId: u53,
+    phase: fc.constantFrom(...PHASES),
+    chunksDone: u32,
+    lsnApplied: u53,
+    lsnAchieved: u53,
+    digestsMatch: fc.boolean(),
+    failure: fc.constantFrom(...FAILURES),
+    message: utf8String(0, CLOSE_MESSAGE_BYTES_MAX),
+  })
+  .map((r) => ({
+    type: 'session_ack' as const,
+    epoch: r.epoch,
+    sessionId: r.sessionId,
+    phase: r.phase,
+    chunksDone: r.chunksDone,
+    lsnApplied: r.lsnApplied,
+    lsnAchieved: r.phase === 'completed' ? r.lsnAchieved : 0,
+    digestsMatch: r.digestsMatch,
+    failure: r.phase === 'failed' ? r.failure : undefined,
+    message: r.message,
+  }));
+
 export const FRAME_ARBITRARIES: Readonly<Record<string, fc.Arbitrary<Frame>>> = {
   hello: helloArb,
   wal_records: walRecordsArb,
@@ -183,6 +360,9 @@ export const FRAME_ARBITRARIES: Readonly<Record<string, fc.Arbitrary<Frame>>> = 
   sync: syncArb,
   heartbeat: heartbeatArb,
   'error/goodbye': closeArb,
+  rebuild_start: rebuildStartArb,
+  base_chunk: baseChunkArb,
+  session_ack: sessionAckArb,
 };
 
 export const anyFrameArb: fc.Arbitrary<Frame> = fc.oneof(...Object.values(FRAME_ARBITRARIES));

@@ -1,7 +1,7 @@
 // The primary's side against scripted replicas, in one process: a fake
 // replica (a listening socket and a ReplicationLink) answers the primary's
 // HELLO as the test says. Checks the peer lifecycle (reconnecting with a
-// bounded backoff, needs_catchup, failed), what bad answers do (an ACK for
+// bounded backoff, catching_up from the WAL, needs_rebuild, failed), what bad answers do (an ACK for
 // records never sent, a divergent apply checksum, a higher epoch) and that
 // close() in the middle of any of it leaves nothing running.
 import { test } from 'node:test';
@@ -49,7 +49,7 @@ function replicaHello(to: HelloFrame, overrides: Partial<HelloFrame> = {}): Hell
 
 async function withPrimary(
   replicas: number[],
-  options: { durability?: DurabilityMode; backlogBytes?: number },
+  options: { durability?: DurabilityMode; backlogBytes?: number; rebuildBytesPerSecond?: number; rebuildLatencyTargetMs?: number },
   fn: (ctx: { volume: Volume; primary: PrimaryReplication; peer: () => ReplicaPeerStatus }) => Promise<void>,
 ): Promise<void> {
   const { dir, cleanup } = tempDir('repl-primary');
@@ -69,6 +69,8 @@ async function withPrimary(
       durability: options.durability ?? 'best_effort',
       logger: silent,
       backlogBytes: options.backlogBytes,
+      rebuildBytesPerSecond: options.rebuildBytesPerSecond,
+      rebuildLatencyTargetMs: options.rebuildLatencyTargetMs,
       reconnectMinMs: 20,
       reconnectMaxMs: 80,
       ackTimeoutMs: 60_000,
@@ -102,11 +104,21 @@ test('nothing listening: the peer keeps reconnecting with a bounded backoff, and
   });
 });
 
-test('a replica behind the backlog is reported needs_catchup; a current one streams and gets every record', async () => {
+// A fake replica that keeps what it is sent (LSNs in arrival order) and
+// acknowledges it; `away` makes it refuse the primary.
+async function recordingReplica(): Promise<{
+  received: number[];
+  frames: Frame[];
+  hellos: () => number;
+  setAway: (away: boolean) => void;
+  fake: Awaited<ReturnType<typeof fakeReplica>>;
+}> {
   const received: number[] = [];
-  let away = false; // the replica refuses the primary meanwhile
+  const frames: Frame[] = [];
+  let away = false;
   let hellos = 0;
   const fake = await fakeReplica((frame, link) => {
+    frames.push(frame);
     if (frame.type === 'hello') {
       hellos++;
       if (away) link.close('shutdown', 'away');
@@ -118,30 +130,89 @@ test('a replica behind the backlog is reported needs_catchup; a current one stre
       link.send({ type: 'ack', epoch: 1, lsnReceived: last, lsnDurable: last, lsnApplied: 0, applyChecksum: 0n });
     }
   });
+  return { received, frames, hellos: () => hellos, setAway: (a) => (away = a), fake };
+}
+
+test('a replica behind the in-memory backlog catches up from the WAL on disk, then streams: every LSN once, in order', async () => {
+  const r = await recordingReplica();
   try {
-    await withPrimary([fake.port], { backlogBytes: 64 * 1024 }, async ({ volume, peer }) => {
+    await withPrimary([r.fake.port], { backlogBytes: 64 * 1024 }, async ({ volume, peer, primary }) => {
       await until('streaming', () => peer().state === 'streaming');
       for (let i = 0; i < 8; i++) await volume.write(i * 4096, Buffer.alloc(4096, i + 1));
-      await until('all received', () => received.length === 8);
-      assert.deepEqual(received, [1, 2, 3, 4, 5, 6, 7, 8]);
-      // Cut the link, write past what the backlog holds: the replica at LSN 8
-      // cannot be fed from memory any more.
-      away = true;
-      fake.links[0]!.close('shutdown', 'away');
+      await until('all received', () => r.received.length === 8);
+      // Cut the link, write past what the backlog holds (and checkpoint: the
+      // pin keeps the WAL for the replica that is away).
+      r.setAway(true);
+      r.fake.links[0]!.close('shutdown', 'away');
       await until('reconnecting', () => peer().state !== 'streaming');
       for (let i = 0; i < 40; i++) await volume.write(i * 4096, Buffer.alloc(4096, 100 + i));
-      assert.equal(received.length, 8, 'nothing reached the replica while it was away');
-      const before = hellos;
-      away = false; // back, at LSN 8; the backlog now starts far above 9
-      await until('needs_catchup', () => peer().state === 'needs_catchup' && hellos > before);
-      assert.match(peer().reason ?? '', /replica is at LSN 8; the in-memory backlog starts at \d+/);
+      await volume.checkpoint();
+      assert.equal(r.received.length, 8, 'nothing reached the replica while it was away');
+      assert.ok(primary.status().backlog.lsnFirst > 9, `the backlog starts at ${primary.status().backlog.lsnFirst}`);
+      const held = peer().retention;
+      assert.ok(held !== undefined && held.heldBytes > 40 * 4096, `WAL held for the lagging replica: ${JSON.stringify(held)}`);
+      r.setAway(false);
+      await until('current', () => r.received.length === 48 && peer().state === 'streaming');
+      assert.equal(peer().decision?.kind, 'catch_up', peer().decision?.reason);
+      // Writes after the hand-over arrive from memory, right after.
+      await volume.write(0, Buffer.alloc(4096, 7));
+      await until('one more', () => r.received.length === 49);
+      assert.deepEqual(r.received, Array.from({ length: 49 }, (_, i) => i + 1));
     });
   } finally {
-    await fake.close();
+    await r.fake.close();
   }
 });
 
-test('an ACK for records never sent closes the link; a divergent apply checksum fails the replica with an alarm', async () => {
+test('a replica the WAL no longer covers gets a rebuild: REBUILD_START at the checkpoint, every base chunk, the WAL from there', async () => {
+  const r = await recordingReplica();
+  try {
+    await withPrimary([r.fake.port], { backlogBytes: 64 * 1024 }, async ({ volume, peer, primary }) => {
+      await until('streaming', () => peer().state === 'streaming');
+      await volume.write(0, Buffer.alloc(4096, 1));
+      await until('received', () => r.received.length === 1);
+      r.setAway(true);
+      r.fake.links[0]!.close('shutdown', 'away');
+      await until('reconnecting', () => peer().state !== 'streaming');
+      // More than the retention budget (half of a 16 MiB WAL) while it is away.
+      const budget = primary.status().wal.budgetBytes;
+      const block = Buffer.alloc(64 * 1024, 3);
+      for (let written = 0; written < budget + 4 * MiB; written += block.length) {
+        await volume.write(written % (8 * MiB), block);
+      }
+      await volume.checkpoint();
+      await volume.write(0, Buffer.alloc(4096, 9));
+      await volume.checkpoint();
+      assert.ok(primary.status().wal.lsnTail > 1, `the WAL moved on: tail ${primary.status().wal.lsnTail}`);
+      const lsnCheckpoint = volume.lsnCheckpoint;
+      const before = r.hellos();
+      r.frames.length = 0;
+      r.received.length = 0;
+      r.setAway(false);
+      await until('rebuilding', () => peer().state === 'rebuilding' && r.hellos() > before);
+      assert.equal(peer().decision?.kind, 'rebuild');
+      assert.match(peer().decision?.reason ?? '', /replica at LSN 0 is behind the WAL tail/);
+      await until('REBUILD_START received', () => r.frames.some((f) => f.type === 'rebuild_start'));
+      const start = r.frames.find((f) => f.type === 'rebuild_start');
+      assert.ok(start?.type === 'rebuild_start', 'REBUILD_START sent');
+      assert.equal(start.lsnBase, lsnCheckpoint, 'the base lane starts at the checkpoint');
+      assert.equal(start.chunkFrom, 0);
+      // 8 MiB in 1 MiB chunks; the WAL lane from the checkpoint on.
+      await until('every chunk', () => r.frames.filter((f) => f.type === 'base_chunk').length === 8);
+      const indexes = r.frames.flatMap((f) => (f.type === 'base_chunk' ? [f.index] : []));
+      assert.deepEqual(indexes, [0, 1, 2, 3, 4, 5, 6, 7]);
+      // Writes during the rebuild go down the WAL lane.
+      for (let i = 0; i < 3; i++) await volume.write(i * 4096, Buffer.alloc(4096, 50 + i));
+      await until('WAL lane at the head', () => r.received.at(-1) === volume.lsnHead);
+      assert.equal(r.received[0], lsnCheckpoint + 1, 'the WAL lane starts right after the base LSN');
+      assert.equal(peer().state, 'rebuilding', 'not current before the replica reports completion');
+    });
+  } finally {
+    await r.fake.close();
+  }
+});
+
+test('an ACK for records never sent closes the link; a divergent apply checksum sends the replica to rebuild', async () => {
   let mode: 'ack_ahead' | 'bad_chain' = 'ack_ahead';
   const fake = await fakeReplica((frame, link) => {
     if (frame.type !== 'hello') return;
@@ -157,8 +228,9 @@ test('an ACK for records never sent closes the link; a divergent apply checksum 
       await until('a link was closed for the bad ACK', () => peer().connects >= 1 && peer().state !== 'streaming' && peer().state !== 'connecting');
       mode = 'bad_chain';
       await volume.write(0, Buffer.alloc(4096, 1));
-      await until('failed', () => peer().state === 'failed');
-      assert.match(peer().reason ?? '', /apply checksum mismatch at LSN 1/);
+      await until('rebuilding', () => peer().state === 'rebuilding');
+      assert.equal(peer().decision?.kind, 'rebuild');
+      assert.match(peer().decision?.reason ?? '', /apply checksum at LSN 1 differs/);
     });
   } finally {
     await fake.close();
@@ -181,6 +253,42 @@ test('a replica at a higher epoch fences the primary: pending and later writes a
       assert.equal(primary.status().mode, 'fenced');
       assert.throws(() => primary.admit(), { code: 'ERR_FENCED' });
       await assert.rejects(primary.flushed(lsn), { code: 'ERR_FENCED' });
+    });
+  } finally {
+    await fake.close();
+  }
+});
+
+test('a rebuild latency target steers the base lane: slower while acknowledged writes are slow, back to the cap when they are fast', async () => {
+  let ackDelayMs = 25;
+  const fake = await fakeReplica((frame, link) => {
+    if (frame.type === 'hello') link.send(replicaHello(frame, { lsnHead: frame.lsnHead, lsnApplied: frame.lsnApplied, applyChecksum: frame.applyChecksum }));
+    if (frame.type === 'wal_records') {
+      const last = frame.records[frame.records.length - 1]!.lsn;
+      setTimeout(() => link.send({ type: 'ack', epoch: 1, lsnReceived: last, lsnDurable: last, lsnApplied: 0, applyChecksum: 0n }), ackDelayMs);
+    }
+  });
+  const capBytes = 64 * MiB;
+  try {
+    await withPrimary([fake.port], { durability: 'sync_all', rebuildBytesPerSecond: capBytes, rebuildLatencyTargetMs: 5 }, async ({ volume, primary, peer }) => {
+      await until('streaming', () => peer().state === 'streaming');
+      assert.equal(primary.status().rebuildPace.bytesPerSecond, capBytes);
+      // Writes acknowledged in ~25 ms, over the 5 ms target.
+      const write = async (i: number): Promise<void> => {
+        const admittedAtMs = primary.admit();
+        const lsn = await volume.write((i % 64) * 4096, Buffer.alloc(4096, i));
+        await primary.written(lsn, false, admittedAtMs);
+      };
+      let i = 0;
+      const writeUntil = async (what: string, pred: () => boolean): Promise<void> => {
+        for (let n = 0; n < 3000 && !pred(); n++) await write(i++);
+        assert.ok(pred(), `never reached: ${what}`);
+      };
+      await writeUntil('slowed down', () => primary.status().rebuildPace.bytesPerSecond < capBytes / 2);
+      const slowest = primary.status().rebuildPace.bytesPerSecond;
+      assert.ok(slowest >= 4 * MiB, `never below the floor: ${slowest}`);
+      ackDelayMs = 0;
+      await writeUntil('back to the cap', () => primary.status().rebuildPace.bytesPerSecond === capBytes);
     });
   } finally {
     await fake.close();

@@ -323,6 +323,7 @@ export interface ClusterOptions {
   ackTimeoutMs?: number;
   epoch?: number;
   primaryExtra?: string[];
+  createExtra?: string[]; // more `blockwal create` flags for every node's volume
 }
 
 export class Cluster {
@@ -346,7 +347,7 @@ export class Cluster {
     const replicas = Array.from({ length: o.replicas }, (_, i) => node(`r${i + 1}`));
     const cluster = new Cluster(root, cleanup, primary, replicas);
     try {
-      await Promise.all(cluster.nodes.map((n) => createVolume(n.dir, o.sizeBytes)));
+      await Promise.all(cluster.nodes.map((n) => createVolume(n.dir, o.sizeBytes, o.createExtra)));
       await Promise.all(replicas.map((r) => r.start(r.replicaFlags())));
       await primary.start(primary.primaryFlags({ replicas, durability: o.durability, ackTimeoutMs: o.ackTimeoutMs, epoch: o.epoch, extra: o.primaryExtra }));
     } catch (err) {
@@ -431,8 +432,8 @@ export async function withCluster(options: ClusterOptions, body: (cluster: Clust
   }
 }
 
-export async function createVolume(dir: string, sizeBytes: number): Promise<void> {
-  const r = await runCli(['create', dir, '--size', String(sizeBytes)]);
+export async function createVolume(dir: string, sizeBytes: number, extra: string[] = []): Promise<void> {
+  const r = await runCli(['create', dir, '--size', String(sizeBytes), ...extra]);
   assert.ok(r.code === 0 && !r.timedOut, describeRun(`blockwal create ${dir}`, r));
 }
 
