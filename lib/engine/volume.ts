@@ -519,14 +519,23 @@ export class Volume {
     });
   }
 
-  // The base lane: writes runs of a chunk (blocks of data, which starts at
-  // chunkStartBlock; undefined: the chunk is all zeros and the runs become
-  // holes). Runs while no checkpoint runs, so the flusher never writes a
-  // block of these runs meanwhile (newer WAL data reaches base.img after).
-  async writeBaseRuns(runs: readonly { startBlock: number; lengthBlocks: number }[], chunkStartBlock: number, data: Uint8Array | undefined): Promise<void> {
+  // The base lane: writes the runs plan() picks of a chunk (blocks of data,
+  // which starts at chunkStartBlock; undefined: the chunk is all zeros and
+  // the runs become holes). plan() runs once no checkpoint runs, and none
+  // starts until the writes are done: a block plan() leaves unmarked may be
+  // marked by a record applied meanwhile, but the checkpoint that writes
+  // that record comes after (newer data reaches base.img last). Planning
+  // before waiting for the flusher would let a checkpoint write the newer
+  // record first and the base write then overwrite it.
+  async writeBaseRuns(
+    plan: () => readonly { startBlock: number; lengthBlocks: number }[],
+    chunkStartBlock: number,
+    data: Uint8Array | undefined,
+  ): Promise<void> {
     this.checkOpen();
     const io = this.io;
     await this.flusher.exclusive(async () => {
+      const runs = plan();
       for (const run of runs) {
         if (data === undefined) {
           await io.base.punchHole(run.startBlock, run.lengthBlocks);

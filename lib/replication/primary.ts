@@ -35,10 +35,10 @@ import { checkEpoch } from './epoch';
 import type { AckFrame, Frame, HelloFrame, SessionAckFrame, WalRecord } from './frames';
 import { WAL_GROUP_BYTES_MAX } from './frames';
 import { describeClose, type LinkCloseReason, ReplicationLink } from './link';
-import { decide } from '../protocol/decide';
+import { type Projection, ProtocolEngine } from '../protocol/engine';
 import { xxh3Digest } from '../protocol/rebuild_session';
 import { assertNever } from '../util/assert';
-import type { Decision, DecisionKind, PrimaryFacts, ReplicaFacts } from '../protocol/types';
+import type { Decision, DecisionKind, PrimaryFacts, ProtocolCommand, ProtocolEvent, ReplicaFacts } from '../protocol/types';
 
 export { DURABILITY_MODES, type DurabilityMode };
 
@@ -118,6 +118,8 @@ export interface PrimaryReplicationStatus {
   lsnCommit: number;
   ackSet: string[];
   backlog: { lsnFirst: number; lsnLast: number; bytes: number; bytesMax: number };
+  // The protocol engine's projection: healthy, catching_up, rebuilding, needs_rebuild, degraded, ...
+  recovery: Projection;
   wal: { lsnTail: number; retainedBytes: number; budgetBytes: number; writeBytesPerSecond: number };
   // The rebuild base lane's pace now (0: unthrottled), and the latency target steering it (0: none).
   rebuildPace: { bytesPerSecond: number; latencyTargetMs: number };
@@ -137,7 +139,8 @@ const REBUILD_CHUNK_BLOCKS = 256;
 const BLOCK_BYTES = 4096;
 
 interface RebuildRun {
-  sessionId: number;
+  sessionId: number; // on the wire: the replica's session (a resumed one keeps its id)
+  sessionIdEngine: number; // the protocol engine's session
   lsnBase: number;
   lsnTarget: number;
   chunkBlocks: number;
@@ -247,7 +250,9 @@ export class PrimaryReplication implements AckGate {
   private bytesWritten = 0;
   private rateSample = { atMs: performance.now(), bytes: 0 };
   private writeBytesPerSecond = 0;
-  private sessionIdLast = Date.now();
+  // Decides each replica's feed and sessions (pure; lib/protocol/engine.ts).
+  private readonly engine = new ProtocolEngine({ sessionIdLast: Date.now(), nowMs: Math.floor(performance.now()) });
+  private recovery: Projection = { mode: 'bootstrap_pending', reason: 'starting' };
   private rebuildTokens = 0;
   private rebuildTokensAtMs = performance.now();
   private readonly rebuildLatencyTargetMs: number;
@@ -284,6 +289,8 @@ export class PrimaryReplication implements AckGate {
     }
     if (r.backlog.lsnLast !== 0) r.log.info({ lsnFirst: r.backlog.lsnFirst, lsnLast: r.backlog.lsnLast, bytes: r.backlog.bytes }, 'backlog seeded from the WAL');
     options.volume.setWalPin(() => r.walPinLsn());
+    r.protocol({ type: 'assignment', epoch: r.epoch, role: 'primary', replicas: r.peers.map((p) => p.address) });
+    r.protocol({ type: 'barrier', epoch: r.epoch, lsn: options.volume.lsnDurable });
     for (const p of r.peers) p.connect();
     return r;
   }
@@ -483,6 +490,7 @@ export class PrimaryReplication implements AckGate {
     const now = performance.now();
     this.sampleWriteRate(now);
     this.steerRebuildRate();
+    this.protocol({ type: 'tick', nowMs: Math.floor(now) });
     // Durability on its own, here and on the replicas, so that commit moves
     // without client flushes.
     for (const p of this.peers) p.requestSync(this.volume.lsnHead);
@@ -515,11 +523,51 @@ export class PrimaryReplication implements AckGate {
     this.settle();
   }
 
-  // A rebuild session id above every one this primary used or a replica
-  // reported (ids also grow across restarts: they start from the clock).
-  nextSessionId(reported: number): number {
-    this.sessionIdLast = Math.max(this.sessionIdLast, reported) + 1;
-    return this.sessionIdLast;
+  // ---- the protocol engine (its session ids start from the clock, so they
+  // grow across restarts) ----
+
+  // Feeds one event to the engine and carries out its commands.
+  protocol(event: ProtocolEvent): void {
+    let commands: ProtocolCommand[];
+    try {
+      commands = this.engine.apply(event);
+    } catch (err) {
+      this.log.error({ event: event.type, err: (err as Error).message }, 'the protocol engine refused an event');
+      return;
+    }
+    for (const cmd of commands) this.execute(cmd);
+  }
+
+  // A replica's facts, with ours as of its position.
+  report(peer: ReplicaPeer, replicaFacts: ReplicaFacts, lsnReplica: number): void {
+    this.protocol({ type: 'replica_report', replica: peer.address, replicaFacts, primaryFacts: this.facts(lsnReplica) });
+  }
+
+  private execute(cmd: ProtocolCommand): void {
+    const peer = (address: string): ReplicaPeer | undefined => this.peers.find((p) => p.address === address);
+    switch (cmd.type) {
+      case 'start_keep_up':
+        peer(cmd.replica)?.startKeepUp(cmd.lsnFrom);
+        return;
+      case 'start_session':
+        peer(cmd.replica)?.startSession(cmd);
+        return;
+      case 'cancel_session':
+        peer(cmd.replica)?.cancelSession(cmd);
+        return;
+      case 'log_decision':
+        peer(cmd.replica)?.noteDecision(cmd.decision);
+        return;
+      case 'fence':
+        this.fence(new BlockwalError('ERR_FENCED', `${cmd.reason}; this primary accepts no writes`));
+        return;
+      case 'publish_mode':
+        this.recovery = { mode: cmd.mode, reason: cmd.reason };
+        this.log.info({ mode: cmd.mode, reason: cmd.reason }, 'replication mode');
+        return;
+      default:
+        assertNever(cmd);
+    }
   }
 
   // Paces base-lane bytes to rebuildBytesPerSecond (a token bucket shared by
@@ -653,6 +701,7 @@ export class PrimaryReplication implements AckGate {
       ackSet: this.peers.filter((p) => p.inAckSet).map((p) => p.address),
       backlog: { lsnFirst: this.backlog.lsnFirst, lsnLast: this.backlog.lsnLast, bytes: this.backlog.bytes, bytesMax: this.backlog.bytesMax },
       wal: { lsnTail: walTail, retainedBytes: this.volume.walBytesAfter(walTail), budgetBytes, writeBytesPerSecond: Math.round(this.writeBytesPerSecond) },
+      recovery: this.recovery,
       rebuildPace: { bytesPerSecond: Math.round(this.rebuildRate), latencyTargetMs: this.rebuildLatencyTargetMs },
       replicas: this.peers.map((p) => {
         const oldest = this.backlog.get(p.lsnReceived + 1);
@@ -711,7 +760,11 @@ class ReplicaPeer {
   private stopped = false;
   private readonly log: Logger;
   decision: ReplicaPeerStatus['decision'];
-  private catchUp: { lsnFrom: number; lsnTarget: number; bytesDone: number; bytesTotal: number; startedMs: number } | undefined;
+  private catchUp: { sessionId: number; lsnFrom: number; lsnTarget: number; bytesDone: number; bytesTotal: number; startedMs: number; reported?: boolean } | undefined;
+  // The HELLO of the current link, and whether the engine gave it a feed.
+  private hello: HelloFrame | undefined;
+  private fed = false;
+  private diskFeedRunning = false;
   private rebuild: RebuildRun | undefined;
   catchUpsCompleted = 0;
   rebuildsCompleted = 0;
@@ -803,7 +856,6 @@ class ReplicaPeer {
     this.lsnDurable = hello.lsnDurable;
     this.lsnApplied = hello.lsnApplied;
     this.applyChecksum = hello.applyChecksum;
-    const head = this.primary.head;
     const replicaFacts: ReplicaFacts = {
       epoch: hello.epoch,
       lsnReceived: hello.lsnHead,
@@ -812,40 +864,88 @@ class ReplicaPeer {
       chainMatches: this.chainMatches(hello.lsnApplied, hello.applyChecksum),
       rebuild: hello.rebuild,
     };
-    let decision: Decision;
-    try {
-      decision = decide(this.primary.facts(hello.lsnHead), replicaFacts);
-    } catch (err) {
-      this.fail(undefined, `cannot decide how to feed the replica: ${(err as Error).message}`);
+    if (replicaFacts.chainMatches === false) this.alarmChain(hello.lsnApplied, hello.applyChecksum);
+    this.hello = hello;
+    this.fed = false;
+    // The protocol engine decides (lib/protocol); its commands come back
+    // through execute().
+    this.primary.report(this, replicaFacts, hello.lsnHead);
+    if (!this.fed && this.link !== undefined && !this.link.closed && this.state === 'connecting') {
+      this.fail(undefined, 'the protocol engine gave no feed for this replica');
+    }
+  }
+
+  // ---- the protocol engine's commands for this replica ----
+
+  noteDecision(decision: Decision): void {
+    this.decision = { kind: decision.kind, reason: decision.reason, costBytes: decision.costBytes, atMs: Date.now() };
+    const log = decision.kind === 'keep_up' ? this.log.debug.bind(this.log) : this.log.info.bind(this.log);
+    log({ decision: decision.kind, reason: decision.reason, costBytes: decision.costBytes, head: this.primary.head }, 'replica decision');
+  }
+
+  startKeepUp(lsnFrom: number): void {
+    this.fed = true;
+    const hello = this.hello;
+    if (this.catchUp !== undefined || this.rebuild !== undefined) {
+      // A session completed on this link: the feed goes on from memory.
+      if (this.rebuild !== undefined) this.rebuildsCompleted++;
+      if (this.catchUp !== undefined) this.catchUpsCompleted++;
+      this.catchUp = undefined;
+      this.rebuild = undefined;
+      this.setState(this.lsnReceived >= this.primary.head ? 'streaming' : 'syncing', undefined);
+      if (this.state === 'streaming') this.primary.rejoin(this);
+      this.schedulePump();
       return;
     }
-    this.decision = { kind: decision.kind, reason: decision.reason, costBytes: decision.costBytes, atMs: Date.now() };
-    this.log.info({ decision: decision.kind, reason: decision.reason, costBytes: decision.costBytes, lsnReplica: hello.lsnHead, head }, 'replica decision');
-    switch (decision.kind) {
-      case 'fence':
-        this.primary.stepDown(hello.epoch, this.address);
+    if (hello === undefined || this.link === undefined) return;
+    this.startFeed(hello, lsnFrom - 1 < this.primary.head ? 'syncing' : 'streaming', lsnFrom);
+    this.schedulePump();
+  }
+
+  startSession(cmd: Extract<ProtocolCommand, { type: 'start_session' }>): void {
+    this.fed = true;
+    const hello = this.hello;
+    if (hello === undefined || this.link === undefined) return;
+    switch (cmd.kind) {
+      case 'catch_up':
+        this.rebuild = undefined;
+        if (this.state !== 'catching_up') this.startFeed(hello, 'catching_up', cmd.lsnFrom);
+        this.catchUp = {
+          sessionId: cmd.sessionId,
+          lsnFrom: cmd.lsnFrom,
+          lsnTarget: cmd.lsnTarget,
+          bytesDone: 0,
+          bytesTotal: this.decision?.costBytes ?? 0,
+          startedMs: performance.now(),
+        };
+        if (!this.fromDisk || !this.diskFeedRunning) void this.feedFromDisk();
         return;
       case 'rebuild':
-        if (replicaFacts.chainMatches === false) this.alarmChain(hello.lsnApplied, hello.applyChecksum);
-        this.startRebuild(decision, hello);
+        this.catchUp = undefined;
+        this.startRebuild(cmd, hello);
         return;
-      case 'bitmap_resync':
-        // No dirty bitmaps are kept for replicas yet (decide never gets one).
-        this.setState('needs_rebuild', decision.reason);
-        this.link?.close('reassigned', decision.reason);
+      case 'bitmap_resync': {
+        // No dirty bitmaps are kept for replicas (decide is never given one).
+        const why = 'a bitmap resync was decided, but this primary keeps no dirty bitmaps';
+        this.setState('needs_rebuild', why);
+        this.primary.protocol({ type: 'session_failed', replica: this.address, sessionId: cmd.sessionId, failure: 'cancelled', message: why });
+        this.link.close('reassigned', why);
         return;
-      case 'catch_up':
-        this.startFeed(hello, 'catching_up');
-        this.catchUp = { lsnFrom: decision.lsnFrom, lsnTarget: decision.lsnTarget, bytesDone: 0, bytesTotal: decision.costBytes, startedMs: performance.now() };
-        void this.feedFromDisk();
-        return;
-      case 'keep_up':
-        this.startFeed(hello, hello.lsnHead < head ? 'syncing' : 'streaming');
-        this.schedulePump();
-        return;
+      }
       default:
-        assertNever(decision.kind);
+        assertNever(cmd.kind);
     }
+  }
+
+  cancelSession(cmd: Extract<ProtocolCommand, { type: 'cancel_session' }>): void {
+    const active = this.catchUp?.sessionId ?? this.rebuild?.sessionIdEngine;
+    if (active !== cmd.sessionId) return;
+    const why = `session ${cmd.sessionId} cancelled: ${cmd.failure}`;
+    this.log.warn({ reason: why }, 'the protocol engine ended the session');
+    this.catchUp = undefined;
+    this.rebuild = undefined;
+    this.setState('needs_rebuild', why);
+    this.link?.close('reassigned', why);
   }
 
   private startFeed(hello: HelloFrame, state: 'syncing' | 'streaming' | 'catching_up' | 'rebuilding', lsnFrom = hello.lsnHead + 1): void {
@@ -865,6 +965,15 @@ class ReplicaPeer {
     const link = this.link;
     if (link === undefined) return;
     this.fromDisk = true;
+    this.diskFeedRunning = true;
+    try {
+      await this.feedFromDiskOn(link);
+    } finally {
+      this.diskFeedRunning = false;
+    }
+  }
+
+  private async feedFromDiskOn(link: ReplicationLink): Promise<void> {
     const volume = this.primary.volumeRef;
     const startedMs = performance.now();
     const lsnFrom = this.lsnSent + 1;
@@ -912,10 +1021,8 @@ class ReplicaPeer {
     }
     this.log.info({ lsnFrom, lsnSent: this.lsnSent, bytes: bytesSent, ms: Math.round(performance.now() - startedMs), state: this.state }, 'fed from the WAL on disk; now from memory');
     this.fromDisk = false;
-    if (this.state === 'catching_up') {
-      this.catchUp = undefined;
-      this.setState(this.lsnSent < this.primary.head ? 'syncing' : 'streaming', undefined);
-    }
+    // A catch-up stays a session until the replica has the target (onAck).
+    if (this.state === 'catching_up') this.setState('syncing', undefined);
     this.schedulePump();
   }
 
@@ -929,17 +1036,18 @@ class ReplicaPeer {
   // Starts (or resumes) a rebuild: REBUILD_START, then the WAL lane from the
   // base LSN (from disk while the backlog does not hold it) and the base lane
   // (this node's base.img, chunk by chunk with XXH3 digests) side by side.
-  private startRebuild(decision: Decision, hello: HelloFrame): void {
+  private startRebuild(cmd: Extract<ProtocolCommand, { type: 'start_session' }>, hello: HelloFrame): void {
     const link = this.link;
     if (link === undefined) return;
     const v = this.primary.volumeRef;
     const cp = v.checkpointState();
     const saved = hello.rebuild;
-    const resume = decision.resumesSessionId !== undefined && saved !== undefined && saved.sessionId === decision.resumesSessionId;
+    const resume = cmd.resumesSessionId !== undefined && saved !== undefined && saved.sessionId === cmd.resumesSessionId;
     const volumeBlocks = Math.ceil(v.sizeBytes / BLOCK_BYTES);
     const chunkBlocks = resume ? Math.ceil(volumeBlocks / Math.max(1, saved.chunksTotal)) : REBUILD_CHUNK_BLOCKS;
     const r: RebuildRun = {
-      sessionId: resume ? saved.sessionId : this.primary.nextSessionId(saved?.sessionId ?? 0),
+      sessionId: resume ? saved.sessionId : cmd.sessionId,
+      sessionIdEngine: cmd.sessionId,
       lsnBase: resume ? saved.baseLsn : cp.lsnCheckpoint,
       lsnTarget: v.lsnHead,
       chunkBlocks,
@@ -968,7 +1076,7 @@ class ReplicaPeer {
       chunkFrom: r.chunkFrom,
     });
     this.log.warn(
-      { sessionId: r.sessionId, resumed: resume, lsnBase: r.lsnBase, lsnTarget: r.lsnTarget, chunkFrom: r.chunkFrom, chunksTotal: r.chunksTotal, reason: decision.reason },
+      { sessionId: r.sessionId, resumed: resume, lsnBase: r.lsnBase, lsnTarget: r.lsnTarget, chunkFrom: r.chunkFrom, chunksTotal: r.chunksTotal, reason: this.decision?.reason },
       'rebuild started',
     );
     // The WAL lane: a fresh session from the base LSN; a resumed one from what the replica holds.
@@ -1024,52 +1132,38 @@ class ReplicaPeer {
     const r = this.rebuild;
     if (r === undefined || ack.sessionId !== r.sessionId) return; // stale: an older session's
     r.chunksDone = Math.max(r.chunksDone, ack.chunksDone);
+    const replica = this.address;
     switch (ack.phase) {
       case 'accepted':
       case 'running':
       case 'base_done':
+        this.primary.protocol({ type: 'session_progress', replica, sessionId: r.sessionIdEngine, lsnApplied: ack.lsnApplied, bytesDone: r.bytesSent, baseDone: r.baseSent && ack.chunksDone >= r.chunksTotal });
         return;
       case 'failed': {
         const why = `rebuild session ${r.sessionId} failed on the replica (${ack.failure ?? 'unknown'}): ${ack.message}`;
         this.log.warn({ reason: why }, 'rebuild failed; the next connect decides afresh');
         this.rebuild = undefined;
         this.setState('needs_rebuild', why);
+        this.primary.protocol({ type: 'session_failed', replica, sessionId: r.sessionIdEngine, failure: ack.failure ?? 'cancelled', message: ack.message });
         this.link?.close('reassigned', why);
         return;
       }
       case 'completed':
-        this.rebuildCompleted(r, ack);
+        // The engine's completion gate: every chunk sent and durable there
+        // with matching digests, and the replica at or past the target.
+        this.log.info({ sessionId: r.sessionId, lsnAchieved: ack.lsnAchieved, bytes: r.bytesSent, ms: Math.round(performance.now() - r.startedMs) }, 'rebuild reported complete');
+        this.primary.protocol({
+          type: 'session_completed',
+          replica,
+          sessionId: r.sessionIdEngine,
+          lsnAchieved: ack.lsnAchieved,
+          baseDone: r.baseSent && ack.chunksDone >= r.chunksTotal,
+          digestsMatch: ack.digestsMatch,
+        });
         return;
       default:
         assertNever(ack.phase);
     }
-  }
-
-  // The completion gate: every chunk sent and durable there with matching
-  // digests, and the replica at or past the target. Accepted once.
-  private rebuildCompleted(r: RebuildRun, ack: SessionAckFrame): void {
-    const refused = !r.baseSent
-      ? 'the base lane has not sent every chunk'
-      : !ack.digestsMatch
-        ? 'digests did not match'
-        : ack.lsnAchieved < r.lsnTarget
-          ? `achieved LSN ${ack.lsnAchieved} is below the target ${r.lsnTarget}`
-          : ack.chunksDone < r.chunksTotal
-            ? `only ${ack.chunksDone} of ${r.chunksTotal} chunks done`
-            : undefined;
-    this.rebuild = undefined;
-    if (refused !== undefined) {
-      const why = `rebuild session ${r.sessionId}: completion refused: ${refused}`;
-      this.log.error({ reason: why }, 'rebuild completion refused');
-      this.setState('needs_rebuild', why);
-      this.link?.close('reassigned', why);
-      return;
-    }
-    this.log.info({ sessionId: r.sessionId, lsnAchieved: ack.lsnAchieved, bytes: r.bytesSent, ms: Math.round(performance.now() - r.startedMs) }, 'rebuild complete: the replica is whole');
-    this.rebuildsCompleted++;
-    this.setState(this.lsnReceived >= this.primary.head ? 'streaming' : 'syncing', undefined);
-    if (this.state === 'streaming') this.primary.rejoin(this);
-    this.schedulePump();
   }
 
   private onAck(ack: AckFrame): void {
@@ -1086,7 +1180,11 @@ class ReplicaPeer {
       if (!this.checkChain(ack.lsnApplied, ack.applyChecksum)) return;
     }
     if (this.state === 'syncing' && this.lsnReceived >= this.primary.head) this.setState('streaming', undefined);
-    if (this.catchUp !== undefined && this.lsnReceived >= this.catchUp.lsnTarget) this.catchUpsCompleted++;
+    const c = this.catchUp;
+    if (c !== undefined && !c.reported && this.lsnReceived >= c.lsnTarget) {
+      c.reported = true;
+      this.primary.protocol({ type: 'session_completed', replica: this.address, sessionId: c.sessionId, lsnAchieved: this.lsnReceived, baseDone: true, digestsMatch: true });
+    }
     if (this.state === 'streaming') this.primary.rejoin(this);
     this.primary.settle();
   }
@@ -1151,27 +1249,18 @@ class ReplicaPeer {
     this.sendSync();
   }
 
-  // The backlog moved past what this replica was sent: decide again from
-  // the records in flight (the WAL on disk may still hold the gap).
+  // The backlog moved past what this replica was sent: report it again, as
+  // of the records in flight (the WAL on disk may still hold the gap).
   private fellBehind(link: ReplicationLink): void {
     const facts: ReplicaFacts = { epoch: this.primary.epoch, lsnReceived: this.lsnSent, lsnDurable: this.lsnDurable, lsnApplied: this.lsnApplied, chainMatches: undefined };
-    let decision: Decision;
-    try {
-      decision = decide(this.primary.facts(this.lsnSent), facts);
-    } catch (err) {
-      this.fail(undefined, `cannot decide how to feed the replica: ${(err as Error).message}`);
-      return;
+    this.log.warn({ lsnSent: this.lsnSent, backlogFirst: this.primary.backlogFirst }, 'replica fell behind the in-memory backlog');
+    this.fed = false;
+    this.primary.protocol({ type: 'replica_lost', replica: this.address, reason: 'fell behind the in-memory backlog' });
+    this.primary.report(this, facts, this.lsnSent);
+    if (!this.fed && !link.closed) {
+      this.setState('needs_rebuild', 'fell behind the in-memory backlog and no feed was decided');
+      link.close('reassigned', this.reason!);
     }
-    this.decision = { kind: decision.kind, reason: decision.reason, costBytes: decision.costBytes, atMs: Date.now() };
-    this.log.warn({ decision: decision.kind, reason: decision.reason, lsnSent: this.lsnSent }, 'replica fell behind the in-memory backlog');
-    if (decision.kind === 'catch_up') {
-      if (this.state !== 'rebuilding') this.setState('catching_up', undefined);
-      this.catchUp = { lsnFrom: decision.lsnFrom, lsnTarget: decision.lsnTarget, bytesDone: 0, bytesTotal: decision.costBytes, startedMs: performance.now() };
-      void this.feedFromDisk();
-      return;
-    }
-    this.setState('needs_rebuild', decision.reason);
-    link.close('reassigned', decision.reason);
   }
 
   // The replica is to be durable up to lsn: a SYNC once the records are sent.
@@ -1205,6 +1294,7 @@ class ReplicaPeer {
   private onLinkClose(link: ReplicationLink, reason: LinkCloseReason): void {
     if (this.link !== link) return;
     this.link = undefined;
+    this.primary.protocol({ type: 'replica_lost', replica: this.address, reason: describeClose(reason) });
     this.catchUp = undefined;
     this.fromDisk = false;
     // A rebuild cut short resumes on the next connect (the replica persisted

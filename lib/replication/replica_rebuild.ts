@@ -145,13 +145,23 @@ export class ReplicaRebuild {
     if (r.session.isChunkDone(f.index)) return undefined;
     const data = f.zero ? this.zeroBuffer(f.blocks * BLOCK_BYTES) : f.data!;
     const ref = { sessionId: f.sessionId, epoch: f.epoch };
-    const planned = r.session.planBaseWrite(ref, { sessionId: f.sessionId, epoch: f.epoch, index: f.index, startBlock: f.startBlock, blocks: f.blocks, lsnCheckpoint: f.lsnCheckpoint, digest: f.digest }, data);
+    const chunk = { sessionId: f.sessionId, epoch: f.epoch, index: f.index, startBlock: f.startBlock, blocks: f.blocks, lsnCheckpoint: f.lsnCheckpoint, digest: f.digest };
+    // The compare-and-set happens inside the write's exclusion (see writeBaseRuns).
+    let planned: ReturnType<RebuildSession['planBaseWrite']> | undefined;
+    await this.volume.writeBaseRuns(
+      () => {
+        planned = r.session.planBaseWrite(ref, chunk, data);
+        return planned.ok ? planned.plan.runs : [];
+      },
+      f.startBlock,
+      f.zero ? undefined : f.data,
+    );
+    if (planned === undefined) return undefined;
     if (!planned.ok) {
       if (planned.error === 'digest_mismatch') return this.ack('failed', 'digest_mismatch', planned.message);
       this.log.warn({ error: planned.error, reason: planned.message }, 'base chunk refused');
       return undefined;
     }
-    await this.volume.writeBaseRuns(planned.plan.runs, f.startBlock, f.zero ? undefined : f.data);
     r.tokens.push(planned.plan.token);
     const last = f.index === r.session.chunksTotal - 1;
     if (!last && r.tokens.length < REBUILD_PERSIST_CHUNKS && performance.now() - r.lastPersistMs < REBUILD_PERSIST_MS) return undefined;
@@ -233,6 +243,8 @@ export class ReplicaRebuild {
     const done = r.session.tryComplete(ref);
     if (!done.ok) return;
     r.completing = true;
+    // No base write follows: records applied from now on need no mark.
+    this.volume.setRebuildHooks({ onApply: undefined, beforeCheckpoint: () => r.bitmap.sync() });
     try {
       await this.volume.finishRebuild();
     } catch (err) {
