@@ -13,8 +13,9 @@
 //   primary     `blockwal create PDIR --size SIZE`, then `blockwal serve PDIR
 //               --nbd unix:SOCK --export bench --replica 127.0.0.1:PORT
 //               --durability sync_all`; ready on `serving PDIR on unix:SOCK`,
-//               then `blockwal status PDIR --json` is polled until the replica
-//               is 'streaming'. Primary and replica talk over loopback TCP.
+//               then its status (`blockwal status PDIR --json`, read from the
+//               control socket by lib/repl_servers.ts) is polled until the
+//               replica is 'streaming'. Primary and replica talk over loopback TCP.
 // Both sides get the same prefill first: one sequential pass of 1 MiB writes
 // at qd 8 over the whole export (BENCH_REPL_GIB GiB, default 0.5).
 //
@@ -46,27 +47,25 @@
 // writing single-*, primary-* and replica-*.cpuprofile into DIR when they
 // exit; the figures of such a run carry the profiler's overhead, and a server
 // counts as idle below IDLE_BUSY_PCT_PROFILED (the sampler's own CPU).
-import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { promisify } from 'node:util';
 
-import type { NodeStatus } from '../lib/node/storage_node';
 import type { PrimaryReplicationStatus } from '../lib/replication/primary';
 import type { Bench, BenchContext } from './lib/bench';
 import { BenchSkipped, assert } from './lib/bench';
+import { probeNbdBenchTools, blockwalArgs, createVolume } from './lib/blockwal_cli';
 import { cpuSince, cpuSnapshot, otherLoadPct } from './lib/cpu';
-import { fioVersion } from './lib/fio';
 import type { NbdFioJob, NbdFioMeasurement } from './lib/fio_nbd';
-import { fioHasNbdEngine, nbdUnixUri, runNbdFio } from './lib/fio_nbd';
+import { nbdUnixUri, runNbdFio } from './lib/fio_nbd';
 import type { BenchResult, Figure, Ratio } from './lib/report';
 import { fmt, meets, ratio } from './lib/report';
+import type { VolumeServer } from './lib/repl_servers';
+import * as servers from './lib/repl_servers';
+import { LOOPBACK_HOST, sleep, socketPath, startPrimaryServer, startReplicaServer } from './lib/repl_servers';
 import type { ServerCpuDelta } from './lib/server_process';
 import { ServerProcess, cpuBetween, loadAverages } from './lib/server_process';
 import { MIB } from './lib/seq_anchor';
-
-const execFileAsync = promisify(execFile);
 
 const RANDWRITE_QD32_MIN = 0.7;
 const FSYNC_QD32_MIN = 0.6;
@@ -92,15 +91,9 @@ const STATUS_POLL_MS = 250;
 const IDLE_BUSY_PCT = 5;
 /** The same under --cpu-prof, whose sampling thread alone keeps a server at about 6 %. */
 const IDLE_BUSY_PCT_PROFILED = 15;
-/** sun_path holds 108 bytes with its NUL. */
-const SOCKET_PATH_MAX = 100;
-const LOOPBACK_HOST = '127.0.0.1';
 const RTT_MESSAGE_BYTES = 64;
 const RTT_WARMUP_ROUND_TRIPS = 200;
 const RTT_ROUND_TRIPS = 2000;
-const CLI_MAX_BUFFER_BYTES = 16 * MIB;
-const BLOCKWAL_MAIN = path.resolve(__dirname, '..', 'lib', 'cli', 'main.js');
-const REPLICA_READY = /listening for its primary on 127\.0\.0\.1:(\d+)\n/;
 const ECHO_READY = /echo listening on (\d+)\n/;
 // The echo end of the RTT ping-pong: echoes every byte, says its port on stderr.
 const ECHO_SERVER_SCRIPT = `
@@ -127,12 +120,6 @@ const WORKLOADS: readonly Workload[] = [
   { id: 'randwrite-4k-qd32-fsync1', label: 'randwrite 4k qd32 fsync=1', iodepth: 32, fsyncEvery: 1, minRatio: FSYNC_QD32_MIN, latencyTarget: false },
   { id: 'randwrite-4k-qd1', label: 'randwrite 4k qd1', iodepth: 1, fsyncEvery: 0, minRatio: null, latencyTarget: true },
 ];
-
-/** One blockwal serve process and the volume directory it serves. */
-interface VolumeServer {
-  readonly dir: string;
-  readonly server: ServerProcess;
-}
 
 interface Side {
   readonly name: SideName;
@@ -185,7 +172,7 @@ export const bench: Bench = {
 
 async function run(ctx: BenchContext): Promise<BenchResult> {
   const startedAt = new Date().toISOString();
-  const fio = await probeTools();
+  const fio = await probeNbdBenchTools();
   const volumeBytes = volumeBytesFromEnv(process.env);
   const profileDir = profileDirFromEnv(process.env);
   checkFreeSpace(ctx.dir, volumeBytes);
@@ -282,14 +269,6 @@ function report(r: ReportInput): BenchResult {
   };
 }
 
-async function probeTools(): Promise<string> {
-  const fio = fioVersion();
-  if (fio === null) throw new BenchSkipped('missing fio');
-  if (!(await fioHasNbdEngine())) throw new BenchSkipped('missing fio nbd engine (fio built without libnbd)');
-  if (!fs.existsSync(BLOCKWAL_MAIN)) throw new Error(`${BLOCKWAL_MAIN} is missing; run npx tsc -p . first`);
-  return fio;
-}
-
 function volumeBytesFromEnv(env: NodeJS.ProcessEnv): number {
   const raw = env.BENCH_REPL_GIB;
   const gib = raw === undefined || raw === '' ? DEFAULT_REPL_GIB : Number(raw);
@@ -320,30 +299,6 @@ function checkFreeSpace(dir: string, volumeBytes: number): void {
   }
 }
 
-/** `node [--cpu-prof ...] main.js ARGS`: the profile, when asked for, is written when the server exits. */
-function blockwalArgs(role: string, profileDir: string | null, startedAt: string, args: readonly string[]): string[] {
-  const prof =
-    profileDir === null
-      ? []
-      : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${role}-${startedAt.replace(/[:.]/g, '-')}.cpuprofile`];
-  return [...prof, BLOCKWAL_MAIN, ...args];
-}
-
-async function createVolume(dir: string, volumeBytes: number): Promise<void> {
-  await runBlockwal(['create', dir, '--size', String(volumeBytes)]);
-}
-
-/** Runs one blockwal command to completion; rejects with its stderr when it fails. */
-async function runBlockwal(args: readonly string[]): Promise<string> {
-  try {
-    const { stdout } = await execFileAsync(process.execPath, [BLOCKWAL_MAIN, ...args], { maxBuffer: CLI_MAX_BUFFER_BYTES });
-    return stdout;
-  } catch (err) {
-    const stderr = (err as { stderr?: string }).stderr ?? '';
-    throw new Error(`blockwal ${args.join(' ')} failed: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}\n${stderr.trim()}`);
-  }
-}
-
 async function startSingle(ctx: BenchContext, volumeBytes: number, profileDir: string | null, startedAt: string): Promise<Side> {
   const dir = path.join(ctx.dir, 'single');
   await createVolume(dir, volumeBytes);
@@ -364,24 +319,18 @@ async function startReplicated(ctx: BenchContext, volumeBytes: number, profileDi
   const primaryDir = path.join(ctx.dir, 'primary');
   await createVolume(replicaDir, volumeBytes);
   await createVolume(primaryDir, volumeBytes);
-  const replica = await ServerProcess.start({
-    name: 'replica',
-    command: process.execPath,
-    args: blockwalArgs('replica', profileDir, startedAt, ['serve', replicaDir, '--role', 'replica', '--repl-listen', `${LOOPBACK_HOST}:0`]),
-    ready: (stderr) => REPLICA_READY.test(stderr),
-    readyTimeoutMs: READY_TIMEOUT_MS,
-  });
-  const port = Number(REPLICA_READY.exec(replica.stderr)![1]);
-  assert(Number.isInteger(port) && port > 0 && port < 65536, `replica announced port ${port}`);
+  const profile = { dir: profileDir, startedAt };
+  const { server: replica, port } = await startReplicaServer({ name: 'replica', dir: replicaDir, port: 0, profile, readyTimeoutMs: READY_TIMEOUT_MS });
   ctx.log(`replica pid ${replica.pid} of ${replicaDir} listening on ${LOOPBACK_HOST}:${port}`);
   const socket = socketPath(ctx.dir, 'primary.sock');
-  const primaryArgs = ['serve', primaryDir, '--nbd', `unix:${socket}`, '--export', EXPORT_NAME, '--replica', `${LOOPBACK_HOST}:${port}`];
-  primaryArgs.push('--durability', 'sync_all');
-  const primary = await ServerProcess.start({
+  const primary = await startPrimaryServer({
     name: 'primary',
-    command: process.execPath,
-    args: blockwalArgs('primary', profileDir, startedAt, primaryArgs),
-    ready: (stderr) => stderr.includes(`on unix:${socket}\n`),
+    dir: primaryDir,
+    socket,
+    exportName: EXPORT_NAME,
+    replicaPort: port,
+    options: ['--durability', 'sync_all'],
+    profile,
     readyTimeoutMs: READY_TIMEOUT_MS,
   });
   ctx.log(`primary pid ${primary.pid} serving ${primaryDir} on ${socket}, feeding ${LOOPBACK_HOST}:${port} (sync_all)`);
@@ -392,43 +341,14 @@ async function startReplicated(ctx: BenchContext, volumeBytes: number, profileDi
     replica: { dir: replicaDir, server: replica },
     idleBusyPct: idleBusyPct(profileDir),
   };
-  const waitedMs = await waitForStreaming(side);
+  const waitedMs = await servers.waitForStreaming(side.front, STREAMING_TIMEOUT_MS, STATUS_POLL_MS);
   ctx.log(`replica streaming after ${waitedMs.toFixed(0)} ms`);
   return side;
 }
 
-function socketPath(dir: string, name: string): string {
-  const p = path.join(dir, name);
-  assert(Buffer.byteLength(p) <= SOCKET_PATH_MAX, `socket path ${p} is too long for sun_path; use a shorter BENCH_DIR`);
-  return p;
-}
-
-/** The primary's replication status, from `blockwal status PDIR --json`. */
-async function primaryStatus(side: Side): Promise<{ head: number; repl: PrimaryReplicationStatus }> {
-  side.front.server.assertAlive();
-  const text = await runBlockwal(['status', side.front.dir, '--json']);
-  const answer = JSON.parse(text) as { served?: NodeStatus };
-  assert(answer.served !== undefined, `blockwal status ${side.front.dir}: not served (is the primary running?)`);
-  const volume = answer.served.volumes[0];
-  assert(volume !== undefined, `blockwal status ${side.front.dir}: no volume`);
-  const repl = volume.replication;
-  assert(repl !== undefined && repl.role === 'primary', `blockwal status ${side.front.dir}: not a primary`);
-  assert(repl.replicas.length === 1, `primary has ${repl.replicas.length} replicas, expected 1`);
-  assert(Number.isSafeInteger(volume.lsnHead), `primary lsnHead ${String(volume.lsnHead)}`);
-  return { head: volume.lsnHead, repl };
-}
-
-async function waitForStreaming(side: Side): Promise<number> {
-  const startMs = performance.now();
-  for (;;) {
-    const { repl } = await primaryStatus(side);
-    const peer = repl.replicas[0]!;
-    if (peer.state === 'streaming') return performance.now() - startMs;
-    if (performance.now() - startMs > STREAMING_TIMEOUT_MS) {
-      throw new Error(`replica not streaming after ${STREAMING_TIMEOUT_MS} ms: state ${peer.state} (${peer.reason ?? 'no reason'})`);
-    }
-    await sleep(STATUS_POLL_MS);
-  }
+/** The primary's replication status, from its control socket (as `blockwal status PDIR --json`). */
+function primaryStatus(side: Side): Promise<{ head: number; repl: PrimaryReplicationStatus }> {
+  return servers.primaryStatus(side.front);
 }
 
 /** Replicated figures mean something only while sync_all holds with the replica in it. */
@@ -660,12 +580,9 @@ async function stopServers(sides: readonly Side[]): Promise<string[]> {
 
 async function compareChecksums(ctx: BenchContext, side: Side): Promise<string> {
   assert(side.replica !== null, 'checksums need a replica');
-  const primary = (await runBlockwal(['checksum', side.front.dir])).trim();
-  const replica = (await runBlockwal(['checksum', side.replica.dir])).trim();
-  assert(/^[0-9a-f]{16}$/.test(primary), `blockwal checksum printed '${primary}'`);
-  assert(primary === replica, `primary ${side.front.dir} checksum ${primary} != replica ${side.replica.dir} checksum ${replica}`);
-  ctx.log(`checksum of primary and replica: ${primary}`);
-  return primary;
+  const sum = await servers.compareChecksums(side.front.dir, side.replica.dir);
+  ctx.log(`checksum of primary and replica: ${sum}`);
+  return sum;
 }
 
 /** replicated p50 / (single p50 + loopback RTT): what one round trip may add, with a margin. */
@@ -719,8 +636,4 @@ function summaryLine(p: Pair, rtt: RttFigures): string {
     `cpu µs/req single ${fmt(p.single.frontCpuUsPerRequest)}, primary ${fmt(p.replicated.frontCpuUsPerRequest)} + replica ${fmt(p.replicated.replicaCpuUsPerRequest!)}; ` +
     `replica ${lagText(p.replicated.lag!)}`
   );
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

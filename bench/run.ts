@@ -32,9 +32,10 @@ const BENCHES: Readonly<Record<string, () => Promise<Bench>>> = {
   flusher: async () => (await import('./flusher')).bench,
   nbd: async () => (await import('./nbd')).bench,
   replication: async () => (await import('./replication')).bench,
+  recovery: async () => (await import('./recovery')).bench,
 };
 // `anchors` is a subset of wal_append, so running everything skips it.
-const DEFAULT_BENCHES: readonly string[] = ['wal_append', 'wal_replay', 'flusher', 'nbd', 'replication'];
+const DEFAULT_BENCHES: readonly string[] = ['wal_append', 'wal_replay', 'flusher', 'nbd', 'replication', 'recovery'];
 const RESULTS_DIR = path.join(__dirname, '..', '..', 'bench', 'results');
 
 /** Other load (% of all CPUs) above which a figure is flagged as suspect. */

@@ -69,6 +69,11 @@ export class Flusher {
   // up, or one that is away and may come back); honoured within pinBudgetBytes.
   walPin: (() => number) | undefined;
   pinDropped = 0; // times a pin was over budget and the WAL went anyway
+  // A rebuild's base writes (see baseWrite): how many run, and checkpoints
+  // waiting for them to end before taking their snapshot.
+  private baseWritesInFlight = 0;
+  private snapshotWaiters: (() => void)[] = [];
+  private baseWaiters: (() => void)[] = [];
 
   constructor(
     private readonly io: VolumeIo,
@@ -120,6 +125,31 @@ export class Flusher {
     return run;
   }
 
+  // Runs a rebuild's base write: plan() (the compare-and-set against the
+  // rebuild bitmap) and its writes. A checkpoint already past its snapshot
+  // goes on meanwhile: its blocks were marked before plan() ran, so plan()
+  // leaves them alone. A checkpoint that would take its snapshot now waits
+  // until the write is done, so a record applied after plan() reaches
+  // base.img after the base data. New base writes wait while a checkpoint
+  // waits for its snapshot (checkpoints are never starved).
+  async baseWrite<T>(plan: () => T, write: (planned: T) => Promise<void>): Promise<T> {
+    while (this.snapshotWaiters.length > 0) await new Promise<void>((resolve) => this.baseWaiters.push(resolve));
+    this.baseWritesInFlight++;
+    try {
+      const planned = plan();
+      await write(planned);
+      return planned;
+    } finally {
+      this.baseWritesInFlight--;
+      if (this.baseWritesInFlight === 0) for (const wake of this.snapshotWaiters.splice(0)) wake();
+    }
+  }
+
+  private async baseWritesDone(): Promise<void> {
+    while (this.baseWritesInFlight > 0) await new Promise<void>((resolve) => this.snapshotWaiters.push(resolve));
+    for (const wake of this.baseWaiters.splice(0)) wake();
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
@@ -135,6 +165,7 @@ export class Flusher {
     // is lost in a crash). Versions replaced later stay in the snapshot.
     // A replica's WAL may hold records beyond what it has applied: those are
     // not the checkpoint's (they are not committed yet).
+    await this.baseWritesDone();
     const to = io.lsnApplied;
     const applyChecksum = io.applyChecksum;
     // What control records made of the volume up to `to` (the superblock

@@ -519,39 +519,54 @@ export class Volume {
     });
   }
 
-  // The base lane: writes the runs plan() picks of a chunk (blocks of data,
-  // which starts at chunkStartBlock; undefined: the chunk is all zeros and
-  // the runs become holes). plan() runs once no checkpoint runs, and none
-  // starts until the writes are done: a block plan() leaves unmarked may be
-  // marked by a record applied meanwhile, but the checkpoint that writes
-  // that record comes after (newer data reaches base.img last). Planning
-  // before waiting for the flusher would let a checkpoint write the newer
-  // record first and the base write then overwrite it.
+  // The base lane: for each chunk, writes the runs its plan() picks (data
+  // starts at chunkStartBlock; undefined: the chunk is all zeros and the
+  // runs become holes). The plans run and the writes go out under
+  // Flusher.baseWrite: no checkpoint takes its snapshot between a plan and
+  // the end of the writes, so a record applied to a block after its plan
+  // reaches base.img after the base data (planning first and writing later
+  // would let a checkpoint write the newer record before the older base
+  // data overwrote it).
   async writeBaseRuns(
-    plan: () => readonly { startBlock: number; lengthBlocks: number }[],
-    chunkStartBlock: number,
-    data: Uint8Array | undefined,
+    chunks: readonly { plan: () => readonly { startBlock: number; lengthBlocks: number }[]; chunkStartBlock: number; data: Uint8Array | undefined }[],
   ): Promise<void> {
     this.checkOpen();
     const io = this.io;
-    await this.flusher.exclusive(async () => {
-      const runs = plan();
-      for (const run of runs) {
-        if (data === undefined) {
-          await io.base.punchHole(run.startBlock, run.lengthBlocks);
-          continue;
-        }
-        const bytes = run.lengthBlocks * BLOCK_BYTES;
-        const slice = io.ring.allocNow(bytes) ?? (await io.ring.allocWait(bytes));
-        try {
-          const from = (run.startBlock - chunkStartBlock) * BLOCK_BYTES;
-          slice.bytes.set(data.subarray(from, from + bytes));
-          await io.base.writeBlocks(run.startBlock, run.lengthBlocks, slice);
-        } finally {
-          io.ring.free(slice);
-        }
-      }
-    });
+    await this.flusher.baseWrite(
+      () => chunks.map((chunk) => ({ chunk, runs: chunk.plan() })),
+      async (planned) => {
+        const writes: Promise<void>[] = [];
+        for (const { chunk, runs } of planned) for (const run of runs) writes.push(this.writeBaseRun(run, chunk.chunkStartBlock, chunk.data));
+        const settled = await Promise.allSettled(writes);
+        const failed = settled.find((r) => r.status === 'rejected');
+        if (failed !== undefined) throw io.fail((failed as PromiseRejectedResult).reason);
+      },
+    );
+  }
+
+  // The primitive under writeBaseRuns (Flusher.baseWrite): plan() and then
+  // write(), with no checkpoint taking its snapshot in between or until
+  // write() is done.
+  baseWrite<T>(plan: () => T, write: (planned: T) => Promise<void>): Promise<T> {
+    this.checkOpen();
+    return this.flusher.baseWrite(plan, write);
+  }
+
+  private async writeBaseRun(run: { startBlock: number; lengthBlocks: number }, chunkStartBlock: number, data: Uint8Array | undefined): Promise<void> {
+    const io = this.io;
+    if (data === undefined) {
+      await io.base.punchHole(run.startBlock, run.lengthBlocks);
+      return;
+    }
+    const bytes = run.lengthBlocks * BLOCK_BYTES;
+    const slice = io.ring.allocNow(bytes) ?? (await io.ring.allocWait(bytes));
+    try {
+      const from = (run.startBlock - chunkStartBlock) * BLOCK_BYTES;
+      slice.bytes.set(data.subarray(from, from + bytes));
+      await io.base.writeBlocks(run.startBlock, run.lengthBlocks, slice);
+    } finally {
+      io.ring.free(slice);
+    }
   }
 
   // Makes the base lane's writes durable, then records progress (what

@@ -487,9 +487,18 @@ export class Wal {
 
   private onDrain(): void {
     this.checkFatal();
+    let appended = false;
     while (this.appendQueue.length > 0 && this.fatal === undefined) {
       if (!this.tryAppend(this.appendQueue[0]!)) break;
       this.appendQueue.shift();
+      appended = true;
+    }
+    // A flush asked for records that were still queued (waitDurable could
+    // only ask the addon up to the head then): ask again now they have LSNs.
+    const wanted = this.durableWaiters.at(-1)?.lsn ?? 0;
+    if (appended && wanted > this.lsnDurable && this.fatal === undefined) {
+      nativeCall(() => this.raw.requestDurable(Math.min(wanted, this.lsnHead)));
+      this.ring.scheduleKick();
     }
     settle(this.writtenWaiters, this.lsnWritten, this.fatal);
     settle(this.durableWaiters, this.lsnDurable, this.fatal);

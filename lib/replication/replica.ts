@@ -76,6 +76,7 @@ export class ReplicaReplication {
     this.log = options.logger.child({ replication: 'replica' });
     this.server = net.createServer((socket) => this.accept(socket));
     this.rebuild = new ReplicaRebuild(this.volume, this.log);
+    this.rebuild.onAck = (ack) => this.current?.link.send(ack);
     this.rebuild.onCompleted = (ack) => {
       if (this.current !== undefined) this.current.link.send(ack);
       else this.log.warn('rebuild completed with no primary connected: the next one learns it from the HELLO');
@@ -289,11 +290,9 @@ class PrimaryLink {
         this.link.send(await this.owner.rebuild.start(frame));
         this.scheduleAck();
         return;
-      case 'base_chunk': {
-        const ack = await this.owner.rebuild.chunk(frame);
-        if (ack !== undefined) this.link.send(ack);
+      case 'base_chunk':
+        await this.owner.rebuild.chunk(frame);
         return;
-      }
       default:
         this.refuse('bad_frame', `unexpected ${frame.type} frame from a primary`);
     }

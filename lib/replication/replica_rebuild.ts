@@ -41,6 +41,10 @@ export interface ReplicaRebuildStatus {
 // persist is an fdatasync of base.img and an atomic rewrite of rebuild.json).
 const REBUILD_PERSIST_CHUNKS = 32;
 const REBUILD_PERSIST_MS = 1000;
+// Base chunks received and not yet written: the link is not read past this.
+const BASE_QUEUE_BYTES_MAX = 32 << 20;
+// Written in one flusher exclusion at most.
+const BASE_BATCH_BYTES_MAX = 16 << 20;
 
 // The running session and its files; it outlives links (a link that drops
 // mid-rebuild resumes it on the next one).
@@ -60,6 +64,12 @@ export class ReplicaRebuild {
   private unresumable: HelloRebuild | undefined;
   private completeScheduled = false;
   onCompleted: ((ack: SessionAckFrame) => void) | undefined;
+  // Progress and failures of the base writer, for the current primary link.
+  onAck: ((ack: SessionAckFrame) => void) | undefined;
+  private readonly queue: BaseChunkFrame[] = [];
+  private queuedBytes = 0;
+  private queueWaiters: (() => void)[] = [];
+  private writing = false;
   private readonly zeros = new Map<number, Buffer>();
   private persisting: Promise<void> = Promise.resolve();
 
@@ -137,37 +147,75 @@ export class ReplicaRebuild {
     return this.ack('accepted', undefined, '');
   }
 
-  // BASE_CHUNK: verify, write the blocks no applied record marked, and
-  // persist progress every few chunks. Undefined: nothing to say yet.
-  async chunk(f: BaseChunkFrame): Promise<SessionAckFrame | undefined> {
+  // BASE_CHUNK: queued for the base writer (the frame chain moves on to the
+  // WAL lane); waits while BASE_QUEUE_BYTES_MAX of chunks wait to be written.
+  async chunk(f: BaseChunkFrame): Promise<void> {
     const r = this.state;
-    if (r === undefined || r.session.sessionId !== f.sessionId || r.session.epoch !== f.epoch) return undefined; // stale
-    if (r.session.isChunkDone(f.index)) return undefined;
-    const data = f.zero ? this.zeroBuffer(f.blocks * BLOCK_BYTES) : f.data!;
-    const ref = { sessionId: f.sessionId, epoch: f.epoch };
-    const chunk = { sessionId: f.sessionId, epoch: f.epoch, index: f.index, startBlock: f.startBlock, blocks: f.blocks, lsnCheckpoint: f.lsnCheckpoint, digest: f.digest };
-    // The compare-and-set happens inside the write's exclusion (see writeBaseRuns).
-    let planned: ReturnType<RebuildSession['planBaseWrite']> | undefined;
-    await this.volume.writeBaseRuns(
-      () => {
-        planned = r.session.planBaseWrite(ref, chunk, data);
-        return planned.ok ? planned.plan.runs : [];
-      },
-      f.startBlock,
-      f.zero ? undefined : f.data,
-    );
-    if (planned === undefined) return undefined;
-    if (!planned.ok) {
-      if (planned.error === 'digest_mismatch') return this.ack('failed', 'digest_mismatch', planned.message);
-      this.log.warn({ error: planned.error, reason: planned.message }, 'base chunk refused');
-      return undefined;
+    if (r === undefined || r.session.sessionId !== f.sessionId || r.session.epoch !== f.epoch) return; // stale
+    if (r.session.isChunkDone(f.index)) return;
+    while (this.queuedBytes >= BASE_QUEUE_BYTES_MAX) await new Promise<void>((resolve) => this.queueWaiters.push(resolve));
+    this.queue.push(f);
+    this.queuedBytes += f.blocks * BLOCK_BYTES;
+    if (!this.writing) void this.runWriter();
+  }
+
+  // Writes queued chunks in batches: one flusher exclusion per batch (a
+  // checkpoint under load can take a while; waiting for one per chunk would
+  // make the base lane crawl), the compare-and-set of every chunk inside it.
+  private async runWriter(): Promise<void> {
+    this.writing = true;
+    try {
+      while (this.queue.length > 0) {
+        const batch: BaseChunkFrame[] = [];
+        let bytes = 0;
+        while (this.queue.length > 0 && (batch.length === 0 || bytes + this.queue[0]!.blocks * BLOCK_BYTES <= BASE_BATCH_BYTES_MAX)) {
+          const f = this.queue.shift()!;
+          batch.push(f);
+          bytes += f.blocks * BLOCK_BYTES;
+        }
+        await this.writeBatch(batch).finally(() => {
+          this.queuedBytes -= bytes;
+          for (const wake of this.queueWaiters.splice(0)) wake();
+        });
+      }
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'rebuild: base write failed');
+    } finally {
+      this.writing = false;
     }
-    r.tokens.push(planned.plan.token);
-    const last = f.index === r.session.chunksTotal - 1;
-    if (!last && r.tokens.length < REBUILD_PERSIST_CHUNKS && performance.now() - r.lastPersistMs < REBUILD_PERSIST_MS) return undefined;
+  }
+
+  private async writeBatch(batch: readonly BaseChunkFrame[]): Promise<void> {
+    const r = this.state;
+    if (r === undefined) return;
+    const planned: ReturnType<RebuildSession['planBaseWrite']>[] = [];
+    await this.volume.writeBaseRuns(
+      batch.map((f) => ({
+        plan: () => {
+          if (this.state !== r) return []; // superseded meanwhile
+          const ref = { sessionId: f.sessionId, epoch: f.epoch };
+          const chunk = { sessionId: f.sessionId, epoch: f.epoch, index: f.index, startBlock: f.startBlock, blocks: f.blocks, lsnCheckpoint: f.lsnCheckpoint, digest: f.digest };
+          const out = r.session.planBaseWrite(ref, chunk, f.zero ? this.zeroBuffer(f.blocks * BLOCK_BYTES) : f.data!);
+          planned.push(out);
+          return out.ok ? out.plan.runs : [];
+        },
+        chunkStartBlock: f.startBlock,
+        data: f.zero ? undefined : f.data,
+      })),
+    );
+    if (this.state !== r) return;
+    for (const out of planned) {
+      if (out.ok) r.tokens.push(out.plan.token);
+      else if (out.error === 'digest_mismatch') {
+        this.onAck?.(this.ack('failed', 'digest_mismatch', out.message));
+        return;
+      } else this.log.warn({ error: out.error, reason: out.message }, 'base chunk refused');
+    }
+    const last = batch.some((f) => f.index === r.session.chunksTotal - 1);
+    if (!last && r.tokens.length < REBUILD_PERSIST_CHUNKS && performance.now() - r.lastPersistMs < REBUILD_PERSIST_MS) return;
     await this.persist();
     this.scheduleComplete();
-    return this.ack(r.session.baseDone ? 'base_done' : 'running', undefined, '');
+    if (this.state === r) this.onAck?.(this.ack(r.session.baseDone ? 'base_done' : 'running', undefined, ''));
   }
 
   // The link went: base writes not yet durable are kept (their chunks count

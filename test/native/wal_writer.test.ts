@@ -195,7 +195,7 @@ test('a failed segment preparation refuses the WAL with the reason', async () =>
   }
 });
 
-test('a full WAL makes appends wait, and released segments are recycled', async () => {
+test('a full WAL makes appends wait, released segments are recycled, and a flush covers the appends that waited', async () => {
   const { dir, cleanup } = tempDir('walfull');
   const ring = Ring.open({ depth: 128, arenaBytes: 32 << 20 });
   try {
@@ -211,9 +211,19 @@ test('a full WAL makes appends wait, and released segments are recycled', async 
     });
     assert.ok(stalled, 'appends stop when every segment holds unreleased records');
     assert.ok(wal.status().segmentCount <= 3);
+    // The last appends in the queue ask for no durability of their own.
+    for (let k = 0; k < 8; k++, i++) pending.push(wal.append({ kind: 'write', epoch: 1, lba: i, lengthBlocks: 1, payload: payloadFor(i), fua: false }));
     const waiting = wal.status().appendsWaiting;
+    // A flush now covers the queued appends too: it resolves once they have
+    // gone out and are durable, with nothing else asking for durability.
+    const lsnQueuedLast = wal.lsnHead + waiting;
+    let flushed = false;
+    const flush = wal.flush().then(() => (flushed = true));
     wal.release(wal.lsnDurable);
     const lsns = await Promise.all(pending);
+    assert.ok(await turnUntil(() => flushed), 'the flush resolved');
+    await flush;
+    assert.ok(wal.lsnDurable >= lsnQueuedLast, `durable ${wal.lsnDurable} covers the queued appends (${lsnQueuedLast})`);
     assert.equal(lsns.length, i);
     assert.deepEqual(lsns, lsns.slice().sort((a, b) => a - b), 'acknowledged in order');
     assert.ok(waiting > 0 && wal.status().appendsWaiting === 0);
