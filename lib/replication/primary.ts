@@ -134,7 +134,10 @@ const CATCH_UP_READ_BYTES = 4 << 20;
 const REBUILD_RATE_START_BYTES = 256 << 20;
 const REBUILD_RATE_MIN_BYTES = 4 << 20;
 const REBUILD_RATE_MAX_BYTES = 16 * 2 ** 30;
-// A rebuild's base chunk: 1 MiB (256 blocks).
+// Running catch-ups and rebuilds log their progress this often.
+const PROGRESS_LOG_INTERVAL_MS = 5000;
+// A rebuild's base chunk: 1 MiB (256 blocks), read this many ahead.
+const REBUILD_READS_IN_FLIGHT = 4;
 const REBUILD_CHUNK_BLOCKS = 256;
 const BLOCK_BYTES = 4096;
 
@@ -165,6 +168,10 @@ function zeroChunk(bytes: number): { zeros: Buffer; digest: bigint } {
     zeroChunks.set(bytes, z);
   }
   return z;
+}
+
+function roundOrUndefined(x: number | undefined): number | undefined {
+  return x === undefined ? undefined : Math.round(x);
 }
 
 function isZeroChunk(data: Buffer): boolean {
@@ -256,6 +263,7 @@ export class PrimaryReplication implements AckGate {
   private rebuildTokens = 0;
   private rebuildTokensAtMs = performance.now();
   private readonly rebuildLatencyTargetMs: number;
+  private progressLoggedMs = performance.now();
   private latencySumMs = 0;
   private latencyCount = 0;
   // The base lane's pace now: the cap, or less while foreground writes are slow.
@@ -491,6 +499,10 @@ export class PrimaryReplication implements AckGate {
     this.sampleWriteRate(now);
     this.steerRebuildRate();
     this.protocol({ type: 'tick', nowMs: Math.floor(now) });
+    if (now - this.progressLoggedMs >= PROGRESS_LOG_INTERVAL_MS) {
+      this.progressLoggedMs = now;
+      for (const p of this.peers) p.logProgress();
+    }
     // Durability on its own, here and on the replicas, so that commit moves
     // without client flushes.
     for (const p of this.peers) p.requestSync(this.volume.lsnHead);
@@ -1088,18 +1100,30 @@ class ReplicaPeer {
     void this.runBaseLane(link, r);
   }
 
+  // Reads REBUILD_READS_IN_FLIGHT chunks ahead of the one being sent.
   private async runBaseLane(link: ReplicationLink, r: RebuildRun): Promise<void> {
     const v = this.primary.volumeRef;
     const current = (): boolean => this.link === link && !link.closed && this.rebuild === r;
-    try {
-      for (let index = r.chunkFrom; index < r.chunksTotal; index++) {
-        const startBlock = index * r.chunkBlocks;
+    const reads = new Map<number, Promise<{ lsnCheckpoint: number; data: Buffer }>>();
+    let indexRead = r.chunkFrom;
+    const readAhead = async (upTo: number): Promise<void> => {
+      for (; indexRead < Math.min(upTo, r.chunksTotal); indexRead++) {
+        const startBlock = indexRead * r.chunkBlocks;
         const blocks = Math.min(r.chunkBlocks, r.volumeBlocks - startBlock);
         await this.primary.rebuildThrottle(blocks * BLOCK_BYTES);
-        if (!current()) return;
         // Noted before the read: the chunk holds at least this checkpoint.
         const lsnCheckpoint = v.lsnCheckpoint;
-        const data = await v.readBaseBlocks(startBlock, blocks);
+        const read = v.readBaseBlocks(startBlock, blocks).then((data) => ({ lsnCheckpoint, data }));
+        read.catch(() => undefined);
+        reads.set(indexRead, read);
+      }
+    };
+    try {
+      for (let index = r.chunkFrom; index < r.chunksTotal; index++) {
+        await readAhead(index + REBUILD_READS_IN_FLIGHT);
+        if (!current()) return;
+        const { lsnCheckpoint, data } = await reads.get(index)!;
+        reads.delete(index);
         if (!current()) return;
         const zero = isZeroChunk(data);
         const more = link.send({
@@ -1107,8 +1131,8 @@ class ReplicaPeer {
           epoch: this.primary.epoch,
           sessionId: r.sessionId,
           index,
-          startBlock,
-          blocks,
+          startBlock: index * r.chunkBlocks,
+          blocks: data.byteLength / BLOCK_BYTES,
           lsnCheckpoint,
           digest: zero ? zeroChunk(data.byteLength).digest : xxh3Digest(data),
           zero,
@@ -1385,6 +1409,21 @@ class ReplicaPeer {
       catchUp: this.catchUpStatus(),
       rebuild: this.rebuildStatus(),
     };
+  }
+
+  // A progress line for a running session (bytes, rate, ETA), for the logs.
+  logProgress(): void {
+    const c = this.catchUpStatus();
+    if (c !== undefined) {
+      this.log.info({ bytesDone: c.bytesDone, bytesTotal: c.bytesTotal, bytesPerSecond: c.bytesPerSecond, etaSeconds: roundOrUndefined(c.etaSeconds) }, 'catch-up progress');
+    }
+    const r = this.rebuildStatus();
+    if (r !== undefined) {
+      this.log.info(
+        { sessionId: r.sessionId, bytesSent: r.bytesSent, bytesTotal: r.bytesTotal, chunksDone: r.chunksDone, chunksTotal: r.chunksTotal, bytesPerSecond: r.bytesPerSecond, etaSeconds: roundOrUndefined(r.etaSeconds) },
+        'rebuild progress',
+      );
+    }
   }
 
   private rebuildStatus(): ReplicaPeerStatus['rebuild'] {
