@@ -96,6 +96,7 @@ function renderReplication(r: PrimaryReplicationStatus | ReplicaReplicationStatu
       `             lag ${p.lagLsn} LSN, ${formatBytes(p.lagBytes)}, ${p.lagSeconds.toFixed(1)} s; received ${p.lsnReceived} durable ${p.lsnDurable} applied ${p.lsnApplied}`,
     );
     if (p.decision !== undefined) lines.push(`             decision ${p.decision.kind} (~${formatBytes(p.decision.costBytes)}): ${p.decision.reason}`);
+    if (p.completed.catchUps + p.completed.rebuilds > 0) lines.push(`             completed ${p.completed.catchUps} catch-up(s), ${p.completed.rebuilds} rebuild(s) since this primary started`);
     const c = p.catchUp;
     if (c !== undefined) lines.push(`             catch-up ${progressBar(c.bytesDone, c.bytesTotal, c.bytesPerSecond, c.etaSeconds)}`);
     const b = p.rebuild;

@@ -466,7 +466,12 @@ export class Wal {
     if (r.onAssigned !== undefined) r.onAssigned(value as AppendedRecord);
     if (!q.located) value = lsn;
     const waiters = r.fua === true ? this.durableWaiters : this.writtenWaiters;
-    waiters.push({ lsn, resolve: q.resolve as (v: never) => void, value, reject: q.reject });
+    const waiter: Waiter = { lsn, resolve: q.resolve as (v: never) => void, value, reject: q.reject };
+    // Appends come in LSN order, but a flush or waitWritten may already wait
+    // for a later LSN (records still queued): keep the list sorted, or settle()
+    // would stop at that waiter and hold back every earlier one.
+    if ((waiters.at(-1)?.lsn ?? 0) <= lsn) waiters.push(waiter);
+    else insertSorted(waiters, waiter);
     this.ring.scheduleKick();
     return true;
   }

@@ -100,6 +100,8 @@ export interface ReplicaPeerStatus {
   decision: { kind: DecisionKind; reason: string; costBytes: number; atMs: number } | undefined;
   // A running WAL catch-up.
   catchUp: { lsnFrom: number; lsnTarget: number; bytesDone: number; bytesTotal: number; bytesPerSecond: number; etaSeconds: number | undefined } | undefined;
+  // Catch-ups and rebuilds completed since this primary started.
+  completed: { catchUps: number; rebuilds: number };
   // A running rebuild: the base lane's progress (chunks sent, and done = durable on the replica).
   rebuild:
     | { sessionId: number; resumed: boolean; lsnBase: number; lsnTarget: number; chunksTotal: number; chunksSent: number; chunksDone: number; bytesSent: number; bytesTotal: number; bytesPerSecond: number; etaSeconds: number | undefined }
@@ -778,6 +780,7 @@ class ReplicaPeer {
   private fed = false;
   private diskFeedRunning = false;
   private rebuild: RebuildRun | undefined;
+  // Sessions this primary saw complete for the replica.
   catchUpsCompleted = 0;
   rebuildsCompleted = 0;
   // Records come from the WAL on disk (feedFromDisk), not the backlog (pump).
@@ -1408,6 +1411,7 @@ class ReplicaPeer {
       decision: this.decision,
       catchUp: this.catchUpStatus(),
       rebuild: this.rebuildStatus(),
+      completed: { catchUps: this.catchUpsCompleted, rebuilds: this.rebuildsCompleted },
     };
   }
 

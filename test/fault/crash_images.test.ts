@@ -406,8 +406,15 @@ async function reopenWal(ring: Ring, walDir: string, released: number): Promise<
       lsnFrom: released + 1,
     });
     const { wal } = await withTimeout(opened, RECOVERY_TIMEOUT_MS, 'Wal.open');
-    await wal.append({ kind: 'write', epoch: 2, lba: 0, lengthBlocks: 1, payload: Buffer.alloc(BLOCK_BYTES, 7), fua: true });
-    await wal.close();
+    const appended = wal.append({ kind: 'write', epoch: 2, lba: 0, lengthBlocks: 1, payload: Buffer.alloc(BLOCK_BYTES, 7), fua: true });
+    appended.catch(() => undefined);
+    // Every segment may hold unreleased records (the workload filled the
+    // WAL): the append then waits for a checkpoint to release some, as a
+    // volume's would. Without it nothing is in flight and the worker's event
+    // loop would just end.
+    if (wal.full) wal.release(wal.lsnDurable);
+    await withTimeout(appended, RECOVERY_TIMEOUT_MS, 'Wal.append after reopen');
+    await withTimeout(wal.close(), RECOVERY_TIMEOUT_MS, 'Wal.close after reopen');
     return {};
   } catch (err) {
     const message = (err as Error).message;
@@ -765,8 +772,16 @@ async function runWorker(runDir: string, index: number): Promise<WorkerResult> {
 
 if (process.env.BLOCKWAL_CRASH_WORKER !== undefined) {
   const [runDir, index] = process.env.BLOCKWAL_CRASH_WORKER.split(',');
+  let finished = false;
+  // Nothing in flight and nothing settled: say so rather than end quietly.
+  process.on('beforeExit', () => {
+    if (finished) return;
+    console.error(`crash_images worker ${index}: the event loop emptied before the run finished (a promise nothing will settle)`);
+    process.exit(3);
+  });
   runWorker(runDir!, Number(index)).then(
     (r) => {
+      finished = true;
       process.send!(r, () => process.disconnect());
     },
     (err: Error) => {

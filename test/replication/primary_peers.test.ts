@@ -154,6 +154,7 @@ test('a replica behind the in-memory backlog catches up from the WAL on disk, th
       r.setAway(false);
       await until('current', () => r.received.length === 48 && peer().state === 'streaming');
       assert.equal(peer().decision?.kind, 'catch_up', peer().decision?.reason);
+      await until('the catch-up session completed', () => peer().completed.catchUps === 1);
       // Writes after the hand-over arrive from memory, right after.
       await volume.write(0, Buffer.alloc(4096, 7));
       await until('one more', () => r.received.length === 49);

@@ -83,6 +83,7 @@ test('a wiped replica is rebuilt under fio writes through three interruptions an
       await until('reconnected', async () => (await primary.primaryStatus()).replicas[0]!.connects > connects);
 
       const status = await cluster.waitCurrent(primary, 'the rebuilt replica streaming, lag 0, in the ack set');
+      assert.equal(status.replicas[0]!.completed.rebuilds, 1, 'the rebuild completed once');
       t.diagnostic(`after: ${JSON.stringify(status.replicas[0]!.decision)}; fio exited before completion: ${fioExited}`);
       checkFio(cluster, 'during', during, await fio);
       await cluster.waitCurrent();
