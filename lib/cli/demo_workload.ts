@@ -18,6 +18,7 @@ import { XXHash3 } from 'xxhash-addon';
 
 import { assert } from '../util/assert';
 import type { NbdClient } from './nbd_client';
+import { mulberry32 } from '../util/prng';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -51,18 +52,6 @@ interface File {
   inodeOffsetBytes: number;
 }
 
-// mulberry32: a small seeded PRNG (the operation sequence).
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
 export class FsWorkload {
   // The content every node must hold once the workload's requests are done.
   readonly model: Buffer;
@@ -83,7 +72,7 @@ export class FsWorkload {
   ) {
     assert(sizeBytes >= DATA_FROM + 16 * MiB && sizeBytes % BLOCK_BYTES === 0, `a ${sizeBytes}-byte volume fits the demo's layout`);
     this.model = Buffer.alloc(sizeBytes);
-    this.random = prng(seed);
+    this.random = mulberry32(seed);
     const key = crypto.createHash('sha256').update(`blockwal-demo-${seed}`).digest();
     this.keystream = crypto.createCipheriv('aes-256-ctr', key, Buffer.alloc(16));
     this.free = [{ offsetBytes: DATA_FROM, lengthBytes: sizeBytes - DATA_FROM }];

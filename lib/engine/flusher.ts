@@ -68,7 +68,6 @@ export class Flusher {
   // The lowest LSN some reader still needs from the WAL (a replica catching
   // up, or one that is away and may come back); honoured within pinBudgetBytes.
   walPin: (() => number) | undefined;
-  pinDropped = 0; // times a pin was over budget and the WAL went anyway
   // A rebuild's base writes (see baseWrite): how many run, and checkpoints
   // waiting for them to end before taking their snapshot.
   private baseWritesInFlight = 0;
@@ -213,7 +212,6 @@ export class Flusher {
       const heldBytes = this.io.walIndex.bytesAfter(pin - 1);
       if (heldBytes <= this.options.pinBudgetBytes) releasable = pin - 1;
       else {
-        this.pinDropped++;
         this.io.log.warn({ lsnPin: pin, heldBytes, budgetBytes: this.options.pinBudgetBytes }, 'WAL retention budget exceeded: releasing WAL a lagging replica still needs');
       }
     }

@@ -608,10 +608,6 @@ export class PrimaryReplication implements AckGate {
     this.rebuildRate = Math.max(REBUILD_RATE_MIN_BYTES, Math.min(capBytes > 0 ? capBytes : REBUILD_RATE_MAX_BYTES, next));
   }
 
-  get rebuildBytesPerSecondNow(): number {
-    return this.rebuildRate;
-  }
-
   // Write rate over the last second or so (smoothed), for retention headroom.
   private sampleWriteRate(nowMs: number): void {
     const elapsedMs = nowMs - this.rateSample.atMs;

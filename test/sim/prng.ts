@@ -2,20 +2,18 @@
 // Every choice a world makes comes from one Prng, so a seed reproduces a run
 // exactly (no Math.random, no clock).
 
+import { mulberry32 } from '../../lib/util/prng';
+
 export class Prng {
-  #state: number;
+  readonly #next: () => number;
 
   constructor(seed: number) {
-    this.#state = seed >>> 0;
+    this.#next = mulberry32(seed);
   }
 
   // A float in [0, 1).
   next(): number {
-    this.#state = (this.#state + 0x6d2b79f5) >>> 0;
-    let t = this.#state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    return this.#next();
   }
 
   // An integer in [min, max] (inclusive).
