@@ -41,11 +41,13 @@ export function parse<T extends Options>(
 const SIZE_UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
 
 // Plain bytes or a K/M/G/T (binary) suffix, optionally followed by "iB" or "B".
-export function parseSize(text: string, flag: string): number {
+export function parseSize(text: string, flag: string, options: { allowZero?: boolean } = {}): number {
   const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
   if (m === null) throw new UsageError(`${flag}: '${text}' is not a size (use bytes or a K, M, G or T suffix, e.g. 64G)`);
   const bytes = Number(m[1]) * SIZE_UNITS[m[2]!.toUpperCase()]!;
-  if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new UsageError(`${flag}: '${text}' is not a whole, positive number of bytes`);
+  if (!Number.isSafeInteger(bytes) || bytes < 0 || (bytes === 0 && options.allowZero !== true)) {
+    throw new UsageError(`${flag}: '${text}' is not a whole, ${options.allowZero === true ? 'non-negative' : 'positive'} number of bytes`);
+  }
   return bytes;
 }
 

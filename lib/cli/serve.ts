@@ -9,7 +9,7 @@ const NBD_DEFAULT = '127.0.0.1:10809';
 
 export const serve: Command = {
   usage: `usage: blockwal serve DIR [--nbd HOST:PORT | --nbd unix:PATH | --nbd stdio] [--export NAME]
-                      [--metrics HOST:PORT] [--node-id ID] [--read-only]
+                      [--metrics HOST:PORT] [--node-id ID] [--read-only] [--wal-cache SIZE]
                       [--role primary|replica] [--repl-listen HOST:PORT]
                       [--replica HOST:PORT]... [--durability best_effort|sync_all|sync_quorum]
                       [--epoch N] [--ack-timeout MS] [--repl-backlog SIZE]
@@ -24,6 +24,9 @@ and nbdcopy/nbdfuse do when they start the server).
   --metrics ADDR     HTTP on HOST:PORT: /metrics (Prometheus) and /status (JSON)
   --node-id ID       this node's name in logs, status and metrics
   --read-only        refuse writes (NBD READ_ONLY)
+  --wal-cache SIZE   recent WAL kept in memory so checkpoints and catch-ups do
+                     not read it back from the disk (default 256M, at most the
+                     WAL's size; 0 turns it off; checkpoints start at half of it)
 Replication (WAL shipping from a primary to its replicas):
   --role ROLE        primary (default) or replica. A replica takes writes only
                      from its primary and serves NBD (read-only) only with --nbd
@@ -53,6 +56,7 @@ Logs are JSON on stderr (BLOCKWAL_LOG=debug|info|warn). \`blockwal status DIR\` 
         metrics: { type: 'string' },
         'node-id': { type: 'string' },
         'read-only': { type: 'boolean' },
+        'wal-cache': { type: 'string' },
         role: { type: 'string' },
         'repl-listen': { type: 'string' },
         replica: { type: 'string', multiple: true },
@@ -73,11 +77,12 @@ Logs are JSON on stderr (BLOCKWAL_LOG=debug|info|warn). \`blockwal status DIR\` 
     const activatedFd = (values.nbd === undefined && nbd !== undefined) || nbd === 'stdio' ? socketActivationFd() : undefined;
     const epoch = values.epoch === undefined ? undefined : parseEpoch(values.epoch);
     const metrics = values.metrics === undefined ? undefined : parseHostPort(values.metrics, '--metrics');
+    const walCacheBytes = values['wal-cache'] === undefined ? undefined : parseSize(values['wal-cache'], '--wal-cache', { allowZero: true });
     const log = stderrLogger();
     const node = new StorageNode({ nodeId: values['node-id'], logger: log });
     const stopped = stopOnSignals(node);
     try {
-      await node.openVolume(positionals[0]!, { exportName: values.export, readOnly: values['read-only'] === true, epoch, replication });
+      await node.openVolume(positionals[0]!, { exportName: values.export, readOnly: values['read-only'] === true, epoch, replication, walCacheBytes });
       if (metrics !== undefined) await node.listenMetrics(metrics);
       const repl = node.status().volumes[0]?.replication;
       if (repl?.role === 'replica') process.stderr.write(`blockwal: replica of ${positionals[0]} listening for its primary on ${repl.listen}\n`);

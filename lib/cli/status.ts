@@ -68,6 +68,7 @@ function renderVolume(s: VolumeStatus): string {
     `  lsn        head ${s.lsnHead}  durable ${s.lsnDurable}  checkpoint ${s.checkpointLsn}  wal tail ${s.lsnTail}`,
     `  dirty      ${formatBytes(s.dirtyBytes)} in ${s.dirtyBlocks} blocks, ${s.zeroRanges} zeroed ranges`,
     `  wal        ${s.walSegments} of ${s.walSegmentsMax} segments of ${formatBytes(s.walSegmentBytes)}, retention ${formatBytes(s.walRetentionBytes)}`,
+    `             cache ${formatBytes(s.walCacheBytes)}; read back ${formatBytes(s.walReadMemoryBytes)} from memory, ${formatBytes(s.walReadDiskBytes)} from the disk`,
   ];
   if (s.superblockFallback !== undefined) lines.push(`  warning    superblock fell back to its older slot: ${s.superblockFallback}`);
   return lines.join('\n') + '\n';

@@ -4,8 +4,9 @@
 // applied once the WAL has written it): punch every zeroed
 // range with LSN <= to, then write every block whose newest version has
 // LSN <= to, then fdatasync base.img (and the WAL up to `to`, so its segments
-// may be recycled), then write the checkpoint into the superblock (RWF_DSYNC),
-// and only then forget those entries and release the WAL below `to`. Zero
+// may be recycled), then write the checkpoint into the superblock (RWF_DSYNC)
+// with the WAL floor (wal_retention.ts), and only then forget those entries
+// and release the WAL up to the floor (at most `to`). Zero
 // ranges go first: a block written after a trim is in both sets, and the
 // write must land last. Newer records that arrive meanwhile keep their dirty
 // entries. A failure stops writes to the volume (io.fail) and is never retried.
@@ -31,6 +32,7 @@ import { GATHER, GATHER_FIELDS, GATHER_OPS_MAX } from '../native/wal';
 import type { BlockEntry } from './dirty_map';
 import { durabilityCode } from '../statemachine/control';
 import type { VolumeIo } from './volume_io';
+import { WalRetention } from './wal_retention';
 
 const PUNCH_BYTES_MAX = 1 << 30;
 // Bytes of arena the flusher holds at once (reads and writes in flight), and
@@ -62,12 +64,11 @@ export class Flusher {
   private pending = false;
   private idleTimer: NodeJS.Timeout | undefined;
   private stopped = false;
-  // (checkpoint LSN, WAL bytes written when it was taken), oldest first: maps
-  // the retention budget in bytes to an LSN below which the WAL may go.
-  private readonly marks: { lsn: number; walBytes: number }[] = [];
+  // What the WAL keeps below the checkpoint (wal_retention.ts).
+  private readonly retention: WalRetention;
   // The lowest LSN some reader still needs from the WAL (a replica catching
   // up, or one that is away and may come back); honoured within pinBudgetBytes.
-  walPin: (() => number) | undefined;
+  private walPin: (() => number) | undefined;
   // A rebuild's base writes (see baseWrite): how many run, and checkpoints
   // waiting for them to end before taking their snapshot.
   private baseWritesInFlight = 0;
@@ -79,6 +80,21 @@ export class Flusher {
     private readonly options: FlusherOptions,
   ) {
     io.onPressure = () => this.kick();
+    // Open scanned the WAL from the retention floor: what it found is kept.
+    this.retention = new WalRetention(options, io.walIndex, io.log, io.walTail, io.sb.fields.checkpointLsn);
+  }
+
+  // Sets or withdraws the reader's pin (a withdrawn pin leaves a hold on what it kept).
+  setWalPin(pin: (() => number) | undefined): void {
+    const last = this.walPin?.();
+    this.walPin = pin;
+    if (pin !== undefined) this.retention.pinned();
+    else this.retention.unpinned(last);
+  }
+
+  // The WAL was replaced by one starting after lsn (rebuild, dropped unapplied records).
+  walReplaced(lsn: number): void {
+    this.retention.replaced(lsn);
   }
 
   // After each write: start a checkpoint when enough is dirty, and (re)arm the
@@ -173,6 +189,7 @@ export class Flusher {
     if (to <= io.sb.fields.checkpointLsn) return;
     const { zeros, blocks } = io.dirty.collect(to);
     const startedMs = performance.now();
+    let walTailLsn = 0;
     try {
       await io.wal.waitWritten(to); // base.img gets only what the WAL has written
       for (const z of zeros) await this.punch(z.startBlock, z.endBlock);
@@ -181,41 +198,29 @@ export class Flusher {
       // durable segments: make it durable alongside base.img.
       await Promise.all([io.base.fdatasync(), io.wal.waitDurable(to)]);
       io.beforeCheckpoint?.();
-      await io.sb.update({ checkpointLsn: to, applyChecksum, features, sizeBytes, durabilityCode: durabilityCode(durability) });
+      // The floor goes into the superblock with the checkpoint, before the
+      // WAL below it is released.
+      walTailLsn = this.walTailAt(to);
+      await io.sb.update({ checkpointLsn: to, applyChecksum, features, sizeBytes, durabilityCode: durabilityCode(durability), walTailLsn });
     } catch (err) {
       throw io.fail(err);
     }
     io.dirty.dropUpTo(to);
-    this.releaseWal(to);
+    if (walTailLsn > 0) io.wal.release(walTailLsn);
     this.checkpoints++;
     io.log.debug(
-      { checkpointLsn: to, blocks: blocks.length, zeroRanges: zeros.length, ms: Math.round(performance.now() - startedMs) },
+      { checkpointLsn: to, walTailLsn, blocks: blocks.length, zeroRanges: zeros.length, ms: Math.round(performance.now() - startedMs) },
       'checkpoint',
     );
   }
 
-  // Releases the WAL up to the newest checkpoint that lies at least
-  // retentionBytes behind the head (all of it when retention is 0), but not
-  // past a pin while what the pin holds fits in pinBudgetBytes.
-  private releaseWal(to: number): void {
-    const walBytes = this.io.wal.status().bytesWritten;
-    let releasable = to;
-    if (this.options.retentionBytes > 0) {
-      this.marks.push({ lsn: to, walBytes });
-      releasable = 0;
-      while (this.marks.length > 0 && walBytes - this.marks[0]!.walBytes >= this.options.retentionBytes) {
-        releasable = this.marks.shift()!.lsn;
-      }
-    }
-    const pin = this.walPin?.() ?? Number.MAX_SAFE_INTEGER;
-    if (pin - 1 < releasable) {
-      const heldBytes = this.io.walIndex.bytesAfter(pin - 1);
-      if (heldBytes <= this.options.pinBudgetBytes) releasable = pin - 1;
-      else {
-        this.io.log.warn({ lsnPin: pin, heldBytes, budgetBytes: this.options.pinBudgetBytes }, 'WAL retention budget exceeded: releasing WAL a lagging replica still needs');
-      }
-    }
-    if (releasable > 0) this.io.wal.release(releasable);
+  // The WAL floor for the checkpoint at `to`: up to the newest checkpoint
+  // that lies at least retentionBytes behind the head (all of it when
+  // retention is 0), but not past a pin (or a hold) while what it keeps fits
+  // in pinBudgetBytes (wal_retention.ts).
+  private walTailAt(to: number): number {
+    const wal = this.io.wal;
+    return this.retention.decide({ to, walBytes: wal.status().bytesWritten, pin: this.walPin?.(), walFull: wal.full });
   }
 
   private async punch(startBlock: number, endBlock: number): Promise<void> {

@@ -30,6 +30,11 @@ export interface SuperblockFields {
   applyChecksum: bigint;
   // The durability mode set by the last control record (statemachine/control.ts; 0: none).
   durabilityCode: number;
+  // The WAL retention floor (wal_retention.ts): every record after this LSN
+  // was kept in the WAL when it was recorded (never above checkpointLsn; a
+  // hint, the recovery scan decides what is there). Absent: not recorded
+  // (a volume made before it existed), the WAL holds nothing below the checkpoint.
+  walTailLsn?: number;
 }
 
 export interface SuperblockOpen {
@@ -58,6 +63,8 @@ export function encodeSlot(fields: SuperblockFields, seq: number, out: Uint8Arra
   u64(88, fields.createdAtMs);
   v.setBigUint64(96, fields.applyChecksum, true);
   u64(104, fields.durabilityCode);
+  // Stored plus one so that the zeros of an older slot read as absent.
+  u64(112, fields.walTailLsn === undefined ? 0 : fields.walTailLsn + 1);
   const checksum = XXHash3.hash(Buffer.from(out.buffer, out.byteOffset, CHECKSUM_OFFSET));
   out.set(checksum, CHECKSUM_OFFSET);
 }
@@ -84,6 +91,8 @@ export function decodeSlot(buf: Uint8Array): { fields: SuperblockFields; seq: nu
     applyChecksum: v.getBigUint64(96, true),
     durabilityCode: u64(104),
   };
+  const walTailStored = u64(112);
+  if (walTailStored > 0) fields.walTailLsn = walTailStored - 1;
   return { fields, seq: u64(16) };
 }
 

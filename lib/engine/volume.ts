@@ -11,8 +11,11 @@
 //  - write resolves once its records are in the WAL; with fua once durable;
 //    flush resolves once everything resolved before it is durable.
 //  - sub-block writes are read-modify-write, ordered by RangeLocks.
-//  - open replays the WAL from checkpoint + 1 into the dirty map; a torn tail
-//    ends the log, mid-log corruption refuses to open with the location.
+//  - open scans the WAL from the retention floor (wal_retention.ts: the
+//    records kept below the checkpoint for catch-up are indexed again) and
+//    replays what lies above the checkpoint into the dirty map; a torn tail
+//    ends the log, mid-log corruption above the checkpoint refuses to open
+//    with the location.
 //  - any WAL or flusher I/O failure stops writes with the reason; reads go on.
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -37,6 +40,7 @@ import { Flusher } from './flusher';
 import { RangeLocks } from './range_locks';
 import { peekSuperblock, Superblock, type SuperblockFields } from './superblock';
 import { type PendingRecord, type ShippedRecord, VolumeIo, type VolumeRole } from './volume_io';
+import { openWalRetained } from './wal_retention';
 
 export type { ShippedRecord, VolumeRole };
 
@@ -46,6 +50,8 @@ const WAL_SEGMENT_BYTES_DEFAULT = 64 << 20;
 const WAL_SEGMENTS_MAX_DEFAULT = 64;
 const RING_DEPTH = 256;
 const ARENA_BYTES_DEFAULT = 64 << 20;
+// Recent WAL frames kept in memory (walCacheBytes), at most, by default.
+const WAL_CACHE_BYTES_DEFAULT = 256 << 20;
 // The largest read or write one call takes (NBD's maximum block size).
 export const REQUEST_BYTES_MAX = 32 << 20;
 // The largest volume a resize may make (the WAL format's block addresses allow more).
@@ -55,7 +61,13 @@ export interface VolumeOptions {
   // pino logger for recovery figures, fallbacks, checkpoints and failures (default: silent).
   logger?: Logger;
   arenaBytes?: number;
-  // Dirty bytes that start a checkpoint in the background (default: a quarter of the WAL).
+  // Recently written WAL frames kept in memory, so a checkpoint (and a
+  // catch-up of recent records) writes base.img without reading the WAL back
+  // from the disk. Default: 256 MiB or the whole WAL if smaller; 0: only the
+  // WAL's group buffers serve those reads.
+  walCacheBytes?: number;
+  // Dirty bytes that start a checkpoint in the background (default: half the
+  // WAL cache, at most a quarter of the WAL).
   flushTriggerBytes?: number;
   // A checkpoint runs after this long without writes (default 1000 ms; 0: never by time).
   flushIdleMs?: number;
@@ -108,6 +120,11 @@ export interface VolumeStatus {
   walSegmentsMax: number;
   walSegmentBytes: number;
   walRetentionBytes: number;
+  // WAL reads (checkpoints, catch-up) since the WAL was opened: bytes served
+  // from memory (group buffers and the WAL cache) and read from the disk.
+  walCacheBytes: number;
+  walReadMemoryBytes: number;
+  walReadDiskBytes: number;
   checkpoints: number;
   failure: string | undefined;
   // Set when open fell back to the older superblock slot, with the reason.
@@ -126,6 +143,7 @@ export class Volume {
     private readonly lock: FileLock,
     private readonly allocation: BaseAllocation,
     private readonly walSegmentsMax: number,
+    private readonly walCacheBytes: number,
   ) {}
 
   // Makes a new volume in dir (which must be missing or empty) and opens it.
@@ -194,12 +212,14 @@ export class Volume {
       // The WAL reserves its arena space before anything else allocates.
       const f = peekSuperblock(path.join(dir, FILES.superblock));
       const walSegmentsMax = options.walSegmentsMax ?? WAL_SEGMENTS_MAX_DEFAULT;
-      const walOpen = await Wal.open(ring, {
+      const walBytes = walSegmentsMax * f.walSegmentBytes;
+      const walCacheBytes = walCacheBytesFor(options.walCacheBytes, walBytes);
+      const walOpen = await openWalRetained(ring, {
         dir: path.join(dir, FILES.wal),
         segmentBytes: f.walSegmentBytes,
         segmentsMax: walSegmentsMax,
-        lsnFrom: f.checkpointLsn + 1,
-      });
+        cacheBytes: walCacheBytes,
+      }, f, log);
       wal = walOpen.wal;
       const opened = await Superblock.open(ring, path.join(dir, FILES.superblock));
       sb = opened.superblock;
@@ -212,7 +232,7 @@ export class Volume {
       const role = options.role ?? 'primary';
       const io = new VolumeIo(ring, ownsRing, wal, base, sb, dirty, new RangeLocks(), opened.fallbackReason, log, role);
       io.onControl = options.onControl;
-      replay(walOpen.scan, f.checkpointLsn, io);
+      const recordsReplayed = replay(walOpen.scan, f.checkpointLsn, io);
       io.onFailure = options.onFailure;
       io.onRecord = options.onRecord;
       if (opened.fallbackReason !== undefined) {
@@ -222,7 +242,8 @@ export class Volume {
         {
           role,
           checkpointLsn: f.checkpointLsn,
-          recordsReplayed: walOpen.scan.records.count,
+          recordsReplayed,
+          recordsRetained: walOpen.scan.records.count - recordsReplayed,
           walBytesScanned: walOpen.scan.bytesScanned,
           tornTailBytes: walOpen.scan.tornTailBytes,
           lsnNext: walOpen.scan.lsnNext,
@@ -232,9 +253,8 @@ export class Volume {
         },
         'volume opened',
       );
-      const walBytes = walSegmentsMax * f.walSegmentBytes;
       const flusher = new Flusher(io, {
-        triggerBytes: options.flushTriggerBytes ?? Math.max(BLOCK_BYTES, Math.floor(walBytes / 4)),
+        triggerBytes: options.flushTriggerBytes ?? defaultTriggerBytes(walBytes, walCacheBytes),
         idleMs: options.flushIdleMs ?? 1000,
         // Never more than half the WAL: writers would wait forever for space.
         retentionBytes: Math.min(f.walRetentionBytes, Math.floor(walBytes / 2)),
@@ -244,7 +264,7 @@ export class Volume {
       // its segments only through a checkpoint.
       flusher.noteWrite();
       if (wal.status().segmentCount >= walSegmentsMax) flusher.kick();
-      const volume = new Volume(dir, io, flusher, lock, new BaseAllocation(path.join(dir, FILES.base)), walSegmentsMax);
+      const volume = new Volume(dir, io, flusher, lock, new BaseAllocation(path.join(dir, FILES.base)), walSegmentsMax, walCacheBytes);
       volume.rebuild = readRebuildSaved(dir);
       if (volume.rebuild !== undefined) log.warn({ rebuild: volume.rebuild }, 'an unfinished rebuild: the base image is partial until the primary completes it');
       return volume;
@@ -437,7 +457,7 @@ export class Volume {
   // The lowest LSN some reader still needs from the WAL: checkpoints do not
   // release the WAL past it while what it holds fits in the retention budget.
   setWalPin(pin: (() => number) | undefined): void {
-    this.flusher.walPin = pin;
+    this.flusher.setWalPin(pin);
   }
 
   // The most WAL a pin may hold (the retention budget).
@@ -502,13 +522,15 @@ export class Volume {
       await io.wal.close();
       for (const name of fs.readdirSync(walDir).sort().reverse()) fs.rmSync(path.join(walDir, name), { force: true });
       fsyncDir(walDir);
-      const reopened = await Wal.open(io.ring, { dir: walDir, segmentBytes: io.sb.fields.walSegmentBytes, segmentsMax: this.walSegmentsMax, lsnFrom: saved.lsnBase + 1 });
+      const reopened = await Wal.open(io.ring, { dir: walDir, segmentBytes: io.sb.fields.walSegmentBytes, segmentsMax: this.walSegmentsMax, cacheBytes: this.walCacheBytes, lsnFrom: saved.lsnBase + 1 });
       const sizeBlocks = base.state.sizeBytes / BLOCK_BYTES;
       if (io.base.sizeBlocks < sizeBlocks) io.base.grow(sizeBlocks);
       io.resetForRebuild(reopened.wal, saved.lsnBase, base.applyChecksum, base.state);
+      this.flusher.walReplaced(saved.lsnBase);
       await io.sb.update({
         epoch: Math.max(io.sb.fields.epoch, saved.epoch),
         checkpointLsn: saved.lsnBase,
+        walTailLsn: saved.lsnBase,
         applyChecksum: base.applyChecksum,
         sizeBytes: base.state.sizeBytes,
         features: base.state.features,
@@ -624,10 +646,13 @@ export class Volume {
       const walDir = path.join(this.dir, FILES.wal);
       const lsnFrom = io.sb.fields.checkpointLsn + 1;
       if (lsnFrom !== io.lsnApplied + 1) throw new BlockwalError('ERR_STATE', `checkpoint ${lsnFrom - 1} is not at applied LSN ${io.lsnApplied}`);
+      // Nothing below the checkpoint is kept once the WAL goes (recorded first: it claims less).
+      await io.sb.update({ walTailLsn: lsnFrom - 1 });
+      this.flusher.walReplaced(lsnFrom - 1);
       await io.wal.close();
       for (const name of fs.readdirSync(walDir).sort().reverse()) fs.rmSync(path.join(walDir, name), { force: true });
       fsyncDir(walDir);
-      const reopened = await Wal.open(io.ring, { dir: walDir, segmentBytes: io.sb.fields.walSegmentBytes, segmentsMax: this.walSegmentsMax, lsnFrom });
+      const reopened = await Wal.open(io.ring, { dir: walDir, segmentBytes: io.sb.fields.walSegmentBytes, segmentsMax: this.walSegmentsMax, cacheBytes: this.walCacheBytes, lsnFrom });
       io.resetReceived(reopened.wal);
       io.log.warn({ dropped, lsnApplied: io.lsnApplied }, 'dropped received records beyond the applied LSN (an uncommitted suffix)');
       return dropped;
@@ -687,6 +712,9 @@ export class Volume {
       walSegmentsMax: this.walSegmentsMax,
       walSegmentBytes: f.walSegmentBytes,
       walRetentionBytes: f.walRetentionBytes,
+      walCacheBytes: this.walCacheBytes,
+      walReadMemoryBytes: w.readMemoryBytes,
+      walReadDiskBytes: w.readDiskBytes,
       checkpoints: this.flusher.checkpoints,
       failure: this.io.failure?.message,
       superblockFallback: this.io.superblockFallback,
@@ -711,10 +739,14 @@ export class Volume {
   }
 }
 
-// Hands the records after the checkpoint to the volume, in LSN order. A
-// control record that does not decode was written by a newer blockwal or
-// damaged in a way its checksum missed: refuse to open, naming it.
-function replay(scan: ScanResult, checkpointLsn: number, io: VolumeIo): void {
+// Indexes every record the scan found (the retained ones below the
+// checkpoint included) and hands those after the checkpoint to the volume, in
+// LSN order; the ones at or below it are in base.img and the apply chain
+// already. Returns how many were handed over. A control record that does not
+// decode was written by a newer blockwal or damaged in a way its checksum
+// missed: refuse to open, naming it.
+function replay(scan: ScanResult, checkpointLsn: number, io: VolumeIo): number {
+  let replayed = 0;
   const r = scan.records;
   const payloads = splitControlPayloads(scan);
   let nextControl = 0;
@@ -746,7 +778,24 @@ function replay(scan: ScanResult, checkpointLsn: number, io: VolumeIo): void {
       spanBytes,
       checksum: r.checksum[i]!,
     });
+    replayed++;
   }
+  return replayed;
+}
+
+function walCacheBytesFor(requested: number | undefined, walBytes: number): number {
+  if (requested === undefined) return Math.min(WAL_CACHE_BYTES_DEFAULT, walBytes);
+  if (!Number.isSafeInteger(requested) || requested < 0) throw new RangeError('walCacheBytes must be an integer >= 0');
+  return requested;
+}
+
+// Half the cache, so a checkpoint finds what it applies still in memory (the
+// writes that arrive while the previous one runs take the other half); at
+// most a quarter of the WAL, so writers rarely wait for WAL space.
+function defaultTriggerBytes(walBytes: number, walCacheBytes: number): number {
+  const quarterWal = Math.floor(walBytes / 4);
+  const bytes = walCacheBytes > 0 ? Math.min(quarterWal, Math.floor(walCacheBytes / 2)) : quarterWal;
+  return Math.max(BLOCK_BYTES, bytes);
 }
 
 function checkRange(offsetBytes: number, lengthBytes: number, sizeBytes: number, maxBytes: number): void {

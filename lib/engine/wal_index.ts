@@ -78,6 +78,24 @@ export class WalIndex {
     return this.bytesTotal - this.bytesBefore[from]!;
   }
 
+  // The highest LSN L (lsnFirst - 1 ≤ L ≤ lsnLast) with bytesAfter(L) ≥
+  // bytes: releasing the WAL up to L still keeps `bytes` of records. When all
+  // of them add up to less, lsnFirst - 1 (0 when empty). Binary search.
+  lsnKeeping(bytes: number): number {
+    if (this.end === this.start) return 0;
+    if (bytes <= 0) return this.lsnLast;
+    // Entry i: bytes after LSN (lsnStart + i - 1) = bytesTotal - bytesBefore[i].
+    let lo = this.start; // holds (bytes after lsnFirst - 1 = all) or nothing does
+    let hi = this.end - 1;
+    if (this.bytesTotal - this.bytesBefore[lo]! < bytes) return this.lsnFirst - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.bytesTotal - this.bytesBefore[mid]! >= bytes) lo = mid;
+      else hi = mid - 1;
+    }
+    return this.lsnStart + lo - 1;
+  }
+
   // The longest run of records from lsn on that lie back to back in one
   // segment (frame headers and padding between them count towards the
   // span read), within spanBytesMax (at least one record).

@@ -156,6 +156,8 @@ export interface RawWalFormat {
   encodeFrame(options: RawFrameOptions, records: RawFrameRecord[]): Buffer;
   scanWal(options: RawScanOptions): Promise<RawScanResult>;
   segmentFileName(seq: number): string;
+  applyChecksumExtend(chain: bigint, recordChecksum: bigint): bigint;
+  applyChecksumChain(chain: bigint, recordChecksums: BigUint64Array, count: number): bigint;
 }
 
 // eslint-disable-next-line @typescript-eslint/no-empty-interface

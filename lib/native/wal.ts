@@ -50,6 +50,9 @@ export interface WalOptions {
   groupsInFlight?: number;
   groupSlots?: number;
   segmentsMax?: number;
+  // Recently sealed frames kept in memory for readSpan/readRecord once their
+  // group slot is reused (0: only the slots serve reads).
+  cacheBytes?: number;
   lsnFrom?: number; // first LSN the caller still needs (records below are not returned by the scan)
 }
 
@@ -68,6 +71,8 @@ export interface WalStatus {
   syncsSubmitted: number;
   bytesWritten: number;
   appendsWaiting: number;
+  readMemoryBytes: number; // readSpan/readRecord bytes served from memory (slots, cache)
+  readDiskBytes: number; // and read from the segment files
 }
 
 const KIND_CODE: Record<RecordKind, number> = { write: 1, trim: 2, zero: 3, control: 4 };
@@ -105,6 +110,8 @@ const S = {
   appendSeq: 14,
   appendOffset: 15,
   lsnTail: 16,
+  readMemoryBytes: 17,
+  readDiskBytes: 18,
 } as const;
 
 interface RawWal {
@@ -180,6 +187,7 @@ export class Wal {
           groupsInFlight: options.groupsInFlight,
           groupSlots: options.groupSlots,
           segmentsMax: options.segmentsMax,
+          cacheBytes: options.cacheBytes,
           lsnNext: scan.lsnNext,
           seqNext: scan.seqMax + 1,
           existing,
@@ -245,6 +253,8 @@ export class Wal {
       syncsSubmitted: s[S.syncsSubmitted]!,
       bytesWritten: s[S.bytesWritten]!,
       appendsWaiting: this.appendQueue.length,
+      readMemoryBytes: s[S.readMemoryBytes]!,
+      readDiskBytes: s[S.readDiskBytes]!,
     };
   }
 

@@ -98,6 +98,8 @@ export class NodeMetrics {
       ['blockwal_volume_dirty_bytes', 'Bytes written but not yet applied to base.img', (s) => s.dirtyBytes],
       ['blockwal_volume_wal_segments', 'WAL segments in use', (s) => s.walSegments],
       ['blockwal_volume_wal_fill_ratio', 'WAL segments in use over the most it may hold', (s) => s.walSegments / s.walSegmentsMax],
+      ['blockwal_volume_wal_read_memory_bytes', 'WAL bytes checkpoints and catch-ups read from memory (group buffers, WAL cache) since open', (s) => s.walReadMemoryBytes],
+      ['blockwal_volume_wal_read_disk_bytes', 'WAL bytes checkpoints and catch-ups read back from the disk since open', (s) => s.walReadDiskBytes],
       ['blockwal_volume_size_bytes', 'Volume size', (s) => s.sizeBytes],
       ['blockwal_volume_failed', '1 when the volume refuses writes after an I/O failure', (s) => (s.failure === undefined ? 0 : 1)],
       ['blockwal_volume_epoch', 'Epoch the volume acts in', (s) => s.epoch],

@@ -11,8 +11,11 @@
 // mismatch at an equal LSN means divergence (rebuild).
 //
 // Values are bigints in [0, 2^64); status and logs show them as 16 lower-case
-// hex digits.
-import { XXHash3 } from 'xxhash-addon';
+// hex digits. The steps run in the addon (libxxhash, wal::apply_checksum_step):
+// one crossing per record (or one per batch) instead of a hash object, a
+// buffer and two bigint conversions in JS, and one implementation for the
+// native side and this one.
+import { addon } from '../native/addon';
 
 export type ApplyChecksum = bigint;
 
@@ -21,22 +24,18 @@ export const APPLY_CHECKSUM_INITIAL: ApplyChecksum = 0n;
 const U64_LIMIT = 1n << 64n;
 const HEX_PATTERN = /^[0-9a-f]{16}$/;
 
-// Reused input of the hash: JS is single-threaded and the hash synchronous.
-const chainInput = Buffer.alloc(16);
-
 export function extendApplyChecksum(applyChecksum: ApplyChecksum, recordChecksum: bigint): ApplyChecksum {
   checkU64('applyChecksum', applyChecksum);
   checkU64('recordChecksum', recordChecksum);
-  chainInput.writeBigUInt64BE(applyChecksum, 0);
-  chainInput.writeBigUInt64BE(recordChecksum, 8);
-  return XXHash3.hash(chainInput).readBigUInt64BE(0);
+  return addon().applyChecksumExtend(applyChecksum, recordChecksum);
 }
 
 // Folds record checksums in the order given (LSN order).
 export function extendApplyChecksumBatch(applyChecksum: ApplyChecksum, recordChecksums: Iterable<bigint>): ApplyChecksum {
-  let chained = applyChecksum;
-  for (const recordChecksum of recordChecksums) chained = extendApplyChecksum(chained, recordChecksum);
-  return chained;
+  checkU64('applyChecksum', applyChecksum);
+  const all = [...recordChecksums];
+  for (const c of all) checkU64('recordChecksum', c);
+  return addon().applyChecksumChain(applyChecksum, BigUint64Array.from(all), all.length);
 }
 
 export function applyChecksumToHex(applyChecksum: ApplyChecksum): string {

@@ -45,6 +45,8 @@ enum StateField : uint32_t {
   kAppendSeq,
   kAppendOffset,
   kLsnTail,
+  kReadMemoryBytes,
+  kReadDiskBytes,
   kStateFields,
 };
 
@@ -59,6 +61,7 @@ enum GatherField : uint32_t { kGatherSrc = 0, kGatherSpan, kGatherLsn, kGatherFi
 constexpr uint32_t kGatherOpsMax = 1u << 16;
 
 constexpr double kSafeIntegerMax = 9007199254740991.0;  // 2^53 - 1
+constexpr double kCacheBytesMax = 64.0 * (1ull << 30);
 
 constexpr size_t kRecordChecksumOffset = offsetof(wal::RecordHeader, checksum);
 constexpr int32_t kAppendBusy = 0;
@@ -141,6 +144,11 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
     opt.groups_in_flight = static_cast<uint32_t>(num(o, "groupsInFlight", kGroupsInFlightDefault));
     opt.group_slots = static_cast<uint32_t>(num(o, "groupSlots", 16));
     opt.segments_max = static_cast<uint32_t>(num(o, "segmentsMax", 64));
+    const double cache_bytes = num(o, "cacheBytes", 0);
+    if (!(cache_bytes >= 0 && cache_bytes <= kCacheBytesMax)) {
+      throw Napi::RangeError::New(env, "cacheBytes must be from 0 to 64 GiB");
+    }
+    opt.cache_bytes = static_cast<uint64_t>(cache_bytes);
     opt.lsn_next = static_cast<uint64_t>(num(o, "lsnNext", 1));
     opt.seq_next = static_cast<uint64_t>(num(o, "seqNext", 1));
     if (opt.segment_bytes < kSegmentBytesMin || opt.segment_bytes > kSegmentBytesMax ||
@@ -189,6 +197,8 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
     state_[kBytesWritten] = static_cast<double>(writer_->bytes_written());
     state_[kSegmentCount] = writer_->segment_count();
     state_[kLsnTail] = static_cast<double>(writer_->lsn_tail());
+    state_[kReadMemoryBytes] = static_cast<double>(writer_->read_memory_bytes());
+    state_[kReadDiskBytes] = static_cast<double>(writer_->read_disk_bytes());
   }
 
   wal::Writer& writer(Napi::Env env) {
@@ -284,6 +294,7 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
     int rc = w.read_record(arg_u64(info, 0, "seq", UINT64_MAX), arg_u64(info, 1, "offsetBytes", UINT64_MAX),
                            arg_u32(info, 2, "spanBytes", wal::kFrameBytesMax), arg_u64(info, 3, "destOffset", UINT64_MAX),
                            arg_u64(info, 4, "destBytes", UINT64_MAX), arg_u32(info, 5, "tag", INT32_MAX));
+    publish();
     return Napi::Number::New(env, rc);
   }
 
@@ -306,7 +317,9 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
         length > r.arena_bytes() - dest) {
       throw Napi::RangeError::New(env, "destOffset must be 4096-aligned with the span inside the JS part of the arena");
     }
-    return Napi::Number::New(env, w.read_span(seq, offset, length, dest, tag));
+    int rc = w.read_span(seq, offset, length, dest, tag);
+    publish();
+    return Napi::Number::New(env, rc);
   }
 
   // gatherBlocks(descriptors: Float64Array, count) -> undefined. Each

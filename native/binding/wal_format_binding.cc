@@ -344,9 +344,46 @@ Napi::Object limits_object(Napi::Env env) {
   return limits;
 }
 
+uint64_t arg_bigint_u64(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  if (info.Length() <= index || !info[index].IsBigInt()) {
+    throw Napi::TypeError::New(info.Env(), std::string(name) + " must be a bigint");
+  }
+  bool lossless = false;
+  uint64_t value = info[index].As<Napi::BigInt>().Uint64Value(&lossless);
+  if (!lossless) throw Napi::RangeError::New(info.Env(), std::string(name) + " must be a bigint in [0, 2^64)");
+  return value;
+}
+
+// applyChecksumExtend(chain: bigint, recordChecksum: bigint) -> bigint
+Napi::Value apply_checksum_extend(const Napi::CallbackInfo& info) {
+  uint64_t chain = arg_bigint_u64(info, 0, "chain");
+  uint64_t record = arg_bigint_u64(info, 1, "recordChecksum");
+  return Napi::BigInt::New(info.Env(), wal::apply_checksum_step(chain, record));
+}
+
+// applyChecksumChain(chain: bigint, recordChecksums: BigUint64Array, count) -> bigint:
+// the first count checksums folded in order.
+Napi::Value apply_checksum_chain(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t chain = arg_bigint_u64(info, 0, "chain");
+  if (info.Length() < 3 || !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array ||
+      !info[2].IsNumber()) {
+    throw Napi::TypeError::New(env, "applyChecksumChain(chain, recordChecksums: BigUint64Array, count)");
+  }
+  Napi::TypedArrayOf<uint64_t> checksums = info[1].As<Napi::TypedArrayOf<uint64_t>>();
+  double count = info[2].As<Napi::Number>().DoubleValue();
+  if (!(count >= 0 && count <= static_cast<double>(checksums.ElementLength())) || count != std::floor(count)) {
+    throw Napi::RangeError::New(env, "count must be a whole number within the array");
+  }
+  for (size_t i = 0; i < static_cast<size_t>(count); i++) chain = wal::apply_checksum_step(chain, checksums[i]);
+  return Napi::BigInt::New(env, chain);
+}
+
 }  // namespace
 
 void init_wal_format(Napi::Env env, Napi::Object exports) {
+  exports.Set("applyChecksumExtend", Napi::Function::New(env, apply_checksum_extend, "applyChecksumExtend"));
+  exports.Set("applyChecksumChain", Napi::Function::New(env, apply_checksum_chain, "applyChecksumChain"));
   exports.Set("walFormatLimits", limits_object(env));
   exports.Set("encodeRecord", Napi::Function::New(env, encode_record, "encodeRecord"));
   exports.Set("decodeRecord", Napi::Function::New(env, decode_record, "decodeRecord"));

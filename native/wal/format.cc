@@ -28,6 +28,15 @@ static_assert(std::endian::native == std::endian::little, "the WAL format is lit
 static_assert(kFrameBytesLimit >= kFrameBytesMax);
 static_assert(kLbaLimit * kBlockBytes <= (1ull << 53));
 
+uint64_t apply_checksum_step(uint64_t chain, uint64_t record_checksum) {
+  uint8_t input[16];
+  for (int i = 0; i < 8; i++) {
+    input[i] = static_cast<uint8_t>(chain >> (56 - 8 * i));
+    input[8 + i] = static_cast<uint8_t>(record_checksum >> (56 - 8 * i));
+  }
+  return XXH3_64bits(input, sizeof input);
+}
+
 namespace {
 
 constexpr uint16_t kFrameFlagsKnown = kFrameFlagDsync;

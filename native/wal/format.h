@@ -197,4 +197,9 @@ FrameError check_frame_header(const uint8_t* src, size_t available, uint64_t seg
 // Validates a whole frame: header, every record, consecutive LSNs.
 FrameError check_frame(const uint8_t* src, size_t available, uint64_t segment_seq, FrameHeader* out);
 
+// One step of the chained apply checksum (lib/replication/apply_checksum.ts):
+// XXH3-64 of the previous chain value and the record's checksum, each as 8
+// big-endian bytes.
+uint64_t apply_checksum_step(uint64_t chain, uint64_t record_checksum);
+
 }  // namespace blockwal::wal

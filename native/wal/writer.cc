@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "util/assert.h"
@@ -90,6 +91,14 @@ int Writer::open(const WriterOptions& options, std::string* what) {
   std::memset(ring_.arena() + zero_offset_, 0, zero_bytes_);
   arena_reserved_ = ring_.reserved_bytes() - arena_first_;
   reads_.assign(kReadsInFlightMax, PendingRead{});
+  // Pages of the cache are touched only as frames arrive.
+  if (options.cache_bytes >= slot_bytes_) {
+    cache_ = static_cast<uint8_t*>(std::malloc(options.cache_bytes));
+    if (cache_ == nullptr) {
+      *what = "memory for a WAL cache of " + std::to_string(options.cache_bytes) + " bytes";
+      return -ENOMEM;
+    }
+  }
   return 0;
 }
 
@@ -174,6 +183,31 @@ void Writer::seal_open_group() {
   s.state = SlotState::sealed;
   sealed_.push_back(static_cast<uint32_t>(open_slot_));
   open_slot_ = -1;
+  cache_frame(s);
+}
+
+// Copies a sealed frame into the cache, evicting the oldest frames it
+// overlaps. Frames are sealed in (seq, offset) order and placed in the ring
+// in that order, so the deque stays sorted and its front is the oldest frame
+// after the head.
+void Writer::cache_frame(const Slot& s) {
+  if (cache_ == nullptr || s.frame_bytes > options_.cache_bytes) return;
+  uint64_t pos = cache_head_;
+  if (pos + s.frame_bytes > options_.cache_bytes) {
+    // Wrap: the rest of this lap goes unused, and the frames there are older
+    // than every frame from the start of the ring.
+    while (!cache_frames_.empty() && cache_frames_.front().pos >= pos) cache_frames_.pop_front();
+    pos = 0;
+  }
+  while (!cache_frames_.empty() && cache_frames_.front().pos < pos + s.frame_bytes &&
+         pos < cache_frames_.front().pos + cache_frames_.front().bytes) {
+    cache_frames_.pop_front();
+  }
+  BW_ASSERT(cache_frames_.empty() || std::make_pair(cache_frames_.back().seq, cache_frames_.back().file_offset) <
+                                         std::make_pair(s.segment_seq, s.file_offset));
+  std::memcpy(cache_ + pos, ring_.arena() + s.arena_offset, s.frame_bytes);
+  cache_frames_.push_back(CachedFrame{s.segment_seq, s.file_offset, pos, s.frame_bytes});
+  cache_head_ = pos + s.frame_bytes;
 }
 
 void Writer::request_durable(uint64_t lsn) {
@@ -312,6 +346,9 @@ void Writer::close() {
   active_fd_ = -1;
   if (arena_reserved_ > 0) ring_.unreserve(arena_first_, arena_reserved_);
   arena_reserved_ = 0;
+  std::free(cache_);
+  cache_ = nullptr;
+  cache_frames_.clear();
   closed_ = true;
 }
 

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <string>
 #include <vector>
@@ -45,6 +46,10 @@ struct WriterOptions {
   uint32_t groups_in_flight = kGroupsInFlightDefault;
   uint32_t group_slots = 16;
   uint32_t segments_max = 64;
+  // Bytes of recently sealed frames kept in memory after their group slot is
+  // reused, so the flusher and catch-up reads of recent records do not go to
+  // the disk (0: only the group slots serve reads).
+  uint64_t cache_bytes = 0;
   uint64_t lsn_next = 1;
   uint64_t seq_next = 1;  // greater than every existing seq
   std::vector<ExistingSegment> existing;
@@ -123,6 +128,10 @@ class Writer : public ring::Owner {
   uint64_t dsync_groups_submitted() const { return dsync_groups_submitted_; }
   uint64_t syncs_submitted() const { return syncs_submitted_; }
   uint64_t bytes_written() const { return bytes_written_; }
+  // Bytes read_span and read_record served from memory (slots or the frame
+  // cache) and from the disk.
+  uint64_t read_memory_bytes() const { return read_memory_bytes_; }
+  uint64_t read_disk_bytes() const { return read_disk_bytes_; }
   // Closes every file. Asserts nothing is in flight.
   void close();
 
@@ -170,7 +179,9 @@ class Writer : public ring::Owner {
   void fail_prepare(int err, const std::string& what);
   void on_group_written(uint32_t slot_index, int32_t result);
   void on_read(uint32_t read_index, int32_t result);
-  bool copy_from_slots(uint64_t seq, uint64_t start, uint64_t end, uint64_t dest_offset);
+  bool copy_from_memory(uint64_t seq, uint64_t start, uint64_t end, uint64_t dest_offset);
+  const uint8_t* memory_at(uint64_t seq, uint64_t at, uint64_t* until) const;
+  void cache_frame(const Slot& s);
   int submit_read(int fd, uint64_t seq, uint64_t start, uint64_t end, uint64_t dest_offset, const PendingRead& read);
   void trace_progress();
   bool ring_has_room(uint32_t ops) const;
@@ -209,6 +220,20 @@ class Writer : public ring::Owner {
   bool prep_rename_pending_ = false;  // created file: rename .tmp after fsync
   int prep_error_ = 0;
   std::string prep_error_what_;
+
+  // The frame cache: a byte ring of cache_bytes holding sealed frames in
+  // (segment seq, file offset) order, which is also their order in the ring.
+  struct CachedFrame {
+    uint64_t seq;
+    uint64_t file_offset;
+    uint64_t pos;  // in cache_
+    uint32_t bytes;
+  };
+  uint8_t* cache_ = nullptr;
+  uint64_t cache_head_ = 0;
+  std::deque<CachedFrame> cache_frames_;
+  uint64_t read_memory_bytes_ = 0;
+  uint64_t read_disk_bytes_ = 0;
 
   std::vector<PendingRead> reads_;
   uint32_t ops_in_flight_ = 0;

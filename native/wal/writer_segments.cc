@@ -13,6 +13,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
+#include <utility>
 
 #include "util/assert.h"
 #include "wal/scan.h"
@@ -132,17 +134,25 @@ int Writer::read_record(uint64_t seq, uint64_t offset_bytes, uint32_t span_bytes
   if (closed_) return -EBADF;
   if (span_bytes < kRecordHeaderBytes || dest_offset + dest_bytes > ring_.arena_bytes()) return -EINVAL;
   // Recent records come from the group slots (reference/io.md §4: never
-  // re-read what is still in memory).
+  // re-read what is still in memory), the open group's included.
   for (const Slot& s : slots_) {
     if (s.state == SlotState::free || s.segment_seq != seq) continue;
     uint64_t end = s.file_offset + (s.state == SlotState::open ? kFrameHeaderBytes + s.builder.body_bytes() : s.frame_bytes);
     if (offset_bytes < s.file_offset + kFrameHeaderBytes || offset_bytes + span_bytes > end) continue;
     if (span_bytes > dest_bytes) return -EINVAL;
     std::memcpy(ring_.arena() + dest_offset, ring_.arena() + s.arena_offset + (offset_bytes - s.file_offset), span_bytes);
+    read_memory_bytes_ += span_bytes;
     return 1;
   }
   auto seg = segments_.find(seq);
   if (seg == segments_.end() || seg->second.state == SegState::free || seg->second.state == SegState::spare) return -ENOENT;
+  uint64_t until = 0;
+  if (const uint8_t* src = memory_at(seq, offset_bytes, &until); src != nullptr && offset_bytes + span_bytes <= until) {
+    if (span_bytes > dest_bytes) return -EINVAL;
+    std::memcpy(ring_.arena() + dest_offset, src, span_bytes);
+    read_memory_bytes_ += span_bytes;
+    return 1;
+  }
   uint64_t start = align_down(offset_bytes, kBlockBytes);
   uint64_t end = align_up(offset_bytes + span_bytes, kBlockBytes);
   if (end > options_.segment_bytes) return -EINVAL;
@@ -165,33 +175,49 @@ int Writer::read_span(uint64_t seq, uint64_t offset_bytes, uint32_t length_bytes
   if (state != SegState::chain && state != SegState::active) return -ENOENT;
   if (offset_bytes > options_.segment_bytes || length_bytes > options_.segment_bytes - offset_bytes) return -EINVAL;
   const uint64_t end = offset_bytes + length_bytes;
-  if (copy_from_slots(seq, offset_bytes, end, dest_offset)) return 1;
+  if (copy_from_memory(seq, offset_bytes, end, dest_offset)) {
+    read_memory_bytes_ += length_bytes;
+    return 1;
+  }
   PendingRead read{tag, dest_offset, 0, length_bytes, length_bytes, false, true};
   return submit_read(seg->second.fd, seq, offset_bytes, end, dest_offset, read);
 }
 
-// Copies [start, end) of segment seq from the group slots when sealed frames
-// in memory cover all of it (the open group's bytes are not final: never
-// used). False, with nothing copied, otherwise.
-bool Writer::copy_from_slots(uint64_t seq, uint64_t start, uint64_t end, uint64_t dest_offset) {
-  const auto covering = [&](uint64_t at) -> const Slot* {
-    for (const Slot& s : slots_) {
-      if (s.state == SlotState::free || s.state == SlotState::open || s.segment_seq != seq) continue;
-      if (at >= s.file_offset && at < s.file_offset + s.frame_bytes) return &s;
+// Byte `at` of segment seq when a sealed frame in memory (a group slot, else
+// the frame cache) holds it, with *until set to the end of that frame; the
+// open group's bytes are not final and never count. nullptr otherwise.
+const uint8_t* Writer::memory_at(uint64_t seq, uint64_t at, uint64_t* until) const {
+  for (const Slot& s : slots_) {
+    if (s.state == SlotState::free || s.state == SlotState::open || s.segment_seq != seq) continue;
+    if (at >= s.file_offset && at < s.file_offset + s.frame_bytes) {
+      *until = s.file_offset + s.frame_bytes;
+      return ring_.arena() + s.arena_offset + (at - s.file_offset);
     }
-    return nullptr;
-  };
-  for (uint64_t at = start; at < end;) {
-    const Slot* s = covering(at);
-    if (s == nullptr) return false;
-    at = std::min<uint64_t>(end, s->file_offset + s->frame_bytes);
   }
-  for (uint64_t at = start; at < end;) {
-    const Slot* s = covering(at);
-    BW_ASSERT(s != nullptr);
-    const uint64_t until = std::min<uint64_t>(end, s->file_offset + s->frame_bytes);
-    std::memcpy(ring_.arena() + dest_offset + (at - start), ring_.arena() + s->arena_offset + (at - s->file_offset), until - at);
-    at = until;
+  // The last cached frame starting at or before (seq, at).
+  auto after = std::upper_bound(cache_frames_.begin(), cache_frames_.end(), std::make_pair(seq, at),
+                                [](const std::pair<uint64_t, uint64_t>& key, const CachedFrame& f) {
+                                  return key < std::make_pair(f.seq, f.file_offset);
+                                });
+  if (after == cache_frames_.begin()) return nullptr;
+  const CachedFrame& f = *std::prev(after);
+  if (f.seq != seq || at >= f.file_offset + f.bytes) return nullptr;
+  *until = f.file_offset + f.bytes;
+  return cache_ + f.pos + (at - f.file_offset);
+}
+
+// Copies [start, end) of segment seq from memory when sealed frames there
+// cover all of it. False, with nothing copied, otherwise.
+bool Writer::copy_from_memory(uint64_t seq, uint64_t start, uint64_t end, uint64_t dest_offset) {
+  uint64_t until = 0;
+  for (uint64_t at = start; at < end; at = until) {
+    if (memory_at(seq, at, &until) == nullptr) return false;
+  }
+  for (uint64_t at = start; at < end; at = until) {
+    const uint8_t* src = memory_at(seq, at, &until);
+    BW_ASSERT(src != nullptr);
+    until = std::min(until, end);
+    std::memcpy(ring_.arena() + dest_offset + (at - start), src, until - at);
   }
   return true;
 }
@@ -205,6 +231,7 @@ int Writer::submit_read(int fd, uint64_t seq, uint64_t start, uint64_t end, uint
   ring::Op op{ring::OpKind::read, fd, dest_offset, static_cast<uint32_t>(end - start), start, 0, ring::Purpose::wal_read};
   ring_.prep(op, this, cookie(OpType::read, static_cast<uint64_t>(free_read - reads_.begin())), seq, 0);
   ops_in_flight_++;
+  read_disk_bytes_ += end - start;
   return 0;
 }
 

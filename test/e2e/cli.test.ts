@@ -58,6 +58,7 @@ test('bad usage exits 2, runtime failures exit 1, each with a one-line reason', 
       [['serve'], 'serve', /DIR/],
       [['serve', vol, '--nbd', 'nowhere'], 'serve', /nowhere/],
       [['serve', vol, '--metrics', '127.0.0.1:99999'], 'serve', /99999/],
+      [['serve', vol, '--wal-cache', '-1'], 'serve', /--wal-cache/],
       [['status'], 'status', /DIR/],
       [['export', vol], 'export', /FILE/],
       [['checksum', vol, 'extra'], 'checksum', /extra/],
@@ -88,7 +89,7 @@ interface ServedStatus {
     pid: number;
     nbd: { address: { path: string } };
     metrics?: { host: string; port: number };
-    volumes: { exportName: string; uuid: string; sizeBytes: number; lsnHead: number; readOnly: boolean }[];
+    volumes: { exportName: string; uuid: string; sizeBytes: number; lsnHead: number; readOnly: boolean; walCacheBytes: number }[];
   };
 }
 
@@ -96,7 +97,7 @@ test('status: a served volume answers through its control socket and metrics URL
   withScope(async (scope) => {
     if (skipUnlessTools(t, 'qemu-io')) return;
     const metricsPort = await freePort();
-    const v = await servedVolume(scope, { sizeBytes: 8 * MiB, exportName: 'e2e-status', serveArgs: ['--metrics', `127.0.0.1:${metricsPort}`] });
+    const v = await servedVolume(scope, { sizeBytes: 8 * MiB, exportName: 'e2e-status', serveArgs: ['--metrics', `127.0.0.1:${metricsPort}`, '--wal-cache', '16M'] });
     await qemuIo(v.server.uri, [`write -P 0x33 0 ${MiB}`, 'flush']);
 
     const live = JSON.parse((await mustRunCli(['status', v.volumeDir, '--json'])).stdout) as ServedStatus;
@@ -110,8 +111,10 @@ test('status: a served volume answers through its control socket and metrics URL
     assert.equal(vol.sizeBytes, 8 * MiB);
     assert.equal(vol.readOnly, false);
     assert.ok(vol.lsnHead >= 1, `a write was made: ${JSON.stringify(vol)}`);
+    assert.equal(vol.walCacheBytes, 16 * MiB, '--wal-cache reaches the volume');
     const text = await mustRunCli(['status', v.volumeDir]);
     assert.match(text.stdout, /export 'e2e-status'/);
+    assert.match(text.stdout, /cache 16\.0 MiB; read back /);
 
     const byUrl = JSON.parse((await mustRunCli(['status', `http://127.0.0.1:${metricsPort}`, '--json'])).stdout) as ServedStatus;
     assert.equal(byUrl.served.pid, v.server.pid);
@@ -154,7 +157,7 @@ test('--metrics: /metrics counts NBD requests and shows the volume LSN head afte
   withScope(async (scope) => {
     if (skipUnlessTools(t, 'qemu-io')) return;
     const metricsPort = await freePort();
-    const v = await servedVolume(scope, { sizeBytes: 4 * MiB, exportName: 'e2e-metrics', serveArgs: ['--metrics', `127.0.0.1:${metricsPort}`] });
+    const v = await servedVolume(scope, { sizeBytes: 4 * MiB, exportName: 'e2e-metrics', serveArgs: ['--metrics', `127.0.0.1:${metricsPort}`, '--wal-cache', '16M'] });
     await qemuIo(v.server.uri, ['write -P 0x12 0 65536', 'write -P 0x13 65536 65536', 'read -P 0x12 0 65536', 'flush']);
     const res = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);
     assert.equal(res.status, 200);

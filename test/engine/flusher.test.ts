@@ -82,8 +82,9 @@ async function failMidApply(fault: { kind: OpKind; purpose: OpPurpose; skip: num
   const { dir, cleanup } = tempDir('flushfail');
   const volDir = path.join(dir, 'v');
   const sizeBytes = 48 * MiB;
-  // 40 MiB of records: more than the WAL's group slots hold, so most are read from disk.
-  let vol = await Volume.create(volDir, { sizeBytes, walSegmentBytes: 8 * MiB, walSegmentsMax: 16, flushIdleMs: 0, flushTriggerBytes: 2 ** 40 });
+  // 40 MiB of records: more than the WAL's group slots hold and no WAL
+  // cache, so most are read from disk.
+  let vol = await Volume.create(volDir, { sizeBytes, walSegmentBytes: 8 * MiB, walSegmentsMax: 16, walCacheBytes: 0, flushIdleMs: 0, flushTriggerBytes: 2 ** 40 });
   try {
     const m = new Model(vol, sizeBytes);
     const rand = prng(SEED + 1);
