@@ -30,16 +30,16 @@ import { FileLock } from '../native/lock';
 import { Ring } from '../native/ring';
 import type { DenseBitmap } from '../native/bitmap';
 import { Wal } from '../native/wal';
-import { recordKindOf, type ScanResult, splitControlPayloads } from '../native/wal_format';
+import { recordKindCode, recordKindOf, type ScanResult, splitControlPayloads } from '../native/wal_format';
 import { type AllocationExtent, BaseAllocation, blockStatus } from './allocation';
-import { applyChecksumToHex } from '../replication/apply_checksum';
+import { type ApplyChecksum, applyChecksumToHex, extendApplyChecksum } from '../replication/apply_checksum';
 import { type Applied, check as checkControl, type ControlEntry, decodeControl, durabilityCode, durabilityOfCode, type ReplicatedState } from '../statemachine/control';
 import { DirtyMap } from './dirty_map';
 import { createRebuildBitmap, openRebuildBitmap, type RebuildSaved, readRebuildSaved, removeRebuildFiles, writeRebuildSaved } from './rebuild_files';
 import { Flusher } from './flusher';
 import { RangeLocks } from './range_locks';
 import { peekSuperblock, Superblock, type SuperblockFields } from './superblock';
-import { type PendingRecord, type ShippedRecord, VolumeIo, type VolumeRole } from './volume_io';
+import { type PendingRecord, REPLAYED_TAIL_BYTES_MAX, type ShippedRecord, VolumeIo, type VolumeRole } from './volume_io';
 import { openWalRetained } from './wal_retention';
 
 export type { ShippedRecord, VolumeRole };
@@ -742,22 +742,54 @@ export class Volume {
 // Indexes every record the scan found (the retained ones below the
 // checkpoint included) and hands those after the checkpoint to the volume, in
 // LSN order; the ones at or below it are in base.img and the apply chain
-// already. Returns how many were handed over. A control record that does not
-// decode was written by a newer blockwal or damaged in a way its checksum
-// missed: refuse to open, naming it.
+// already. Returns how many were handed over. A primary takes them in runs
+// (VolumeIo.replaysInRuns): no object per record, the apply chain folded in
+// one call per run; its replayed tail (the newest REPLAYED_TAIL_BYTES_MAX,
+// for a replication backlog) is built only when asked for. A replica takes
+// them one by one (they wait for its primary's commit). A control record
+// that does not decode was written by a newer blockwal or damaged in a way
+// its checksum missed: refuse to open, naming it.
 function replay(scan: ScanResult, checkpointLsn: number, io: VolumeIo): number {
   let replayed = 0;
   const r = scan.records;
   const payloads = splitControlPayloads(scan);
+  const controlCode = recordKindCode('control');
+  const inRuns = io.replaysInRuns;
+  const tailFrom = replayedTailStart(r);
+  let chainAtTail = io.applyChecksum;
+  const controls = new Map<number, ControlEntry>();
+  let runFrom = -1; // the first record of the run being replayed
+  const endRun = (end: number): void => {
+    if (runFrom < 0) return;
+    io.replayedRun(r.checksum.subarray(runFrom, end), r.lsn[end - 1]!);
+    runFrom = -1;
+  };
+  const recordAt = (i: number, control: ControlEntry | undefined): PendingRecord => ({
+    lsn: r.lsn[i]!,
+    epoch: r.epoch[i]!,
+    control,
+    kind: recordKindOf(r.kind[i]!),
+    lba: r.lba[i]!,
+    lengthBlocks: r.lengthBlocks[i]!,
+    segmentSeq: r.segmentSeq[i]!,
+    offsetBytes: r.offsetBytes[i]!,
+    spanBytes: recordSpanBytes(r.payloadBytes[i]!),
+    checksum: r.checksum[i]!,
+  });
   let nextControl = 0;
   for (let i = 0; i < r.count; i++) {
     const lsn = r.lsn[i]!;
-    const kind = recordKindOf(r.kind[i]!);
-    const payload = kind === 'control' ? payloads[nextControl++]! : undefined;
-    const spanBytes = Math.ceil((64 + r.payloadBytes[i]!) / 8) * 8;
+    const code = r.kind[i]!;
+    const payload = code === controlCode ? payloads[nextControl++]! : undefined;
+    const spanBytes = recordSpanBytes(r.payloadBytes[i]!);
     if (io.walIndex.count > 0 && lsn !== io.walIndex.lsnLast + 1) io.walIndex.clear();
     io.walIndex.add(lsn, r.segmentSeq[i]!, r.offsetBytes[i]!, spanBytes);
     if (lsn <= checkpointLsn) continue;
+    replayed++;
+    if (i === tailFrom) {
+      endRun(i);
+      chainAtTail = io.applyChecksum;
+    }
     let control: ControlEntry | undefined;
     if (payload !== undefined) {
       try {
@@ -766,21 +798,52 @@ function replay(scan: ScanResult, checkpointLsn: number, io: VolumeIo): number {
         throw new BlockwalError('ERR_WAL_CORRUPT', `LSN ${lsn}: ${(err as Error).message}`, { cause: err });
       }
     }
-    io.replayed({
-      lsn,
-      epoch: r.epoch[i]!,
-      control,
-      kind,
-      lba: r.lba[i]!,
-      lengthBlocks: r.lengthBlocks[i]!,
-      segmentSeq: r.segmentSeq[i]!,
-      offsetBytes: r.offsetBytes[i]!,
-      spanBytes,
-      checksum: r.checksum[i]!,
+    if (!inRuns) {
+      io.replayed(recordAt(i, control));
+    } else if (control === undefined) {
+      if (runFrom < 0) runFrom = i;
+      io.replayedBlocks(recordKindOf(code) as 'write' | 'trim' | 'zero', r.lba[i]!, r.lengthBlocks[i]!, lsn, r.segmentSeq[i]!, r.offsetBytes[i]!, spanBytes);
+    } else {
+      endRun(i);
+      controls.set(i, control);
+      io.replayedControl(recordAt(i, control));
+    }
+  }
+  endRun(r.count);
+  if (inRuns) {
+    // The tail's records after the checkpoint, each with the chain after it.
+    const firstAbove = Math.max(tailFrom, r.count - replayed);
+    io.setReplayedTail(() => {
+      const tail: { record: PendingRecord; applyChecksum: ApplyChecksum }[] = [];
+      let chain = chainAtTail;
+      for (let i = firstAbove; i < r.count; i++) {
+        const record = recordAt(i, controls.get(i));
+        chain = extendApplyChecksum(chain, record.checksum);
+        tail.push({ record, applyChecksum: chain });
+      }
+      return tail;
     });
-    replayed++;
   }
   return replayed;
+}
+
+// The record's bytes in the WAL: header and payload, 8-byte aligned.
+function recordSpanBytes(payloadBytes: number): number {
+  return Math.ceil((64 + payloadBytes) / 8) * 8;
+}
+
+// The first record of the newest REPLAYED_TAIL_BYTES_MAX of the scan (at
+// least one record).
+function replayedTailStart(r: ScanResult['records']): number {
+  let bytes = 0;
+  let i = r.count;
+  while (i > 0) {
+    const span = recordSpanBytes(r.payloadBytes[i - 1]!);
+    if (i < r.count && bytes + span > REPLAYED_TAIL_BYTES_MAX) break;
+    bytes += span;
+    i--;
+  }
+  return i;
 }
 
 function walCacheBytesFor(requested: number | undefined, walBytes: number): number {

@@ -9,7 +9,7 @@ import { BlockwalError } from '../native/errors';
 import type { Ring } from '../native/ring';
 import type { AppendedRecord, Wal } from '../native/wal';
 import { decodeRecord, type RecordKind } from '../native/wal_format';
-import { type ApplyChecksum, extendApplyChecksum } from '../replication/apply_checksum';
+import { type ApplyChecksum, extendApplyChecksum, extendApplyChecksumRun } from '../replication/apply_checksum';
 import {
   type Applied,
   apply as applyControl,
@@ -33,7 +33,7 @@ const RECORD_HEADER_BYTES = 64;
 const RECORD_LSN_OFFSET = 24;
 const LOOKUP_RETRIES_MAX = 4;
 // Replayed records a primary keeps locations of, for its replication backlog.
-const REPLAYED_TAIL_BYTES_MAX = 256 << 20;
+export const REPLAYED_TAIL_BYTES_MAX = 256 << 20;
 // Small read results are carved from a shared slab (as Node's own Buffer pool
 // does, which a 4 KiB buffer just misses): one ArrayBuffer per 16 reads of
 // 4 KiB instead of one each. A result pins its slab while it is alive.
@@ -93,6 +93,7 @@ export class VolumeIo {
   private receivedSizeBytes = 0;
   private replayedTail: { record: PendingRecord; applyChecksum: ApplyChecksum }[] = [];
   private replayedTailBytes = 0;
+  private replayedTailMaker: (() => { record: PendingRecord; applyChecksum: ApplyChecksum }[]) | undefined;
   private lsnReceiveNext: number;
   // Where the records the WAL holds live (catch-up reads them back).
   readonly walIndex = new WalIndex();
@@ -138,6 +139,36 @@ export class VolumeIo {
     }
   }
 
+  // Open, a primary's records in runs (Volume's replay): a write, trim or
+  // zero record goes straight to the dirty map (no record object), the apply
+  // chain is folded once per run (replayedRun), a control record is applied
+  // alone (replayedControl), and the replayed tail is made only when a
+  // replication backlog asks for it (setReplayedTail).
+  get replaysInRuns(): boolean {
+    return this.role === 'primary' && this.onApply === undefined;
+  }
+
+  replayedBlocks(kind: 'write' | 'trim' | 'zero', lba: number, lengthBlocks: number, lsn: number, segmentSeq: number, offsetBytes: number, spanBytes: number): void {
+    if (kind === 'write') this.dirty.setWrite(lba, lengthBlocks, lsn, segmentSeq, offsetBytes, spanBytes);
+    else this.dirty.setZero(lba, lengthBlocks, lsn, kind);
+  }
+
+  // The run of records just given to replayedBlocks ended at lsnLast; their
+  // checksums, in LSN order, extend the apply chain.
+  replayedRun(checksums: BigUint64Array, lsnLast: number): void {
+    this.applyChecksum = extendApplyChecksumRun(this.applyChecksum, checksums);
+    this.lsnApplied = lsnLast;
+  }
+
+  replayedControl(record: PendingRecord): void {
+    this.applyRecord(record);
+  }
+
+  // The replayed tail, built on demand (takeReplayedTail).
+  setReplayedTail(make: () => { record: PendingRecord; applyChecksum: ApplyChecksum }[]): void {
+    this.replayedTailMaker = make;
+  }
+
   // Keeps the newest REPLAYED_TAIL_BYTES_MAX of the replayed tail (amortised: one slice per doubling).
   private trimReplayedTail(): void {
     let from = 0;
@@ -152,6 +183,9 @@ export class VolumeIo {
   // REPLAYED_TAIL_BYTES_MAX of them), each with the chain after it, for a
   // replication backlog; handed out once.
   takeReplayedTail(): { record: PendingRecord; applyChecksum: ApplyChecksum }[] {
+    const make = this.replayedTailMaker;
+    this.replayedTailMaker = undefined;
+    if (make !== undefined) return make();
     this.trimReplayedTail();
     const tail = this.replayedTail;
     this.replayedTail = [];

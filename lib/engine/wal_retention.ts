@@ -22,7 +22,8 @@
 //    torn tail ends the log, corruption refuses the open;
 //  - a start below the checkpoint is verified by a scan that builds no writer
 //    first (a writer recycles segments its scan calls free, and a broken
-//    retained chain would call needed segments free);
+//    retained chain would call needed segments free); the writer then starts
+//    from the scan that verified, so the log is read once when it is whole;
 //  - what was kept at shutdown is held after open (a hold) until a reader
 //    pins the WAL, within the pin budget; a withdrawn pin leaves a hold at
 //    what it kept (a primary stopping replication before its volume closes).
@@ -35,7 +36,6 @@ import type { Logger } from 'pino';
 import type { Ring } from '../native/ring';
 import { Wal, type WalOptions } from '../native/wal';
 import { type ScanResult, scanWal, WalCorruptError } from '../native/wal_format';
-import { BlockwalError } from '../native/errors';
 import { assert } from '../util/assert';
 import type { WalIndex } from './wal_index';
 
@@ -54,21 +54,16 @@ export async function openWalRetained(
   sb: { checkpointLsn: number; walTailLsn?: number },
   log: Logger,
 ): Promise<{ wal: Wal; scan: ScanResult }> {
-  const checkpointLsn = sb.checkpointLsn;
-  const chosen = await chooseLsnFrom(options, checkpointLsn, sb.walTailLsn, log);
-  const opened = await Wal.open(ring, { ...options, lsnFrom: chosen.lsnFrom });
-  if (chosen.lsnNext !== undefined && opened.scan.lsnNext !== chosen.lsnNext) {
-    // The directory is locked: two scans of it must agree.
-    await opened.wal.close().catch(() => undefined);
-    throw new BlockwalError('ERR_WAL_CORRUPT', `the WAL changed between two scans at open (log end ${chosen.lsnNext}, then ${opened.scan.lsnNext})`);
-  }
-  return opened;
+  const chosen = await chooseLsnFrom(options, sb.checkpointLsn, sb.walTailLsn, log);
+  // A verified start below the checkpoint comes with its scan: the writer
+  // starts from it rather than reading the log again.
+  return Wal.open(ring, { ...options, lsnFrom: chosen.lsnFrom }, chosen.scan);
 }
 
 type Attempt = { ok: true; scan: ScanResult } | { ok: false; why: string; segmentSeq: number | undefined; lsnEnd: number | undefined };
 
 async function scanFrom(options: Omit<WalOptions, 'lsnFrom'>, lsnFrom: number): Promise<ScanResult> {
-  return scanWal({ dir: options.dir, lsnFrom, segmentBytes: options.segmentBytes ?? 64 << 20, wantControlPayloads: false });
+  return scanWal({ dir: options.dir, lsnFrom, segmentBytes: options.segmentBytes ?? 64 << 20, wantControlPayloads: true });
 }
 
 // A scan from lsnFrom (≤ checkpointLsn) that reaches past the checkpoint,
@@ -98,11 +93,11 @@ async function chooseLsnFrom(
   checkpointLsn: number,
   walTailLsn: number | undefined,
   log: Logger,
-): Promise<{ lsnFrom: number; lsnNext: number | undefined }> {
-  if (walTailLsn === undefined || walTailLsn >= checkpointLsn) return { lsnFrom: checkpointLsn + 1, lsnNext: undefined };
+): Promise<{ lsnFrom: number; scan: ScanResult | undefined }> {
+  if (walTailLsn === undefined || walTailLsn >= checkpointLsn) return { lsnFrom: checkpointLsn + 1, scan: undefined };
   const lsnFloor = walTailLsn + 1;
   const first = await attempt(options, lsnFloor, checkpointLsn, undefined);
-  if (first.ok) return { lsnFrom: lsnFloor, lsnNext: first.scan.lsnNext };
+  if (first.ok) return { lsnFrom: lsnFloor, scan: first.scan };
   const failures = [`from LSN ${lsnFloor}: ${first.why}`];
   // The log from the checkpoint is what open always needs (its errors are
   // the volume's, as before); its segments say where later starts lie.
@@ -120,12 +115,12 @@ async function chooseLsnFrom(
     last = await attempt(options, lsnTried, checkpointLsn, base.lsnNext);
     if (last.ok) {
       log.warn({ walTailLsn, lsnKeptFrom: lsnTried, checkpointLsn, failures }, 'WAL kept below the checkpoint is partly gone or damaged: the retained range starts later');
-      return { lsnFrom: lsnTried, lsnNext: base.lsnNext };
+      return { lsnFrom: lsnTried, scan: last.scan };
     }
     failures.push(`from LSN ${lsnTried}: ${last.why}`);
   }
   log.warn({ walTailLsn, checkpointLsn, failures }, 'WAL kept below the checkpoint is gone or damaged: nothing below the checkpoint is retained');
-  return { lsnFrom: checkpointLsn + 1, lsnNext: undefined };
+  return { lsnFrom: checkpointLsn + 1, scan: base };
 }
 
 // ---- the floor ---------------------------------------------------------------

@@ -202,14 +202,19 @@ export class Wal {
 
   // Scans the WAL in options.dir and opens it for appending. Resolves once a
   // segment is ready to take the first group.
-  static async open(ring: Ring, options: WalOptions): Promise<{ wal: Wal; scan: WalScanResult }> {
+  // scanned: a scan of options.dir from options.lsnFrom with control payloads
+  // that the caller took while holding the volume's lock (nothing changed
+  // the directory since), so the log is not read twice.
+  static async open(ring: Ring, options: WalOptions, scanned?: WalScanResult): Promise<{ wal: Wal; scan: WalScanResult }> {
     if (options.create === true) fs.mkdirSync(options.dir, { recursive: true });
-    const scan = await scanWal({
-      dir: options.dir,
-      lsnFrom: options.lsnFrom ?? 1,
-      segmentBytes: options.segmentBytes ?? 64 << 20,
-      wantControlPayloads: true,
-    });
+    const scan =
+      scanned ??
+      (await scanWal({
+        dir: options.dir,
+        lsnFrom: options.lsnFrom ?? 1,
+        segmentBytes: options.segmentBytes ?? 64 << 20,
+        wantControlPayloads: true,
+      }));
     const wal = new Wal(ring, options, scan);
     await wal.ready();
     return { wal, scan };

@@ -38,6 +38,12 @@ export function extendApplyChecksumBatch(applyChecksum: ApplyChecksum, recordChe
   return addon().applyChecksumChain(applyChecksum, BigUint64Array.from(all), all.length);
 }
 
+// Folds a run of record checksums (a scan's, in LSN order) in one call.
+export function extendApplyChecksumRun(applyChecksum: ApplyChecksum, recordChecksums: BigUint64Array): ApplyChecksum {
+  checkU64('applyChecksum', applyChecksum);
+  return addon().applyChecksumChain(applyChecksum, recordChecksums, recordChecksums.length);
+}
+
 export function applyChecksumToHex(applyChecksum: ApplyChecksum): string {
   checkU64('applyChecksum', applyChecksum);
   return applyChecksum.toString(16).padStart(16, '0');

@@ -234,6 +234,7 @@ class Backlog {
 interface Waiter {
   lsn: number;
   durable: boolean;
+  sinceMs: number; // when it started to wait (the ack timeout counts from here)
   resolve: () => void;
   reject: (err: Error) => void;
 }
@@ -350,7 +351,7 @@ export class PrimaryReplication implements AckGate {
     if (this.fenced !== undefined) return Promise.reject(this.fenced);
     if (this.satisfied(lsn, durable)) return Promise.resolve();
     if (durable) for (const p of this.peers) p.requestSync(lsn);
-    return new Promise<void>((resolve, reject) => this.waiters.push({ lsn, durable, resolve, reject }));
+    return new Promise<void>((resolve, reject) => this.waiters.push({ lsn, durable, sinceMs: performance.now(), resolve, reject }));
   }
 
   // The LSN the mode acknowledges: received (or durable) on enough replicas.
@@ -521,9 +522,15 @@ export class PrimaryReplication implements AckGate {
       );
     }
     if (this.waiters.length > 0 && this.durability === 'sync_all') {
-      const oldest = Math.min(...this.waiters.map((w) => w.lsn));
-      const entry = this.backlog.get(oldest);
-      const waitedMs = entry === undefined ? 0 : now - entry.atMs;
+      // Timed by the waiters themselves: a record may have left the
+      // in-memory backlog while its write still waits.
+      let oldest = Number.MAX_SAFE_INTEGER;
+      let sinceMs = now;
+      for (const w of this.waiters) {
+        oldest = Math.min(oldest, w.lsn);
+        sinceMs = Math.min(sinceMs, w.sinceMs);
+      }
+      const waitedMs = Math.round(now - sinceMs);
       if (waitedMs >= this.ackTimeoutMs) {
         for (const p of this.peers) {
           if (!p.inAckSet) continue;

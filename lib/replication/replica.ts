@@ -355,16 +355,18 @@ class PrimaryLink {
     // Received: in the WAL's order; the primary may count it now (before
     // this node's WAL submission, which waits for the turn's end).
     this.sendAck();
-    last.then(
-      () => {
+    last
+      .then(() => {
+        // Closing (the link, then the volume): nothing more to apply here;
+        // what is committed is applied at the next open or commit.
+        if (this.link.closed) return;
         // A commit may have covered records that were still waiting for WAL
         // space: apply them, and tell the primary.
         const applied = this.volume.lsnApplied;
         this.volume.commit(Math.min(this.owner.commitLsn, this.volume.lsnReceived));
         if (this.volume.lsnApplied > applied) this.scheduleAck();
-      },
-      (err: Error) => this.refuse('bad_frame', `appending received records failed: ${err.message}`),
-    );
+      })
+      .catch((err: Error) => this.refuse('bad_frame', `appending or applying received records failed: ${err.message}`));
   }
 
   // One flush at a time; records arriving meanwhile get the next one.

@@ -49,7 +49,7 @@ function replicaHello(to: HelloFrame, overrides: Partial<HelloFrame> = {}): Hell
 
 async function withPrimary(
   replicas: number[],
-  options: { durability?: DurabilityMode; backlogBytes?: number; rebuildBytesPerSecond?: number; rebuildLatencyTargetMs?: number },
+  options: { durability?: DurabilityMode; backlogBytes?: number; rebuildBytesPerSecond?: number; rebuildLatencyTargetMs?: number; ackTimeoutMs?: number },
   fn: (ctx: { volume: Volume; primary: PrimaryReplication; peer: () => ReplicaPeerStatus }) => Promise<void>,
 ): Promise<void> {
   const { dir, cleanup } = tempDir('repl-primary');
@@ -73,7 +73,7 @@ async function withPrimary(
       rebuildLatencyTargetMs: options.rebuildLatencyTargetMs,
       reconnectMinMs: 20,
       reconnectMaxMs: 80,
-      ackTimeoutMs: 60_000,
+      ackTimeoutMs: options.ackTimeoutMs ?? 60_000,
     });
     await fn({ volume, primary, peer: () => primary!.status().replicas[0]! });
   } finally {
@@ -132,6 +132,34 @@ async function recordingReplica(): Promise<{
   });
   return { received, frames, hellos: () => hellos, setAway: (a) => (away = a), fake };
 }
+
+test('sync_all: a silent replica leaves the ack set after the ack timeout even when the waiting writes outgrew the in-memory backlog', async () => {
+  // Answers HELLO, then never acknowledges anything.
+  const silentReplica = await fakeReplica((frame, link) => {
+    if (frame.type === 'hello') link.send(replicaHello(frame));
+  });
+  try {
+    await withPrimary([silentReplica.port], { durability: 'sync_all', backlogBytes: 64 * 1024, ackTimeoutMs: 300 }, async ({ volume, peer, primary }) => {
+      await until('streaming', () => peer().state === 'streaming');
+      // 1 MiB in flight against a 64 KiB backlog: the oldest waiting record
+      // leaves the backlog long before the timeout.
+      let acknowledged = 0;
+      // Acknowledged as NBD does: the local write, then the gate.
+      const writes = Array.from({ length: 8 }, (_, i) =>
+        volume
+          .write(i * 128 * 1024, Buffer.alloc(128 * 1024, i + 1))
+          .then((lsn) => primary.written(lsn, false))
+          .then(() => acknowledged++),
+      );
+      await until('every write acknowledged without the silent replica', () => acknowledged === 8);
+      await Promise.all(writes);
+      assert.equal(peer().inAckSet, false, 'the silent replica left the ack set');
+      assert.equal(primary.status().mode, 'degraded');
+    });
+  } finally {
+    await silentReplica.close();
+  }
+});
 
 test('a replica behind the in-memory backlog catches up from the WAL on disk, then streams: every LSN once, in order', async () => {
   const r = await recordingReplica();
