@@ -1,10 +1,11 @@
 // Recovery scan: reads a WAL directory and returns the log it holds.
 //
-// Runs off the JS thread (an AsyncWorker at open) with plain O_DIRECT preads in
-// large chunks; it never touches the ring. The log is the longest chain of
-// valid frames with consecutive LSNs, following segments in seq order. A bad
-// frame ends the log (torn tail) unless a later valid frame proves it had been
-// acknowledged durable (frame.lsn_durable_hint >= the bad frame's first LSN):
+// Runs off the JS thread (an AsyncWorker at open) with O_DIRECT reads in large
+// chunks, the next one prefetched through a small private io_uring; it never
+// touches the volume's ring. The log is the longest chain of valid frames with
+// consecutive LSNs, following segments in seq order. A bad frame ends the log
+// (torn tail) unless a later valid frame proves it had been acknowledged
+// durable (frame.lsn_durable_hint >= the bad frame's first LSN):
 // then the scan fails with the segment and offset of the bad frame.
 #pragma once
 
