@@ -39,7 +39,7 @@ import { createRebuildBitmap, openRebuildBitmap, type RebuildSaved, readRebuildS
 import { Flusher } from './flusher';
 import { RangeLocks } from './range_locks';
 import { peekSuperblock, Superblock, type SuperblockFields } from './superblock';
-import { type PendingRecord, REPLAYED_TAIL_BYTES_MAX, type ShippedRecord, VolumeIo, type VolumeRole } from './volume_io';
+import { type PendingRecord, type ShippedRecord, VolumeIo, type VolumeRole } from './volume_io';
 import { openWalRetained } from './wal_retention';
 
 export type { ShippedRecord, VolumeRole };
@@ -50,6 +50,8 @@ const WAL_SEGMENT_BYTES_DEFAULT = 64 << 20;
 const WAL_SEGMENTS_MAX_DEFAULT = 64;
 const RING_DEPTH = 256;
 const ARENA_BYTES_DEFAULT = 64 << 20;
+// Replayed records a primary hands its replication backlog at open, at most.
+const REPLAYED_TAIL_BYTES_MAX = 256 << 20;
 // Recent WAL frames kept in memory (walCacheBytes), at most, by default.
 const WAL_CACHE_BYTES_DEFAULT = 256 << 20;
 // The largest read or write one call takes (NBD's maximum block size).

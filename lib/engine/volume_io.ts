@@ -23,6 +23,7 @@ import type { BlockEntry, DirtyMap } from './dirty_map';
 import type { RangeLocks } from './range_locks';
 import type { Superblock } from './superblock';
 import { WalIndex } from './wal_index';
+import { assert } from '../util/assert';
 
 // Blocks per write record at most (1 MiB payload); smaller WAL segments may
 // lower it (wal.recordPayloadMaxBytes).
@@ -32,8 +33,6 @@ const BASE_RUN_BLOCKS_MAX = 256;
 const RECORD_HEADER_BYTES = 64;
 const RECORD_LSN_OFFSET = 24;
 const LOOKUP_RETRIES_MAX = 4;
-// Replayed records a primary keeps locations of, for its replication backlog.
-export const REPLAYED_TAIL_BYTES_MAX = 256 << 20;
 // Small read results are carved from a shared slab (as Node's own Buffer pool
 // does, which a 4 KiB buffer just misses): one ArrayBuffer per 16 reads of
 // 4 KiB instead of one each. A result pins its slab while it is alive.
@@ -91,8 +90,6 @@ export class VolumeIo {
   private readonly pending: PendingRecord[] = [];
   // The largest size a received (maybe unapplied) resize asks for.
   private receivedSizeBytes = 0;
-  private replayedTail: { record: PendingRecord; applyChecksum: ApplyChecksum }[] = [];
-  private replayedTailBytes = 0;
   private replayedTailMaker: (() => { record: PendingRecord; applyChecksum: ApplyChecksum }[]) | undefined;
   private lsnReceiveNext: number;
   // Where the records the WAL holds live (catch-up reads them back).
@@ -125,18 +122,12 @@ export class VolumeIo {
     this.lsnReceiveNext = wal.lsnHead + 1;
   }
 
-  // Open: the records after the checkpoint, in LSN order. A primary applies
-  // them (its log is the truth); a replica holds them until a commit covers them.
+  // Open, a replica: the records after the checkpoint, in LSN order, held
+  // until a commit covers them (a primary applies them: replaysInRuns).
   replayed(record: PendingRecord): void {
-    if (this.role === 'replica') {
-      this.pending.push(record);
-      if (record.control?.type === 'resize') this.receivedSizeBytes = Math.max(this.receivedSizeBytes, record.control.sizeBytes);
-    } else {
-      this.applyRecord(record);
-      this.replayedTail.push({ record, applyChecksum: this.applyChecksum });
-      this.replayedTailBytes += record.spanBytes;
-      if (this.replayedTailBytes > 2 * REPLAYED_TAIL_BYTES_MAX) this.trimReplayedTail();
-    }
+    assert(this.role === 'replica', 'a primary replays in runs');
+    this.pending.push(record);
+    if (record.control?.type === 'resize') this.receivedSizeBytes = Math.max(this.receivedSizeBytes, record.control.sizeBytes);
   }
 
   // Open, a primary's records in runs (Volume's replay): a write, trim or
@@ -145,7 +136,7 @@ export class VolumeIo {
   // alone (replayedControl), and the replayed tail is made only when a
   // replication backlog asks for it (setReplayedTail).
   get replaysInRuns(): boolean {
-    return this.role === 'primary' && this.onApply === undefined;
+    return this.role === 'primary';
   }
 
   replayedBlocks(kind: 'write' | 'trim' | 'zero', lba: number, lengthBlocks: number, lsn: number, segmentSeq: number, offsetBytes: number, spanBytes: number): void {
@@ -169,28 +160,13 @@ export class VolumeIo {
     this.replayedTailMaker = make;
   }
 
-  // Keeps the newest REPLAYED_TAIL_BYTES_MAX of the replayed tail (amortised: one slice per doubling).
-  private trimReplayedTail(): void {
-    let from = 0;
-    while (this.replayedTailBytes > REPLAYED_TAIL_BYTES_MAX && from < this.replayedTail.length - 1) {
-      this.replayedTailBytes -= this.replayedTail[from]!.record.spanBytes;
-      from++;
-    }
-    this.replayedTail = this.replayedTail.slice(from);
-  }
-
-  // Primary: the newest records replayed at open (at most
-  // REPLAYED_TAIL_BYTES_MAX of them), each with the chain after it, for a
-  // replication backlog; handed out once.
+  // Primary: the newest records replayed at open (the newest 256 MiB: see
+  // Volume's replay), each with the chain after it, for a replication
+  // backlog; handed out once.
   takeReplayedTail(): { record: PendingRecord; applyChecksum: ApplyChecksum }[] {
     const make = this.replayedTailMaker;
     this.replayedTailMaker = undefined;
-    if (make !== undefined) return make();
-    this.trimReplayedTail();
-    const tail = this.replayedTail;
-    this.replayedTail = [];
-    this.replayedTailBytes = 0;
-    return tail;
+    return make === undefined ? [] : make();
   }
 
   // Every record after this LSN is still in the WAL (and indexed): a replica
