@@ -153,6 +153,11 @@ export interface RawWalFormat {
   checkFrame(buf: Uint8Array, segmentSeq: number, offset?: number): RawCheckedFrame;
   encodeRecord(fields: RawRecordFields, payload: Uint8Array | null): Buffer;
   decodeRecord(buf: Uint8Array, offset?: number): RawDecodedRecord;
+  // 0: fields = [kind, epoch, lsn, lba, lengthBlocks, payloadBytes, spanBytes],
+  // checksum[0] set; -1: the record does not decode (decodeRecord says why).
+  decodeRecordInto(buf: Uint8Array, offset: number, fields: Float64Array, checksum: BigUint64Array): number;
+  // XXH3-64 of the parts joined, written big-endian at out[outOffset..+8].
+  xxh3Parts(out: Uint8Array, outOffset: number, ...parts: Uint8Array[]): void;
   encodeFrame(options: RawFrameOptions, records: RawFrameRecord[]): Buffer;
   scanWal(options: RawScanOptions): Promise<RawScanResult>;
   segmentFileName(seq: number): string;

@@ -127,7 +127,27 @@ export function encodeRecord(fields: RecordFields, payload: Uint8Array | null = 
 }
 
 // Verifies and decodes the record at offsetBytes of buf (header + payload).
+// One call, no object made natively (decodeRecordInto); a record that does
+// not decode goes through decodeRecord again for the reason.
+const decodedFields = new Float64Array(7);
+const decodedChecksum = new BigUint64Array(1);
+
 export function decodeRecord(buf: Uint8Array, offsetBytes = 0): DecodedRecord {
+  const f = decodedFields;
+  if (buf instanceof Uint8Array && Number.isSafeInteger(offsetBytes) && offsetBytes >= 0 && offsetBytes <= buf.byteLength) {
+    if (addon().decodeRecordInto(buf, offsetBytes, f, decodedChecksum) === 0) {
+      return {
+        kind: recordKindOf(f[0]!),
+        epoch: f[1]!,
+        lsn: f[2]!,
+        lba: f[3]!,
+        lengthBlocks: f[4]!,
+        payloadBytes: f[5]!,
+        checksum: decodedChecksum[0]!,
+        spanBytes: f[6]!,
+      };
+    }
+  }
   const raw = call(() => addon().decodeRecord(buf, offsetBytes));
   return {
     kind: recordKindOf(raw.kind),

@@ -79,8 +79,8 @@
 // The codec checks shape, not meaning: whether lsnApplied <= lsnDurable, or a
 // frame's epoch is acceptable (epoch.ts), is for the protocol to judge.
 import { constants as bufferConstants } from 'node:buffer';
-import { XXHash3 } from 'xxhash-addon';
 
+import { addon } from '../native/addon';
 import { BlockwalError } from '../native/errors';
 import type { ReplicaFacts, SessionFailure } from '../protocol/types';
 import { durabilityOfCode, FEATURE_BITS } from '../statemachine/control';
@@ -402,15 +402,20 @@ function malformed(message: string): FrameError {
 
 // ---- Checksum ----
 
-// One streaming hasher for the module (JS is single-threaded, the hash is
-// synchronous) so header and body are hashed where they lie, never joined.
-const hasher = new XXHash3(Buffer.alloc(8));
+// XXH3-64 of the covered header bytes and the body parts, hashed where they
+// lie (never joined) in one native call, written big-endian at
+// out[outOffset..+8].
+function frameChecksumInto(header: Uint8Array, body: readonly Uint8Array[], out: Uint8Array, outOffset: number): void {
+  addon().xxh3Parts(out, outOffset, header.subarray(0, CHECKSUM_COVERED_HEADER_BYTES), ...body);
+}
 
-function frameChecksum(header: Uint8Array, body: readonly Uint8Array[]): Buffer {
-  hasher.reset();
-  hasher.update(asBuffer(header.subarray(0, CHECKSUM_COVERED_HEADER_BYTES)));
-  for (const part of body) hasher.update(asBuffer(part));
-  return hasher.digest();
+const checksumScratch = Buffer.allocUnsafe(8);
+
+// Zero-filled bytes off the V8 heap (a pooled slice for small sizes): a
+// DataView over them does not move the bytes, as it would for Buffer.alloc's
+// small on-heap arrays.
+function zeroed(lengthBytes: number): Buffer {
+  return Buffer.allocUnsafe(lengthBytes).fill(0);
 }
 
 function asBuffer(bytes: Uint8Array): Buffer {
@@ -436,7 +441,7 @@ export function encodeFrameChunks(frame: Frame): Uint8Array[] {
   if (bodyBytes > FRAME_BODY_BYTES_MAX) {
     throw new RangeError(`${frame.type} body of ${bodyBytes} bytes is over FRAME_BODY_BYTES_MAX (${FRAME_BODY_BYTES_MAX}): split it`);
   }
-  const header = Buffer.alloc(FRAME_HEADER_BYTES);
+  const header = zeroed(FRAME_HEADER_BYTES);
   const view = viewOf(header);
   view.setUint32(H_MAGIC, FRAME_MAGIC, true);
   view.setUint8(H_VERSION, PROTOCOL_VERSION);
@@ -445,7 +450,7 @@ export function encodeFrameChunks(frame: Frame): Uint8Array[] {
   writeU53(view, H_EPOCH, frame.epoch);
   view.setUint32(H_BODY_BYTES, bodyBytes, true);
   view.setUint32(H_RESERVED, 0, true);
-  header.set(frameChecksum(header, body), H_CHECKSUM);
+  frameChecksumInto(header, body, header, H_CHECKSUM);
   return [header, ...body];
 }
 
@@ -493,7 +498,7 @@ function encodeHello(frame: HelloFrame): Buffer {
   checkU64('applyChecksum', frame.applyChecksum);
   const rebuild = frame.rebuild;
   const rebuildBytes = rebuild === undefined ? 0 : HELLO_REBUILD_BYTES;
-  const body = Buffer.alloc(HELLO_FIXED_BYTES + nodeId.length + rebuildBytes);
+  const body = zeroed(HELLO_FIXED_BYTES + nodeId.length + rebuildBytes);
   const view = viewOf(body);
   body[0] = roleCode;
   body[1] = nodeId.length;
@@ -528,7 +533,7 @@ function encodeWalRecords(frame: WalRecordsFrame): Uint8Array[] {
   if (!Array.isArray(records) || records.length < 1 || records.length > WAL_RECORDS_PER_FRAME_MAX) {
     throw new RangeError(`records must hold 1..${WAL_RECORDS_PER_FRAME_MAX} records, got ${records?.length}`);
   }
-  const index = Buffer.alloc(WAL_RECORDS_PREFIX_BYTES + records.length * WAL_RECORD_ENTRY_BYTES);
+  const index = zeroed(WAL_RECORDS_PREFIX_BYTES + records.length * WAL_RECORD_ENTRY_BYTES);
   const view = viewOf(index);
   view.setUint32(0, records.length, true);
   const chunks: Uint8Array[] = [index];
@@ -558,7 +563,7 @@ function checkRecord(record: WalRecord, i: number, lsnPrevious: number): void {
 
 function encodeAck(frame: AckFrame): Buffer {
   checkU64('applyChecksum', frame.applyChecksum);
-  const body = Buffer.alloc(ACK_BODY_BYTES);
+  const body = zeroed(ACK_BODY_BYTES);
   const view = viewOf(body);
   writeLsn(view, 0, 'lsnReceived', frame.lsnReceived);
   writeLsn(view, 8, 'lsnDurable', frame.lsnDurable);
@@ -568,7 +573,7 @@ function encodeAck(frame: AckFrame): Buffer {
 }
 
 function encodeSingleU53(name: string, value: number): Buffer {
-  const body = Buffer.alloc(8);
+  const body = zeroed(8);
   writeLsn(viewOf(body), 0, name, value);
   return body;
 }
@@ -577,7 +582,7 @@ function encodeClose(frame: CloseFrame): Buffer {
   const code = codeOf(CLOSE_CODES, frame.code);
   if (code === undefined) throw new RangeError(`unknown close code ${String(frame.code)}`);
   const message = utf8Bytes('message', frame.message, 0, CLOSE_MESSAGE_BYTES_MAX);
-  const body = Buffer.alloc(CLOSE_FIXED_BYTES + message.length);
+  const body = zeroed(CLOSE_FIXED_BYTES + message.length);
   body.writeUInt16LE(code, 0);
   body.writeUInt16LE(message.length, 2);
   body.set(message, CLOSE_FIXED_BYTES);
@@ -597,7 +602,7 @@ function encodeRebuildStart(frame: RebuildStartFrame): Buffer {
   }
   checkU32('chunkBlocks', frame.chunkBlocks, 1, BASE_CHUNK_BLOCKS_MAX);
   checkU32('chunkFrom', frame.chunkFrom, 0, chunksOf(frame.sizeBytes, frame.chunkBlocks));
-  const body = Buffer.alloc(REBUILD_START_BODY_BYTES);
+  const body = zeroed(REBUILD_START_BODY_BYTES);
   const view = viewOf(body);
   writeLsn(view, 0, 'sessionId', frame.sessionId);
   writeU53(view, 8, frame.lsnBase);
@@ -625,7 +630,7 @@ function encodeBaseChunk(frame: BaseChunkFrame): Uint8Array[] {
   checkU64('digest', frame.digest);
   if (typeof frame.zero !== 'boolean') throw new TypeError('zero must be a boolean');
   checkChunkData(frame);
-  const fixed = Buffer.alloc(BASE_CHUNK_FIXED_BYTES);
+  const fixed = zeroed(BASE_CHUNK_FIXED_BYTES);
   const view = viewOf(fixed);
   writeLsn(view, 0, 'sessionId', frame.sessionId);
   view.setUint32(8, frame.index, true);
@@ -671,7 +676,7 @@ function encodeSessionAck(frame: SessionAckFrame): Buffer {
   }
   if (typeof frame.digestsMatch !== 'boolean') throw new TypeError('digestsMatch must be a boolean');
   const message = utf8Bytes('message', frame.message, 0, CLOSE_MESSAGE_BYTES_MAX);
-  const body = Buffer.alloc(SESSION_ACK_FIXED_BYTES + message.length);
+  const body = zeroed(SESSION_ACK_FIXED_BYTES + message.length);
   const view = viewOf(body);
   writeLsn(view, 0, 'sessionId', frame.sessionId);
   writeLsn(view, 8, 'lsnApplied', frame.lsnApplied);
@@ -797,8 +802,8 @@ function bodyBoundsOf(type: FrameType, bodyBytesMax: number): [number, number] {
 // not copies: the caller must not reuse body's memory while it holds them.
 export function decodeFrameBody(header: FrameHeader, body: Uint8Array): Frame {
   assert(body.byteLength === header.bodyBytes, `body of ${body.byteLength} bytes, header says ${header.bodyBytes}`);
-  const checksum = frameChecksum(header.bytes, [body]);
-  if (!checksum.equals(asBuffer(header.bytes.subarray(H_CHECKSUM, FRAME_HEADER_BYTES)))) {
+  frameChecksumInto(header.bytes, [body], checksumScratch, 0);
+  if (!checksumScratch.equals(header.bytes.subarray(H_CHECKSUM, FRAME_HEADER_BYTES))) {
     throw new FrameError('ERR_FRAME_CHECKSUM', `${header.type} frame checksum mismatch`);
   }
   const view = viewOf(header.bytes);

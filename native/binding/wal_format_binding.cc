@@ -354,6 +354,99 @@ uint64_t arg_bigint_u64(const Napi::CallbackInfo& info, size_t index, const char
   return value;
 }
 
+// The bytes of a typed array of the given type, in one N-API call (these two
+// functions run per record and per frame: node-addon-api's checks and
+// conversions would cost several calls per argument); false when value is
+// not such an array.
+bool typed_bytes(napi_env env, napi_value value, napi_typedarray_type want, void** data, size_t* length) {
+  napi_typedarray_type type;
+  size_t elements = 0;
+  if (napi_get_typedarray_info(env, value, &type, &elements, data, nullptr, nullptr) != napi_ok || type != want) return false;
+  *length = elements;
+  return true;
+}
+
+// decodeRecordInto(buf, offset, fields: Float64Array(7), checksum: BigUint64Array(1)) -> 0 or -1.
+// decodeRecord without an object per call (the replica's path: one call per
+// received record): fields get kind, epoch, lsn, lba, lengthBlocks,
+// payloadBytes and spanBytes, checksum[0] the record's checksum. -1: the
+// record does not decode; decodeRecord on it throws the reason.
+Napi::Value decode_record_into(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  void* buf = nullptr;
+  void* fields_data = nullptr;
+  void* checksum_data = nullptr;
+  size_t buf_bytes = 0, field_count = 0, checksum_count = 0;
+  double offset = -1;
+  if (info.Length() < 4 || !typed_bytes(env, info[0], napi_uint8_array, &buf, &buf_bytes) ||
+      napi_get_value_double(env, info[1], &offset) != napi_ok ||
+      !typed_bytes(env, info[2], napi_float64_array, &fields_data, &field_count) ||
+      !typed_bytes(env, info[3], napi_biguint64_array, &checksum_data, &checksum_count)) {
+    throw Napi::TypeError::New(env, "decodeRecordInto(buf: Uint8Array, offset: number, fields: Float64Array, checksum: BigUint64Array)");
+  }
+  if (!(offset >= 0 && offset <= static_cast<double>(buf_bytes)) || offset != std::floor(offset)) {
+    throw Napi::RangeError::New(env, "offset must be a whole number within buf");
+  }
+  if (field_count < 7 || checksum_count < 1) throw Napi::RangeError::New(env, "fields needs 7 elements and checksum 1");
+  const size_t at = static_cast<size_t>(offset);
+  wal::RecordHeader header;
+  if (wal::decode_record(static_cast<const uint8_t*>(buf) + at, buf_bytes - at, &header) != wal::RecordError::ok) {
+    return Napi::Number::New(env, -1);
+  }
+  BW_ASSERT(header.epoch <= kJsSafeIntegerMax && header.lsn <= kJsSafeIntegerMax && header.lba <= kJsSafeIntegerMax &&
+            header.length_blocks <= kJsSafeIntegerMax);
+  double* fields = static_cast<double*>(fields_data);
+  fields[0] = header.kind;
+  fields[1] = static_cast<double>(header.epoch);
+  fields[2] = static_cast<double>(header.lsn);
+  fields[3] = static_cast<double>(header.lba);
+  fields[4] = static_cast<double>(header.length_blocks);
+  fields[5] = header.payload_bytes;
+  fields[6] = wal::record_span_bytes(header.payload_bytes);
+  static_cast<uint64_t*>(checksum_data)[0] = header.checksum;
+  return Napi::Number::New(env, 0);
+}
+
+// xxh3Parts(out: Uint8Array, outOffset, ...parts: Uint8Array[]): XXH3-64 of
+// the parts' bytes in order, as if joined, written at out[outOffset..+8]
+// big-endian (the canonical form; the replication frame checksum), in one
+// call. The parts come as arguments: reading them from an array costs an
+// N-API call each.
+Napi::Value xxh3_parts(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  void* out = nullptr;
+  size_t out_bytes = 0;
+  double out_offset = -1;
+  if (info.Length() < 2 || !typed_bytes(env, info[0], napi_uint8_array, &out, &out_bytes) ||
+      napi_get_value_double(env, info[1], &out_offset) != napi_ok) {
+    throw Napi::TypeError::New(env, "xxh3Parts(out: Uint8Array, outOffset: number, ...parts: Uint8Array[])");
+  }
+  if (!(out_offset >= 0 && out_offset + 8 <= static_cast<double>(out_bytes)) || out_offset != std::floor(out_offset)) {
+    throw Napi::RangeError::New(env, "outOffset must leave 8 bytes within out");
+  }
+  const size_t count = info.Length() - 2;
+  constexpr size_t kInline = 16;
+  wal::ByteRange inline_ranges[kInline];
+  std::unique_ptr<wal::ByteRange[]> heap;
+  wal::ByteRange* ranges = inline_ranges;
+  if (count > kInline) {
+    heap = std::make_unique<wal::ByteRange[]>(count);
+    ranges = heap.get();
+  }
+  for (size_t i = 0; i < count; i++) {
+    void* data = nullptr;
+    size_t length = 0;
+    if (!typed_bytes(env, info[i + 2], napi_uint8_array, &data, &length)) {
+      throw Napi::TypeError::New(env, "part " + std::to_string(i) + " must be a Uint8Array");
+    }
+    ranges[i] = wal::ByteRange{static_cast<const uint8_t*>(data), length};
+  }
+  const uint64_t digest = wal::xxh3_concat(ranges, count);
+  uint8_t* target = static_cast<uint8_t*>(out) + static_cast<size_t>(out_offset);
+  for (int i = 0; i < 8; i++) target[i] = static_cast<uint8_t>(digest >> (56 - 8 * i));
+  return env.Undefined();
+}
+
 // applyChecksumExtend(chain: bigint, recordChecksum: bigint) -> bigint
 Napi::Value apply_checksum_extend(const Napi::CallbackInfo& info) {
   uint64_t chain = arg_bigint_u64(info, 0, "chain");
@@ -383,6 +476,8 @@ Napi::Value apply_checksum_chain(const Napi::CallbackInfo& info) {
 
 void init_wal_format(Napi::Env env, Napi::Object exports) {
   exports.Set("applyChecksumExtend", Napi::Function::New(env, apply_checksum_extend, "applyChecksumExtend"));
+  exports.Set("decodeRecordInto", Napi::Function::New(env, decode_record_into, "decodeRecordInto"));
+  exports.Set("xxh3Parts", Napi::Function::New(env, xxh3_parts, "xxh3Parts"));
   exports.Set("applyChecksumChain", Napi::Function::New(env, apply_checksum_chain, "applyChecksumChain"));
   exports.Set("walFormatLimits", limits_object(env));
   exports.Set("encodeRecord", Napi::Function::New(env, encode_record, "encodeRecord"));

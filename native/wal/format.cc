@@ -37,6 +37,17 @@ uint64_t apply_checksum_step(uint64_t chain, uint64_t record_checksum) {
   return XXH3_64bits(input, sizeof input);
 }
 
+uint64_t xxh3_concat(const ByteRange* parts, size_t count) {
+  if (count == 1) return XXH3_64bits(parts[0].data, parts[0].length);
+  XXH3_state_t state;
+  XXH3_INITSTATE(&state);
+  BW_ASSERT(XXH3_64bits_reset(&state) == XXH_OK);
+  for (size_t i = 0; i < count; i++) {
+    if (parts[i].length > 0) BW_ASSERT(XXH3_64bits_update(&state, parts[i].data, parts[i].length) == XXH_OK);
+  }
+  return XXH3_64bits_digest(&state);
+}
+
 namespace {
 
 constexpr uint16_t kFrameFlagsKnown = kFrameFlagDsync;

@@ -202,4 +202,12 @@ FrameError check_frame(const uint8_t* src, size_t available, uint64_t segment_se
 // big-endian bytes.
 uint64_t apply_checksum_step(uint64_t chain, uint64_t record_checksum);
 
+// XXH3-64 of the concatenation of count byte ranges, hashed where they lie
+// (the replication link's frame checksum: header bytes, then body parts).
+struct ByteRange {
+  const uint8_t* data;
+  size_t length;
+};
+uint64_t xxh3_concat(const ByteRange* parts, size_t count);
+
 }  // namespace blockwal::wal

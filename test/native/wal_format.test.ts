@@ -21,6 +21,7 @@ import {
   type RecordFields,
   type RecordKind,
 } from '../../lib/native/wal_format';
+import { addon } from '../../lib/native/addon';
 
 const kBlockBytes = 4096;
 const kRecordHeaderBytes = 64;
@@ -321,4 +322,55 @@ test('record kinds map to their on-disk codes', () => {
     (['write', 'trim', 'zero', 'control'] as const).map(recordKindCode),
     [1, 2, 3, 4],
   );
+});
+
+test('decodeRecord gives the same fields through the array path for a record in a Uint8Array view at an offset', () => {
+  const record = encodeRecord({ kind: 'write', epoch: 7, lsn: 2 ** 40, lba: 2 ** 30, lengthBlocks: 1 }, pattern(kBlockBytes, 9));
+  const backing = new Uint8Array(record.length + 24);
+  backing.set(record, 16);
+  const view = backing.subarray(8); // not a Buffer, not at offset 0 of its memory
+  const decoded = decodeRecord(view, 8);
+  assert.deepEqual(decoded, {
+    kind: 'write',
+    epoch: 7,
+    lsn: 2 ** 40,
+    lba: 2 ** 30,
+    lengthBlocks: 1,
+    payloadBytes: kBlockBytes,
+    checksum: record.readBigUInt64LE(kChecksumOffset),
+    spanBytes: record.length,
+  });
+  // One byte short of the record: the array path declines and the reason comes from the full decode.
+  assert.throws(() => decodeRecord(view.subarray(0, 8 + record.length - 1), 8), (err: unknown) => err instanceof RecordDecodeError && err.reason === 'truncated');
+  assert.throws(() => decodeRecord(view, view.length + 1), RangeError);
+});
+
+test('xxh3Parts hashes its parts as if joined, for any split, and checks its arguments', () => {
+  const { xxh3Parts, decodeRecordInto } = addon();
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 9000 }), fc.array(fc.nat(), { maxLength: 40 }), (bytes, cuts) => {
+      const points = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
+      const parts: Uint8Array[] = [];
+      let from = 0;
+      for (const p of [...points, bytes.length]) {
+        parts.push(bytes.subarray(from, p)); // empty parts included
+        from = p;
+      }
+      const out = Buffer.alloc(12, 0xee);
+      xxh3Parts(out, 2, ...parts);
+      assert.ok(out.subarray(2, 10).equals(XXHash3.hash(Buffer.from(bytes))), `${parts.length} parts`);
+      assert.ok(out.subarray(0, 2).every((b) => b === 0xee) && out.subarray(10).every((b) => b === 0xee), 'only 8 bytes written');
+    }),
+    { numRuns: 200 },
+  );
+  const out = Buffer.alloc(8);
+  assert.throws(() => xxh3Parts(out, 1, Buffer.alloc(1)), RangeError);
+  assert.throws(() => xxh3Parts(out, 0, 'text' as unknown as Uint8Array), TypeError);
+  assert.throws(() => xxh3Parts(new Uint16Array(8) as unknown as Uint8Array, 0), TypeError);
+  const fields = new Float64Array(7);
+  const checksum = new BigUint64Array(1);
+  assert.throws(() => decodeRecordInto(Buffer.alloc(64), 0, new Float64Array(6), checksum), RangeError);
+  assert.throws(() => decodeRecordInto(Buffer.alloc(64), 65, fields, checksum), RangeError);
+  assert.throws(() => decodeRecordInto(Buffer.alloc(64), 0, fields, new BigInt64Array(1) as unknown as BigUint64Array), TypeError);
+  assert.equal(decodeRecordInto(Buffer.alloc(64), 0, fields, checksum), -1);
 });
