@@ -39,8 +39,11 @@
 //                <= chunksTotal), r+32..r+39 reserved 0. Exactly
 //                64 + nodeIdBytes (+ 40 with bit 0) bytes.
 //   WAL_RECORDS  0 recordCount u32 (1..WAL_RECORDS_PER_FRAME_MAX), 4 reserved
-//                0, 8 index: recordCount entries of {lsn u64, lengthBytes
-//                u32}, then the records' bytes back to back in index order.
+//                0, 8 lsnCommit (0: none; else the primary's commit LSN, as a
+//                COMMIT frame before the records would say: it rides along
+//                so a write costs no frame of its own), 16 index: recordCount
+//                entries of {lsn u64, lengthBytes u32}, then the records'
+//                bytes back to back in index order.
 //                LSNs strictly increase; each record is 1..WAL_RECORD_BYTES_MAX
 //                bytes; the body ends exactly after the last record. Records
 //                are opaque here (the WAL format verifies them).
@@ -96,7 +99,7 @@ const U64_LIMIT = 1n << 64n;
 // ---- Layout ----
 
 export const FRAME_MAGIC = 0x50574c42;
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const FRAME_HEADER_BYTES = 32;
 // Header bytes the checksum covers, followed by the body.
 const CHECKSUM_COVERED_HEADER_BYTES = 24;
@@ -112,7 +115,7 @@ const H_CHECKSUM = 24;
 const FRAME_FLAGS_KNOWN = 0;
 
 export const HELLO_FIXED_BYTES = 64;
-export const WAL_RECORDS_PREFIX_BYTES = 8;
+export const WAL_RECORDS_PREFIX_BYTES = 16;
 export const WAL_RECORD_ENTRY_BYTES = 12;
 export const ACK_BODY_BYTES = 32;
 export const COMMIT_BODY_BYTES = 8;
@@ -211,6 +214,9 @@ export interface WalRecord {
 export interface WalRecordsFrame {
   readonly type: 'wal_records';
   readonly epoch: number;
+  // The primary's commit LSN, carried instead of a COMMIT frame (decoded
+  // only when not 0).
+  readonly lsnCommit?: number;
   readonly records: readonly WalRecord[];
 }
 
@@ -536,6 +542,7 @@ function encodeWalRecords(frame: WalRecordsFrame): Uint8Array[] {
   const index = zeroed(WAL_RECORDS_PREFIX_BYTES + records.length * WAL_RECORD_ENTRY_BYTES);
   const view = viewOf(index);
   view.setUint32(0, records.length, true);
+  writeLsn(view, 8, 'lsnCommit', frame.lsnCommit ?? 0);
   const chunks: Uint8Array[] = [index];
   let lsnPrevious = 0;
   records.forEach((record, i) => {
@@ -819,7 +826,7 @@ function decodeBody(type: FrameType, epoch: number, body: Uint8Array): Frame {
     case 'hello':
       return decodeHello(epoch, body);
     case 'wal_records':
-      return { type, epoch, records: decodeWalRecords(body) };
+      return decodeWalRecords(epoch, body);
     case 'ack':
       return decodeAck(epoch, body);
     case 'commit':
@@ -890,13 +897,14 @@ function decodeHelloRebuild(view: DataView, offset: number): HelloRebuild {
 }
 
 // Walks the index, checking every entry before slicing its bytes.
-function decodeWalRecords(body: Uint8Array): WalRecord[] {
+function decodeWalRecords(epoch: number, body: Uint8Array): WalRecordsFrame {
   const view = viewOf(body);
   const recordCount = view.getUint32(0, true);
   if (recordCount < 1 || recordCount > WAL_RECORDS_PER_FRAME_MAX) {
     throw malformed(`wal_records: ${recordCount} records, outside 1..${WAL_RECORDS_PER_FRAME_MAX}`);
   }
   if (view.getUint32(4, true) !== 0) throw malformed('wal_records: reserved bytes are not zero');
+  const lsnCommit = readU53(view, 8, 'wal_records: lsnCommit');
   let offsetBytes = WAL_RECORDS_PREFIX_BYTES + recordCount * WAL_RECORD_ENTRY_BYTES;
   if (offsetBytes > body.byteLength) throw malformed(`wal_records: index of ${recordCount} entries runs past the end`);
   const records: WalRecord[] = new Array(recordCount);
@@ -916,7 +924,7 @@ function decodeWalRecords(body: Uint8Array): WalRecord[] {
     lsnPrevious = lsn;
   }
   if (offsetBytes !== body.byteLength) throw malformed(`wal_records: ${body.byteLength - offsetBytes} trailing bytes`);
-  return records;
+  return lsnCommit === 0 ? { type: 'wal_records', epoch, records } : { type: 'wal_records', epoch, lsnCommit, records };
 }
 
 function decodeAck(epoch: number, body: Uint8Array): AckFrame {

@@ -129,6 +129,10 @@ export interface PrimaryReplicationStatus {
 }
 
 const RECORDS_PER_FRAME_MAX = 4096;
+// A commit LSN waits this long for a WAL_RECORDS frame to carry it before it
+// goes in a COMMIT frame of its own. Only the replica's apply waits for it;
+// no acknowledgement does.
+const COMMIT_LINGER_MS = 1;
 // One WAL read of a catch-up (a run of records back to back in a segment).
 const CATCH_UP_READ_BYTES = 4 << 20;
 // Steering the base lane against a latency target: where it starts without
@@ -769,6 +773,7 @@ class ReplicaPeer {
   private link: ReplicationLink | undefined;
   private pumpScheduled = false;
   private lsnCommitSent = 0;
+  private commitTimer: NodeJS.Timeout | undefined;
   // Durability asked of the replica (SYNC): the most wanted, the most sent.
   private lsnSyncWanted = 0;
   private lsnSyncSent = 0;
@@ -972,7 +977,7 @@ class ReplicaPeer {
     this.backoffMs = this.primary.options.reconnectMinMs ?? 100;
     this.setState(state, undefined);
     this.log.info({ lsnReplica: hello.lsnHead, head: this.primary.head, nodeId: hello.nodeId, state }, 'replica connected');
-    this.sendCommit(this.primary.commitLsn);
+    this.sendCommitNow();
   }
 
   // Streams retained WAL from disk until the in-memory backlog covers the
@@ -1025,7 +1030,7 @@ class ReplicaPeer {
           this.lsnSent = group[group.length - 1]!.lsn;
           bytesSent += bytes;
           if (this.catchUp !== undefined) this.catchUp.bytesDone += bytes;
-          more = link.send({ type: 'wal_records', epoch: this.primary.epoch, records: group });
+          more = link.send({ type: 'wal_records', epoch: this.primary.epoch, lsnCommit: this.takeCommit(), records: group });
         }
         this.sendSync();
         if (!more) await this.drained();
@@ -1273,7 +1278,7 @@ class ReplicaPeer {
         bytes += e.bytes.byteLength;
       }
       this.lsnSent = records[records.length - 1]!.lsn;
-      const more = link.send({ type: 'wal_records', epoch: this.primary.epoch, records });
+      const more = link.send({ type: 'wal_records', epoch: this.primary.epoch, lsnCommit: this.takeCommit(), records });
       if (!more) return; // onDrain pumps again
     }
     this.sendSync();
@@ -1314,16 +1319,37 @@ class ReplicaPeer {
     this.link.send({ type: 'sync', epoch: this.primary.epoch, lsnSync: lsn });
   }
 
+  // The commit LSN moved on: the next WAL_RECORDS frame carries it, or a
+  // COMMIT frame once COMMIT_LINGER_MS passes without one.
   sendCommit(lsn: number): void {
-    if (this.link === undefined || this.link.closed || lsn <= this.lsnCommitSent) return;
-    if (!this.feeding) return;
-    this.lsnCommitSent = lsn;
+    if (this.link === undefined || this.link.closed || lsn <= this.lsnCommitSent || !this.feeding) return;
+    if (this.commitTimer !== undefined) return;
+    this.commitTimer = setTimeout(() => {
+      this.commitTimer = undefined;
+      this.sendCommitNow();
+    }, COMMIT_LINGER_MS);
+    this.commitTimer.unref();
+  }
+
+  private sendCommitNow(): void {
+    const lsn = this.takeCommit();
+    if (lsn === 0 || this.link === undefined || this.link.closed || !this.feeding) return;
     this.link.send({ type: 'commit', epoch: this.primary.epoch, lsnCommit: lsn });
+  }
+
+  // The commit LSN not yet sent on this link (0: nothing new), counted as sent.
+  private takeCommit(): number {
+    const lsn = this.primary.commitLsn;
+    if (lsn <= this.lsnCommitSent) return 0;
+    this.lsnCommitSent = lsn;
+    return lsn;
   }
 
   private onLinkClose(link: ReplicationLink, reason: LinkCloseReason): void {
     if (this.link !== link) return;
     this.link = undefined;
+    if (this.commitTimer !== undefined) clearTimeout(this.commitTimer);
+    this.commitTimer = undefined;
     this.primary.protocol({ type: 'replica_lost', replica: this.address, reason: describeClose(reason) });
     this.catchUp = undefined;
     this.fromDisk = false;
@@ -1383,6 +1409,8 @@ class ReplicaPeer {
   async shutdown(): Promise<void> {
     this.stopped = true;
     if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
+    if (this.commitTimer !== undefined) clearTimeout(this.commitTimer);
+    this.commitTimer = undefined;
     const link = this.link;
     if (link === undefined || link.closed) {
       this.setState('closed', undefined);

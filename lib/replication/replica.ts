@@ -30,6 +30,9 @@ import { ReplicaRebuild, type ReplicaRebuildStatus } from './replica_rebuild';
 // above the high mark until they drop below the low one.
 const OUTSTANDING_BYTES_HIGH = 64 << 20;
 const OUTSTANDING_BYTES_LOW = 16 << 20;
+// An ACK that only reports progress nobody waits for (applied, durable
+// without a SYNC) waits this long for the next ACK to carry it.
+const ACK_LINGER_MS = 1;
 
 export interface ReplicaReplicationOptions {
   volume: Volume;
@@ -191,6 +194,7 @@ class PrimaryLink {
   primaryHello: HelloFrame | undefined;
   private chain: Promise<void> = Promise.resolve();
   private ackScheduled = false;
+  private ackTimer: NodeJS.Timeout | undefined;
   private flushing = false;
   private flushAgain = false;
   private readonly log: Logger;
@@ -274,12 +278,13 @@ class PrimaryLink {
     }
     switch (frame.type) {
       case 'wal_records':
+        // Its commit LSN first, as a COMMIT frame before the records.
+        if (frame.lsnCommit !== undefined) this.onCommit(frame.lsnCommit);
         this.onRecords(frame);
         return;
       case 'commit':
-        this.owner.noteCommit(frame.lsnCommit);
-        this.volume.commit(Math.min(frame.lsnCommit, this.volume.lsnReceived));
-        this.scheduleAck();
+        this.onCommit(frame.lsnCommit);
+        this.lazyAck();
         return;
       case 'sync':
         this.makeDurable();
@@ -344,6 +349,11 @@ class PrimaryLink {
     });
   }
 
+  private onCommit(lsnCommit: number): void {
+    this.owner.noteCommit(lsnCommit);
+    this.volume.commit(Math.min(lsnCommit, this.volume.lsnReceived));
+  }
+
   private onRecords(frame: WalRecordsFrame): void {
     let last: Promise<number> | undefined;
     for (const r of frame.records) {
@@ -364,7 +374,7 @@ class PrimaryLink {
         // space: apply them, and tell the primary.
         const applied = this.volume.lsnApplied;
         this.volume.commit(Math.min(this.owner.commitLsn, this.volume.lsnReceived));
-        if (this.volume.lsnApplied > applied) this.scheduleAck();
+        if (this.volume.lsnApplied > applied) this.lazyAck();
       })
       .catch((err: Error) => this.refuse('bad_frame', `appending or applying received records failed: ${err.message}`));
   }
@@ -404,7 +414,22 @@ class PrimaryLink {
     });
   }
 
+  // Progress the primary learns from the next ACK, or from one of its own
+  // once ACK_LINGER_MS passes without one.
+  private lazyAck(): void {
+    if (this.ackTimer !== undefined || this.link.closed) return;
+    this.ackTimer = setTimeout(() => {
+      this.ackTimer = undefined;
+      this.sendAck();
+    }, ACK_LINGER_MS);
+    this.ackTimer.unref();
+  }
+
   private sendAck(): void {
+    if (this.ackTimer !== undefined) {
+      clearTimeout(this.ackTimer);
+      this.ackTimer = undefined;
+    }
     if (this.link.closed) return;
     const v = this.volume;
     const received = v.lsnReceived;

@@ -56,6 +56,7 @@ export const SAMPLES: readonly Frame[] = [
   {
     type: 'wal_records',
     epoch: 7,
+    lsnCommit: 99,
     records: [
       { lsn: 100, bytes: bytesOf(64, 1) },
       { lsn: 101, bytes: bytesOf(200, 2) },
@@ -244,7 +245,10 @@ const recordsArb: fc.Arbitrary<WalRecord[]> = fc
     return entries.map(({ gap, bytes }) => ({ lsn: (lsn += gap), bytes }));
   });
 
-const walRecordsArb: fc.Arbitrary<Frame> = fc.record({ type: fc.constant('wal_records' as const), epoch: u53, records: recordsArb }, PLAIN);
+const walRecordsArb: fc.Arbitrary<Frame> = fc.record(
+  { type: fc.constant('wal_records' as const), epoch: u53, lsnCommit: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }), records: recordsArb },
+  { ...PLAIN, requiredKeys: ['type', 'epoch', 'records'] },
+);
 
 const ackArb: fc.Arbitrary<Frame> = fc.record({
   type: fc.constant('ack' as const),

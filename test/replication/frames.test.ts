@@ -175,14 +175,23 @@ test('layout: a WAL_RECORDS frame is prefix, index, then the records back to bac
     { lsn: 5, bytes: bytesOf(3, 1) },
     { lsn: 2 ** 33, bytes: bytesOf(70, 2) },
   ];
-  const index = Buffer.alloc(8 + 2 * 12);
+  const index = Buffer.alloc(16 + 2 * 12);
   index.writeUInt32LE(2, 0);
-  index.writeBigUInt64LE(5n, 8);
-  index.writeUInt32LE(3, 16);
-  index.writeBigUInt64LE(2n ** 33n, 20);
-  index.writeUInt32LE(70, 28);
+  index.writeBigUInt64LE(4n, 8); // lsnCommit
+  index.writeBigUInt64LE(5n, 16);
+  index.writeUInt32LE(3, 24);
+  index.writeBigUInt64LE(2n ** 33n, 28);
+  index.writeUInt32LE(70, 36);
   const body = Buffer.concat([index, records[0]!.bytes, records[1]!.bytes]);
-  assert.deepEqual(encodeFrame({ type: 'wal_records', epoch: 1, records }), craftFrame({ typeCode: 2, epoch: 1n, body }));
+  assert.deepEqual(encodeFrame({ type: 'wal_records', epoch: 1, lsnCommit: 4, records }), craftFrame({ typeCode: 2, epoch: 1n, body }));
+  // No commit LSN: zero on the wire, and none decoded.
+  index.writeBigUInt64LE(0n, 8);
+  const bare = Buffer.concat([index, records[0]!.bytes, records[1]!.bytes]);
+  assert.deepEqual(encodeFrame({ type: 'wal_records', epoch: 1, records }), craftFrame({ typeCode: 2, epoch: 1n, body: bare }));
+  assert.equal('lsnCommit' in decodeOne(craftFrame({ typeCode: 2, epoch: 1n, body: bare })), false);
+  // A commit LSN over 2^53 - 1 is malformed.
+  index.writeBigUInt64LE(2n ** 53n, 8);
+  assert.throws(() => decodeOne(craftFrame({ typeCode: 2, epoch: 1n, body: Buffer.concat([index, records[0]!.bytes, records[1]!.bytes]) })), /lsnCommit is over/);
 });
 
 test('every sample frame round-trips, alone and as a stream', () => {
