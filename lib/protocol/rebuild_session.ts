@@ -99,6 +99,11 @@ export interface BlockBitmap {
   get(block: number): boolean;
   setRange(startBlock: number, lengthBlocks: number): void;
   countSet?(): number;
+  // Maximal set runs inside [fromBlock, endBlock) as (startBlock,
+  // lengthBlocks) pairs in out; returns how many, fewer than out.length / 2
+  // only when no more follow (DenseBitmap does, for up to 65,536 runs a
+  // call). Without it the base lane asks block by block.
+  readRuns?(fromBlock: number, endBlock: number, out: Float64Array): number;
 }
 
 export interface BlockRun {
@@ -233,6 +238,8 @@ export class RebuildSession {
   #lsnCheckpointMax: number;
   readonly #pending = new Map<number, { chunkIndex: number; runs: BlockRun[]; lsnCheckpoint: number }>();
   #tokenNext = 1;
+  // readRuns' page in writableRuns: 128 runs, all a 256-block chunk can hold.
+  readonly #marksScratch = new Float64Array(256);
   #state: 'running' | 'completed' | 'failed' = 'running';
   #failure: { failure: SessionFailure; message: string } | undefined;
   #lsnAchieved: number | undefined;
@@ -447,13 +454,7 @@ export class RebuildSession {
       this.fail('digest_mismatch', message);
       return refusal('digest_mismatch', message);
     }
-    const runs: BlockRun[] = [];
-    for (let block = chunk.startBlock; block < chunk.startBlock + chunk.blocks; block++) {
-      if (!this.blockWritable(block)) continue;
-      const last = runs[runs.length - 1];
-      if (last !== undefined && last.startBlock + last.lengthBlocks === block) last.lengthBlocks++;
-      else runs.push({ startBlock: block, lengthBlocks: 1 });
-    }
+    const runs = this.writableRuns(chunk.startBlock, chunk.blocks);
     const token = this.#tokenNext++;
     this.#pending.set(token, { chunkIndex: chunk.index, runs, lsnCheckpoint: chunk.lsnCheckpoint });
     return { ok: true, plan: { token, chunkIndex: chunk.index, runs: runs.map((r) => ({ ...r })) } };
@@ -523,8 +524,39 @@ export class RebuildSession {
     return this.#digest(data) === digest;
   }
 
-  // WAL_WINS: a marked block, or one a base write already claims, is not
-  // written again.
+  // WAL_WINS: the blocks of [startBlock, startBlock + blocks) that are
+  // neither marked nor claimed by a base write in flight, as runs. With
+  // readRuns, the chunk's marks come in one call (the range is not claimed:
+  // chunks do not overlap, and a claimed one goes block by block).
+  protected writableRuns(startBlock: number, blocks: number): BlockRun[] {
+    const endBlock = startBlock + blocks;
+    const runs: BlockRun[] = [];
+    if (this.bitmap.readRuns === undefined || this.basePendingIn(startBlock, blocks)) {
+      for (let block = startBlock; block < endBlock; block++) {
+        if (!this.blockWritable(block)) continue;
+        const last = runs[runs.length - 1];
+        if (last !== undefined && last.startBlock + last.lengthBlocks === block) last.lengthBlocks++;
+        else runs.push({ startBlock: block, lengthBlocks: 1 });
+      }
+      return runs;
+    }
+    const out = this.#marksScratch;
+    let at = startBlock;
+    for (;;) {
+      const count = this.bitmap.readRuns(at, endBlock, out);
+      for (let i = 0; i < count; i++) {
+        const markStart = out[2 * i]!;
+        if (markStart > at) runs.push({ startBlock: at, lengthBlocks: markStart - at });
+        at = markStart + out[2 * i + 1]!;
+      }
+      if (count < out.length / 2) break;
+    }
+    if (at < endBlock) runs.push({ startBlock: at, lengthBlocks: endBlock - at });
+    return runs;
+  }
+
+  // Block by block: a marked block, or one a base write already claims, is
+  // not written again.
   protected blockWritable(block: number): boolean {
     return !this.bitmap.get(block) && !this.basePendingIn(block, 1);
   }

@@ -16,8 +16,8 @@ export class MarksOnReceipt extends RebuildSession {
 
 // (2) Lets the base lane write blocks the WAL lane already marked.
 export class BaseOverwritesMarked extends RebuildSession {
-  protected override blockWritable(block: number): boolean {
-    return !this.basePendingIn(block, 1);
+  protected override writableRuns(startBlock: number, blocks: number): BlockRun[] {
+    return this.basePendingIn(startBlock, blocks) ? [] : [{ startBlock, lengthBlocks: blocks }];
   }
 }
 

@@ -60,6 +60,22 @@ class ArrayBitmap implements BlockBitmap {
   setRange(startBlock: number, lengthBlocks: number): void {
     this.bits.fill(1, startBlock, startBlock + lengthBlocks);
   }
+  // As DenseBitmap's: maximal set runs in [fromBlock, endBlock), a page at a time.
+  readRuns(fromBlock: number, endBlock: number, out: Float64Array): number {
+    let count = 0;
+    for (let block = fromBlock; block < endBlock && count < out.length / 2; ) {
+      if (this.bits[block] !== 1) {
+        block++;
+        continue;
+      }
+      const start = block;
+      while (block < endBlock && this.bits[block] === 1) block++;
+      out[2 * count] = start;
+      out[2 * count + 1] = block - start;
+      count++;
+    }
+    return count;
+  }
 }
 
 export interface ReplicaAudit {

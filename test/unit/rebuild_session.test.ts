@@ -6,6 +6,8 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 
+import fc from 'fast-check';
+
 import {
   type AppliedRecord,
   type BaseChunk,
@@ -397,4 +399,44 @@ test('hooks: a subclass can change the small rules (the simulator plants its bug
   assert.equal(bitmap.countSet(), 1);
   const resumed = MarksFirstBlockOnly.resume(session.progress(), new ArrayBitmap(10));
   assert.ok(resumed instanceof MarksFirstBlockOnly, 'resume() builds the subclass');
+});
+
+// A bitmap that reports its marks as runs, as DenseBitmap's readRuns does:
+// a page of out.length / 2 runs at a time (a chunk of 300 blocks can hold more).
+class RunsBitmap extends ArrayBitmap {
+  readRuns(fromBlock: number, endBlock: number, out: Float64Array): number {
+    let count = 0;
+    for (let block = fromBlock; block < endBlock && count < out.length / 2; ) {
+      if (this.bits[block] !== 1) {
+        block++;
+        continue;
+      }
+      const start = block;
+      while (block < endBlock && this.bits[block] === 1) block++;
+      out[2 * count] = start;
+      out[2 * count + 1] = block - start;
+      count++;
+    }
+    return count;
+  }
+}
+
+test('WAL_WINS: a base plan from the bitmap runs skips exactly the blocks the block-by-block plan skips', () => {
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 300 }),
+      fc.array(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 9 })), { maxLength: 60 }),
+      (chunkBlocks, marks) => {
+        const params = { ...PARAMS, chunkBlocks, volumeBlocks: 700, lsnTarget: 10 + marks.length };
+        const byBlock = new RebuildSession(params, new ArrayBitmap(700));
+        const byRuns = new RebuildSession(params, new RunsBitmap(700));
+        marks.forEach(([lba, length], i) => {
+          const r = rec(11 + i, 'write', lba % 700, Math.min(length, 700 - (lba % 700)));
+          assert.ok(byBlock.walApplied(REF, r).ok && byRuns.walApplied(REF, r).ok);
+        });
+        assert.deepEqual(copyBase(byRuns), copyBase(byBlock));
+      },
+    ),
+    { numRuns: 300 },
+  );
 });
