@@ -2,8 +2,18 @@
 // full rebuild) against fio's sequential O_DIRECT write bandwidth on the same
 // disk, and what a rebuild leaves to foreground writes, in one run.
 //
-// Anchor (lib/seq_anchor.ts on lib/anchors.ts's pre-written scratch file):
+// Anchors (lib/seq_anchor.ts on lib/anchors.ts's pre-written scratch file):
 //   W  fio sequential write, 1 MiB, qd 8, O_DIRECT, io_uring, time-based.
+//   Shared-disk ceilings: primary and replica share this one disk, so a
+//   session reads and writes it at once, and this disk serves a mix far
+//   below either alone. fio --rw=rw (sequential 1 MiB, qd 8, O_DIRECT) on
+//   the same file, reporting the rate of bytes read:
+//   M1:2  --rwmixread=33: every byte read is written twice, as in a catch-up
+//         (the primary reads its WAL; the replica writes its WAL and base).
+//   M1:1  --rwmixread=50: read once, written once, as in the base lane
+//         (the primary reads base.img; the replica writes its own).
+//   They carry no target; the session / ceiling ratios say how much of what
+//   this disk can mix a session gets.
 // Servers: a primary and one replica, separate `blockwal serve` processes
 // (lib/repl_servers.ts) on loopback TCP; the primary runs --durability
 // best_effort (its writes never wait for the absent replica) and
@@ -70,6 +80,7 @@ import { fmt, ratio } from './lib/report';
 import type { VolumeServer } from './lib/repl_servers';
 import { LOOPBACK_HOST, compareChecksums, primaryStatus, sleep, socketPath, startPrimaryServer, startReplicaServer, waitForStreaming } from './lib/repl_servers';
 import { MIB, measureSeqAnchor } from './lib/seq_anchor';
+import { fioCommonArgs, runFioReport } from './lib/fio';
 import type { ServerCpuDelta, ServerCpuSample } from './lib/server_process';
 import { cpuBetween, loadAverages } from './lib/server_process';
 
@@ -194,12 +205,12 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
     `loadavg at start: ${loadavgStart}; catch-up ${sizes.catchUpBytes / MIB} MiB, rebuild volume ${sizes.rebuildVolumeBytes / MIB} MiB` +
       `${rebuildRate === null ? '' : `, --rebuild-rate ${rebuildRate}`}${profileDir === null ? '' : `; cpu profiles to ${profileDir}`}`,
   );
-  const w = await measureWriteAnchor(ctx);
+  const { w, mixed } = await measureDiskAnchors(ctx);
   const catchUp = await runCatchUpPhase(ctx, sizes.catchUpBytes, profile);
   const rebuild = await runRebuildPhase(ctx, sizes.rebuildVolumeBytes, profile, rebuildRate);
   const loadavgEnd = loadAverages();
   ctx.log(`loadavg at end: ${loadavgEnd}`);
-  return report({ startedAt, fio, measureMs: ctx.measureMs, warmupMs: ctx.warmupMs, sizes, rebuildRate, profileDir, loadavgStart, loadavgEnd, w, catchUp, rebuild });
+  return report({ startedAt, fio, measureMs: ctx.measureMs, warmupMs: ctx.warmupMs, sizes, rebuildRate, profileDir, loadavgStart, loadavgEnd, w, mixed, catchUp, rebuild });
 }
 
 function sizesFromEnv(env: NodeJS.ProcessEnv): Sizes {
@@ -241,16 +252,54 @@ function checkFreeSpace(ctx: BenchContext, sizes: Sizes): void {
   }
 }
 
-/** W: fio sequential 1 MiB O_DIRECT writes on a pre-written file, which is deleted afterwards. */
-async function measureWriteAnchor(ctx: BenchContext): Promise<Figure> {
+interface MixedAnchors {
+  readonly oneToTwo: Figure;
+  readonly oneToOne: Figure;
+}
+
+/** W and the shared-disk ceilings on one pre-written file, which is deleted afterwards. */
+async function measureDiskAnchors(ctx: BenchContext): Promise<{ w: Figure; mixed: MixedAnchors }> {
   const { file } = await prepareAnchorFile(ctx);
   try {
-    const { figure } = await measureSeqAnchor(ctx, { id: 'W', label: 'W fio write 1M qd8', rw: 'write', filename: file, sizeBytes: ctx.fileBytes });
-    ctx.log(`W: ${fmt(figure.value)} MiB/s`);
-    return figure;
+    const { figure: w } = await measureSeqAnchor(ctx, { id: 'W', label: 'W fio write 1M qd8', rw: 'write', filename: file, sizeBytes: ctx.fileBytes });
+    ctx.log(`W: ${fmt(w.value)} MiB/s`);
+    await ctx.settle();
+    const oneToTwo = await measureMixedAnchor(ctx, file, 33, 'M1:2 fio read 1 : write 2, 1M qd8');
+    await ctx.settle();
+    const oneToOne = await measureMixedAnchor(ctx, file, 50, 'M1:1 fio read 1 : write 1, 1M qd8');
+    return { w, mixed: { oneToTwo, oneToOne } };
   } finally {
     fs.rmSync(file, { force: true });
   }
+}
+
+/** fio sequential reads and writes mixed on one file: the rate of bytes read is the figure. */
+async function measureMixedAnchor(ctx: BenchContext, file: string, readPct: number, label: string): Promise<Figure> {
+  const name = `mixed-${readPct}`;
+  const args = [
+    `--name=${name}`,
+    `--filename=${file}`,
+    '--rw=rw',
+    `--rwmixread=${readPct}`,
+    `--bs=${SEQ_BS_BYTES}`,
+    `--size=${ctx.fileBytes}`,
+    '--ioengine=io_uring',
+    `--iodepth=${SEQ_IODEPTH}`,
+    '--direct=1',
+    ...fioCommonArgs({ runtimeMs: ctx.measureMs, rampMs: ctx.warmupMs }),
+  ];
+  const text = await runFioReport(name, args, ctx.dir);
+  const job = (JSON.parse(text.slice(text.indexOf('{'))) as { jobs: { read: { bw_bytes: number }; write: { bw_bytes: number } }[] }).jobs[0];
+  assert(job !== undefined && job.read.bw_bytes > 0 && job.write.bw_bytes > 0, `fio ${name}: no reads or no writes measured`);
+  const readMib = job.read.bw_bytes / MIB;
+  const writeMib = job.write.bw_bytes / MIB;
+  ctx.log(`${label}: read ${fmt(readMib)} + write ${fmt(writeMib)} MiB/s`);
+  return {
+    name: label,
+    value: readMib,
+    unit: 'MiB/s',
+    detail: `fio --rw=rw --rwmixread=${readPct} on one ${fmt(ctx.fileBytes / MIB)} MiB file, O_DIRECT, io_uring: read ${fmt(readMib)} MiB/s while writing ${fmt(writeMib)} MiB/s (${fmt(readMib + writeMib)} MiB/s in all)`,
+  };
 }
 
 // ---- phase 1: catch-up ----
@@ -694,6 +743,7 @@ interface ReportInput {
   readonly loadavgStart: string;
   readonly loadavgEnd: string;
   readonly w: Figure;
+  readonly mixed: MixedAnchors;
   readonly catchUp: CatchUpResult;
   readonly rebuild: RebuildResult;
 }
@@ -719,12 +769,14 @@ function report(r: ReportInput): BenchResult {
       loadavgEnd: r.loadavgEnd,
       ...(r.profileDir === null ? {} : { cpuProfiles: r.profileDir }),
     },
-    anchors: [r.w, unloaded],
+    anchors: [r.w, r.mixed.oneToTwo, r.mixed.oneToOne, unloaded],
     subjects: [catchUp, rebuild, loaded],
     ratios: [
       ratio('catch-up / W', catchUp, r.w, '>=', CATCH_UP_VS_W_MIN),
       ratio('rebuild / W', rebuild, r.w, '>=', REBUILD_VS_W_MIN),
       ratio('foreground randwrite during rebuild / unloaded', loaded, unloaded, '>=', FOREGROUND_KEPT_MIN),
+      ratio('catch-up / M1:2 (this shared disk\'s ceiling)', catchUp, r.mixed.oneToTwo, '>=', null),
+      ratio('rebuild / M1:1 (this shared disk\'s ceiling)', rebuild, r.mixed.oneToOne, '>=', null),
       fromSpawnRatio('catch-up from the replica spawn / W', r.catchUp.session, r.catchUp.session.costBytes, r.w),
       fromSpawnRatio('rebuild from the replica spawn / W', r.rebuild.session, r.rebuild.volumeBytes, r.w),
     ],
@@ -733,6 +785,7 @@ function report(r: ReportInput): BenchResult {
       'sessions are timed from the primary\'s decision on the replica\'s HELLO (decision.atMs) to the first status poll (every 50 ms) that sees the end: catch-up = streaming with lag 0, rebuild = streaming; the "from the replica spawn" ratios add the replica\'s start-up and the primary\'s reconnect backoff',
       'catch-up bytes = the decision\'s costBytes (WAL bytes after the replica\'s LSN, record headers included); rebuild bytes = the volume size (the WAL lane\'s bytes come on top)',
       `catch-up volumes: ${r.sizes.catchUpBytes / MIB} MiB with the default WAL; rebuild volumes: ${r.sizes.rebuildVolumeBytes / MIB} MiB with ${REBUILD_WAL_SEGMENT_BYTES / MIB} MiB WAL segments; primary --durability best_effort --repl-backlog ${REPL_BACKLOG}`,
+      `primary and replica share one disk here: M1:2 and M1:1 are what it serves when read and written at once (${fmt(r.mixed.oneToTwo.value)} and ${fmt(r.mixed.oneToOne.value)} MiB/s read, ${(r.mixed.oneToTwo.value / r.w.value).toFixed(2)}× and ${(r.mixed.oneToOne.value / r.w.value).toFixed(2)}× W), so the 0.5× W targets lie above what this disk can do for a session; on separate disks a session reads one and writes the other`,
       `sanity: decisions catch_up and rebuild, replica current and applied at the end of each phase, all servers exited 0, checksums of primary and replica equal (catch-up ${r.catchUp.checksum}, rebuild ${r.rebuild.checksum})`,
       ...(r.profileDir === null ? [] : [`servers ran under node --cpu-prof (profiles in ${r.profileDir}): figures carry the profiler's overhead`]),
     ],
