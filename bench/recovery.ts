@@ -39,13 +39,20 @@
 //    IOPS logged every IOPS_INTERVAL_MS (lib/fio_nbd_timeline.ts). Unloaded
 //    window: warm-up + BENCH_SECONDS. Then stop the replica, delete its
 //    directory and create it again (pristine: it takes the primary's
-//    identity), start the foreground, and after the warm-up the replica; the
+//    identity); restart the primary with --rebuild-latency-target set from
+//    the unloaded window (below); start the foreground, and after the
+//    warm-up the replica; the
 //    primary decides rebuild (base lane: base.img in 1 MiB chunks, all-zero
 //    ones without data; WAL lane from the checkpoint) until the replica is
 //    'streaming'; then the foreground stops.
 //      rebuild MiB/s   = volume bytes / (streaming − decision)
 //      foreground kept = mean IOPS of the intervals inside [decision,
 //                        streaming] / the unloaded window's mean
+// The latency target: the foreground must keep half its unloaded IOPS, so its
+// latency may at most double (Little's law at a fixed queue depth); the
+// primary steers the base lane so its writes' mean latency (admission to
+// acknowledgement, without the client's part) stays under
+// LATENCY_TARGET_OF_UNLOADED × qd / unloaded IOPS.
 // Sessions are timed from the primary's decision (decision.atMs, wall clock,
 // taken on the HELLO) to the first poll that sees the end: the primary's
 // reconnect backoff (up to 5 s after a long absence) and the replica's own
@@ -60,7 +67,9 @@
 // directories agreeing.
 //
 // Env: BENCH_RECOVERY_GIB (C, default 1; e.g. 0.25 for a quick run),
-// BENCH_RECOVERY_REBUILD_RATE (passed as --rebuild-rate; default unthrottled),
+// BENCH_RECOVERY_REBUILD_RATE (passed as --rebuild-rate; default no cap),
+// BENCH_RECOVERY_LATENCY_TARGET (milliseconds, or 'off' for an unsteered
+// base lane; default from the unloaded window as above),
 // BENCH_RECOVERY_CPU_PROF=DIR (servers under node --cpu-prof, profiles in DIR).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -87,6 +96,8 @@ import { cpuBetween, loadAverages } from './lib/server_process';
 const CATCH_UP_VS_W_MIN = 0.5;
 const REBUILD_VS_W_MIN = 0.5;
 const FOREGROUND_KEPT_MIN = 0.5;
+/** The foreground's latency may grow to 2× (half its IOPS); the target leaves 30 % for what the primary does not see (the client, the socket) and for the steering's overshoot. */
+const LATENCY_TARGET_OF_UNLOADED = 1.4;
 
 const DEFAULT_RECOVERY_GIB = 1;
 const MIN_CATCH_UP_BYTES = 128 * MIB;
@@ -137,7 +148,8 @@ interface Cluster {
   readonly phase: PhaseName;
   readonly volumeBytes: number;
   readonly uri: string;
-  readonly primary: VolumeServer;
+  readonly socket: string;
+  primary: VolumeServer;
   readonly replicaDir: string;
   readonly replicaPort: number;
   readonly profile: CpuProfileSpec;
@@ -183,6 +195,7 @@ interface RebuildResult {
   readonly loaded: IopsOverWindow;
   readonly session: Session;
   readonly checksum: string;
+  readonly latencyTargetMs: number | null;
 }
 
 export const bench: Bench = {
@@ -197,6 +210,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
   const fio = await probeNbdBenchTools();
   const sizes = sizesFromEnv(process.env);
   const rebuildRate = rebuildRateFromEnv(process.env);
+  const latencyTarget = latencyTargetFromEnv(process.env);
   const profileDir = profileDirFromEnv(process.env);
   const profile: CpuProfileSpec = { dir: profileDir, startedAt };
   checkFreeSpace(ctx, sizes);
@@ -207,7 +221,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
   );
   const { w, mixed } = await measureDiskAnchors(ctx);
   const catchUp = await runCatchUpPhase(ctx, sizes.catchUpBytes, profile);
-  const rebuild = await runRebuildPhase(ctx, sizes.rebuildVolumeBytes, profile, rebuildRate);
+  const rebuild = await runRebuildPhase(ctx, sizes.rebuildVolumeBytes, profile, rebuildRate, latencyTarget);
   const loadavgEnd = loadAverages();
   ctx.log(`loadavg at end: ${loadavgEnd}`);
   return report({ startedAt, fio, measureMs: ctx.measureMs, warmupMs: ctx.warmupMs, sizes, rebuildRate, profileDir, loadavgStart, loadavgEnd, w, mixed, catchUp, rebuild });
@@ -222,6 +236,16 @@ function sizesFromEnv(env: NodeJS.ProcessEnv): Sizes {
     throw new RangeError(`BENCH_RECOVERY_GIB=${raw} is outside ${MIN_CATCH_UP_BYTES / MIB}..${MAX_CATCH_UP_BYTES / MIB} MiB (the default WAL's retention budget bounds a catch-up)`);
   }
   return { catchUpBytes, rebuildVolumeBytes: REBUILD_VOLUME_PER_CATCH_UP * catchUpBytes };
+}
+
+/** 'auto': from the unloaded window; 'off': none; else milliseconds. */
+function latencyTargetFromEnv(env: NodeJS.ProcessEnv): number | 'auto' | 'off' {
+  const raw = env.BENCH_RECOVERY_LATENCY_TARGET;
+  if (raw === undefined || raw === '' || raw === 'auto') return 'auto';
+  if (raw === 'off') return 'off';
+  const ms = Number(raw);
+  if (!Number.isFinite(ms) || ms <= 0) throw new RangeError(`BENCH_RECOVERY_LATENCY_TARGET must be milliseconds, 'auto' or 'off', got '${raw}'`);
+  return ms;
 }
 
 function rebuildRateFromEnv(env: NodeJS.ProcessEnv): string | null {
@@ -327,9 +351,16 @@ async function runCatchUpPhase(ctx: BenchContext, bytes: number, profile: CpuPro
 
 // ---- phase 2: rebuild under foreground writes ----
 
-async function runRebuildPhase(ctx: BenchContext, volumeBytes: number, profile: CpuProfileSpec, rebuildRate: string | null): Promise<RebuildResult> {
+async function runRebuildPhase(
+  ctx: BenchContext,
+  volumeBytes: number,
+  profile: CpuProfileSpec,
+  rebuildRate: string | null,
+  latencyTarget: number | 'auto' | 'off',
+): Promise<RebuildResult> {
   const create: CreateOptions = { walSegmentBytes: REBUILD_WAL_SEGMENT_BYTES };
-  const cluster = await startCluster(ctx, 'rebuild', volumeBytes, create, rebuildRate === null ? [] : ['--rebuild-rate', rebuildRate], profile);
+  const rateOptions = rebuildRate === null ? [] : ['--rebuild-rate', rebuildRate];
+  const cluster = await startCluster(ctx, 'rebuild', volumeBytes, create, rateOptions, profile);
   let foreground: NbdFioTimeline | null = null;
   try {
     const prefill = await writeSequential(ctx, cluster, 'prefill', volumeBytes);
@@ -343,6 +374,9 @@ async function runRebuildPhase(ctx: BenchContext, volumeBytes: number, profile: 
     fs.rmSync(cluster.replicaDir, { recursive: true, force: true });
     await createVolume(cluster.replicaDir, volumeBytes, create);
     ctx.log(`replica ${cluster.replicaDir} deleted and created again (pristine)`);
+    const latencyTargetMs =
+      latencyTarget === 'off' ? null : latencyTarget === 'auto' ? (LATENCY_TARGET_OF_UNLOADED * 1000 * FOREGROUND_IODEPTH) / unloaded.iops : latencyTarget;
+    if (latencyTargetMs !== null) await restartPrimary(ctx, cluster, [...rateOptions, '--rebuild-latency-target', latencyTargetMs.toFixed(2)]);
     await ctx.settle();
     const fg = NbdFioTimeline.start(foregroundJob(cluster, 'randwrite-during-rebuild', FOREGROUND_CAP_MS), ctx.dir, IOPS_INTERVAL_MS);
     foreground = fg;
@@ -353,7 +387,7 @@ async function runRebuildPhase(ctx: BenchContext, volumeBytes: number, profile: 
     const loaded = loadedIops(await fg.stop(), session);
     ctx.log(`${sessionLine(session, volumeBytes)}; foreground ${fmt(loaded.iops)} IOPS over ${loaded.intervals} intervals vs ${fmt(unloaded.iops)} unloaded`);
     const checksum = await finishPhase(ctx, cluster);
-    return { volumeBytes, prefill, lsnTail, unloaded, loaded, session, checksum };
+    return { volumeBytes, prefill, lsnTail, unloaded, loaded, session, checksum, latencyTargetMs };
   } finally {
     if (foreground !== null) await foreground.stop().catch(() => undefined);
     await stopCluster(ctx, cluster);
@@ -430,6 +464,7 @@ async function startCluster(
     phase,
     volumeBytes,
     uri: nbdUnixUri(socket, EXPORT_NAME),
+    socket,
     primary: { dir: primaryDir, server: primary },
     replicaDir,
     replicaPort: port,
@@ -443,6 +478,25 @@ async function startCluster(
 }
 
 /** SIGTERM to the replica (it must exit 0), then waits until the primary has seen it go. */
+/** Stops the primary (SIGTERM, exit 0) and starts it again on the same directory and socket with these options. */
+async function restartPrimary(ctx: BenchContext, cluster: Cluster, primaryOptions: readonly string[]): Promise<void> {
+  const ended = await cluster.primary.server.stop();
+  assert(/exited with code 0$/.test(ended), `the primary did not close cleanly: ${ended}`);
+  const options = ['--durability', 'best_effort', '--repl-backlog', REPL_BACKLOG, ...primaryOptions];
+  const server = await startPrimaryServer({
+    name: `${cluster.phase}-primary-2`,
+    dir: cluster.primary.dir,
+    socket: cluster.socket,
+    exportName: EXPORT_NAME,
+    replicaPort: cluster.replicaPort,
+    options,
+    profile: cluster.profile,
+    readyTimeoutMs: READY_TIMEOUT_MS,
+  });
+  cluster.primary = { dir: cluster.primary.dir, server };
+  ctx.log(`${cluster.phase}: primary restarted as pid ${server.pid} (${options.join(' ')})`);
+}
+
 async function stopReplica(ctx: BenchContext, cluster: Cluster): Promise<void> {
   const replica = cluster.replica;
   assert(replica !== null, 'the replica is not running');
@@ -753,7 +807,8 @@ function report(r: ReportInput): BenchResult {
   const rebuild = rebuildFigure(r.rebuild);
   const fgShape = `fio randwrite 4k qd${FOREGROUND_IODEPTH} through the primary (best_effort, replica fed)`;
   const unloaded = foregroundFigure(`randwrite 4k qd${FOREGROUND_IODEPTH} unloaded`, r.rebuild.unloaded, `${fgShape}, replica streaming; ${r.measureMs / 1000} s after a ${r.warmupMs / 1000} s warm-up`);
-  const loaded = foregroundFigure(`randwrite 4k qd${FOREGROUND_IODEPTH} during the rebuild`, r.rebuild.loaded, `${fgShape}, intervals wholly inside the rebuild session`);
+  const steer = r.rebuild.latencyTargetMs === null ? 'the base lane unsteered' : `the primary steering the base lane to a ${r.rebuild.latencyTargetMs.toFixed(2)} ms write latency target`;
+  const loaded = foregroundFigure(`randwrite 4k qd${FOREGROUND_IODEPTH} during the rebuild`, r.rebuild.loaded, `${fgShape}, intervals wholly inside the rebuild session, ${steer}`);
   return {
     bench: bench.name,
     description: bench.description,
@@ -764,7 +819,8 @@ function report(r: ReportInput): BenchResult {
       rebuildVolumeMiB: r.sizes.rebuildVolumeBytes / MIB,
       durability: 'best_effort',
       replBacklog: REPL_BACKLOG,
-      rebuildRate: r.rebuildRate ?? 'unthrottled',
+      rebuildRate: r.rebuildRate ?? 'no cap',
+      rebuildLatencyTargetMs: r.rebuild.latencyTargetMs === null ? 'off' : Number(r.rebuild.latencyTargetMs.toFixed(2)),
       loadavgStart: r.loadavgStart,
       loadavgEnd: r.loadavgEnd,
       ...(r.profileDir === null ? {} : { cpuProfiles: r.profileDir }),
