@@ -14,6 +14,14 @@
 //
 // bytesQueued lets the shell stop reading from the socket while too much
 // input waits (back-pressure stays with the shell).
+//
+// Large bodies (BODY_POOL_MIN_BYTES..BODY_POOL_BUFFER_BYTES: a base chunk, a
+// catch-up's WAL records) are copied into buffers the decoder lends out. A
+// caller done with every view of a frame's body hands it back with
+// release() and the next large frame reuses it: a rebuild then moves its
+// data through a few buffers instead of a fresh megabyte per chunk (each a
+// new mapping to fault in and, off the V8 heap, a push towards a full GC). A
+// body never released is an ordinary buffer the GC reclaims.
 import { ChunkQueue } from '../util/chunk_queue';
 import {
   checkFrameHeader,
@@ -32,9 +40,18 @@ export interface FrameDecoderOptions {
   bodyBytesMax?: number;
 }
 
+// Bodies lent out: at least this large, at most the buffers' size.
+export const BODY_POOL_MIN_BYTES = 256 << 10;
+export const BODY_POOL_BUFFER_BYTES = (2 << 20) + 4096;
+// Buffers kept for reuse (64 MiB at most).
+const BODY_POOL_FREE_MAX = 32;
+
 export class FrameDecoder {
   readonly bodyBytesMax: number;
   private readonly queue = new ChunkQueue();
+  // Body buffers lent out (by their memory), and those handed back.
+  private readonly lent = new WeakSet<ArrayBufferLike>();
+  private readonly free: Buffer[] = [];
   // Where a header split across chunks is gathered; reused for every frame
   // (a frame's header is no longer needed once its body is decoded).
   private readonly headerScratch = new Uint8Array(FRAME_HEADER_BYTES);
@@ -86,6 +103,28 @@ export class FrameDecoder {
     const header = this.header;
     if (this.queue.bytesQueued < header.bodyBytes) return undefined;
     this.header = undefined;
-    return decodeFrameBody(header, this.queue.take(header.bodyBytes));
+    const scratch = this.lend(header.bodyBytes);
+    const body = this.queue.take(header.bodyBytes, scratch);
+    // In one chunk: decoded in place, the buffer not needed.
+    if (scratch !== undefined && body.buffer !== scratch.buffer) this.release(scratch);
+    return decodeFrameBody(header, body);
+  }
+
+  // A buffer for a large body (take() uses it only when the body spans
+  // chunks); undefined for small ones.
+  private lend(bodyBytes: number): Uint8Array | undefined {
+    if (bodyBytes < BODY_POOL_MIN_BYTES || bodyBytes > BODY_POOL_BUFFER_BYTES) return undefined;
+    const buffer = this.free.pop() ?? Buffer.allocUnsafeSlow(BODY_POOL_BUFFER_BYTES);
+    this.lent.add(buffer.buffer);
+    return buffer;
+  }
+
+  // The caller holds no view of this frame body any more (any view of it
+  // will do): its buffer may carry the next large frame. Anything else, or a
+  // second release, is ignored.
+  release(view: Uint8Array): void {
+    const memory = view.buffer;
+    if (!this.lent.delete(memory)) return;
+    if (this.free.length < BODY_POOL_FREE_MAX) this.free.push(Buffer.from(memory, 0, BODY_POOL_BUFFER_BYTES));
   }
 }

@@ -193,6 +193,12 @@ export class ReplicationLink {
     return this.framesReceived;
   }
 
+  // The caller holds no view of that received frame's body any more: its
+  // buffer may carry a later frame (FrameDecoder.release).
+  releaseBody(view: Uint8Array): void {
+    this.decoder.release(view);
+  }
+
   get framesOut(): number {
     return this.framesSent;
   }

@@ -80,6 +80,8 @@ export class ReplicaReplication {
     this.server = net.createServer((socket) => this.accept(socket));
     this.rebuild = new ReplicaRebuild(this.volume, this.log);
     this.rebuild.onAck = (ack) => this.current?.link.send(ack);
+    // A chunk from an earlier link is not that link's decoder's: ignored.
+    this.rebuild.onDataDone = (data) => this.current?.link.releaseBody(data);
     this.rebuild.onCompleted = (ack) => {
       if (this.current !== undefined) this.current.link.send(ack);
       else this.log.warn('rebuild completed with no primary connected: the next one learns it from the HELLO');

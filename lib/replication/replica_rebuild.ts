@@ -66,6 +66,8 @@ export class ReplicaRebuild {
   onCompleted: ((ack: SessionAckFrame) => void) | undefined;
   // Progress and failures of the base writer, for the current primary link.
   onAck: ((ack: SessionAckFrame) => void) | undefined;
+  // A base chunk's data is written (or refused) and no longer referenced.
+  onDataDone: ((data: Uint8Array) => void) | undefined;
   private readonly queue: BaseChunkFrame[] = [];
   private queuedBytes = 0;
   private queueWaiters: (() => void)[] = [];
@@ -203,6 +205,8 @@ export class ReplicaRebuild {
         data: f.zero ? undefined : f.data,
       })),
     );
+    // The chunks' data is in base.img now (or refused): no view of it is kept.
+    for (const f of batch) if (f.data !== undefined) this.onDataDone?.(f.data);
     if (this.state !== r) return;
     for (const out of planned) {
       if (out.ok) r.tokens.push(out.plan.token);

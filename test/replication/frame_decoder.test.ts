@@ -400,3 +400,62 @@ test('a decoder is not poisoned by waiting for bytes', () => {
   assert.equal(decoder.error, undefined);
   assert.deepEqual(decodeChunks([own(STREAM)], decoder), SAMPLES);
 });
+
+// A base chunk of `blocks` blocks whose bytes all equal fill.
+function bigChunk(fill: number, blocks = 256): BaseChunkFrame {
+  const data = new Uint8Array(blocks * 4096).fill(fill);
+  return { type: 'base_chunk', epoch: 3, sessionId: 9, index: fill, startBlock: fill * blocks, blocks, lsnCheckpoint: 5, digest: 7n, zero: false, data };
+}
+
+// The frame's bytes in 64 KiB pieces, each in memory of its own, as a socket delivers them.
+function pieces(frame: BaseChunkFrame): Uint8Array[] {
+  const bytes = encodeFrame(frame);
+  const out: Uint8Array[] = [];
+  for (let at = 0; at < bytes.length; at += 65536) out.push(own(bytes.subarray(at, at + 65536)));
+  return out;
+}
+
+test('a released large body carries the next large frame; one never released stays intact', () => {
+  const decoder = new FrameDecoder();
+  const next = (frame: BaseChunkFrame): BaseChunkFrame => {
+    for (const piece of pieces(frame)) decoder.push(piece);
+    const got = decoder.next() as BaseChunkFrame;
+    assert.deepEqual({ ...got, data: undefined }, { ...frame, data: undefined });
+    assert.ok(Buffer.from(got.data!.buffer, got.data!.byteOffset, got.data!.byteLength).equals(frame.data!), `chunk ${frame.index}'s data`);
+    return got;
+  };
+  const first = next(bigChunk(1));
+  const kept = next(bigChunk(2));
+  assert.notEqual(first.data!.buffer, kept.data!.buffer, 'two bodies lent at once have their own buffers');
+  decoder.release(first.data!);
+  decoder.release(first.data!); // a second release changes nothing
+  const third = next(bigChunk(3));
+  assert.equal(third.data!.buffer, first.data!.buffer, 'the released buffer carries the next large body');
+  const fourth = next(bigChunk(4));
+  assert.notEqual(fourth.data!.buffer, third.data!.buffer, 'a buffer is lent to one body at a time');
+  assert.ok(kept.data!.every((b) => b === 2), 'the body never released still holds its own bytes');
+
+  // A foreign view, or a small frame's, is not taken in.
+  decoder.release(Buffer.alloc(4096));
+  const small = bigChunk(5, 1);
+  decoder.push(own(encodeFrame(small)));
+  const smallGot = decoder.next() as BaseChunkFrame;
+  decoder.release(smallGot.data!);
+  decoder.release(fourth.data!);
+  const fifth = next(bigChunk(6));
+  assert.equal(fifth.data!.buffer, fourth.data!.buffer);
+});
+
+test('a large body that arrives in one chunk is decoded in place and lends nothing', () => {
+  const decoder = new FrameDecoder();
+  const frame = bigChunk(7);
+  const whole = own(encodeFrame(frame));
+  decoder.push(whole);
+  const got = decoder.next() as BaseChunkFrame;
+  assert.equal(got.data!.buffer, whole.buffer);
+  decoder.release(got.data!); // not lent: ignored
+  for (const piece of pieces(bigChunk(8))) decoder.push(piece);
+  const spanning = decoder.next() as BaseChunkFrame;
+  assert.notEqual(spanning.data!.buffer, whole.buffer);
+  assert.ok(whole.subarray(whole.length - 4096).every((b) => b === 7), 'the chunk pushed by the caller is never written');
+});
