@@ -43,7 +43,8 @@ export interface FrameDecoderOptions {
 // Bodies lent out: at least this large, at most the buffers' size.
 export const BODY_POOL_MIN_BYTES = 256 << 10;
 export const BODY_POOL_BUFFER_BYTES = (2 << 20) + 4096;
-// Buffers kept for reuse (64 MiB at most).
+// Buffers kept for reuse (at most 64 MiB, while large frames keep coming:
+// trimPool() lets them go once they stop).
 const BODY_POOL_FREE_MAX = 32;
 
 export class FrameDecoder {
@@ -52,6 +53,7 @@ export class FrameDecoder {
   // Body buffers lent out (by their memory), and those handed back.
   private readonly lent = new WeakSet<ArrayBufferLike>();
   private readonly free: Buffer[] = [];
+  private lentSinceTrim = false;
   // Where a header split across chunks is gathered; reused for every frame
   // (a frame's header is no longer needed once its body is decoded).
   private readonly headerScratch = new Uint8Array(FRAME_HEADER_BYTES);
@@ -116,7 +118,20 @@ export class FrameDecoder {
     if (bodyBytes < BODY_POOL_MIN_BYTES || bodyBytes > BODY_POOL_BUFFER_BYTES) return undefined;
     const buffer = this.free.pop() ?? Buffer.allocUnsafeSlow(BODY_POOL_BUFFER_BYTES);
     this.lent.add(buffer.buffer);
+    this.lentSinceTrim = true;
     return buffer;
+  }
+
+  // Called now and then (the link's heartbeat timer): drops the buffers
+  // kept for reuse when no large frame came since the last call.
+  trimPool(): void {
+    if (!this.lentSinceTrim) this.free.length = 0;
+    this.lentSinceTrim = false;
+  }
+
+  // Buffers kept for reuse now.
+  get pooledBuffers(): number {
+    return this.free.length;
   }
 
   // The caller holds no view of this frame body any more (any view of it

@@ -263,6 +263,7 @@ export class ReplicationLink {
 
   private readonly heartbeatDue = (): void => {
     if (this.closing) return;
+    this.decoder.trimPool();
     const quietMs = performance.now() - this.sentAtMs;
     if (quietMs < this.settings.heartbeatIntervalMs) {
       this.heartbeatTimer = later(this.heartbeatDue, this.settings.heartbeatIntervalMs - quietMs);

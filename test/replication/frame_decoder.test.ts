@@ -459,3 +459,24 @@ test('a large body that arrives in one chunk is decoded in place and lends nothi
   assert.notEqual(spanning.data!.buffer, whole.buffer);
   assert.ok(whole.subarray(whole.length - 4096).every((b) => b === 7), 'the chunk pushed by the caller is never written');
 });
+
+test('buffers kept for reuse go at the first trim after large frames stop, and stay while they come', () => {
+  const decoder = new FrameDecoder();
+  const take = (fill: number): BaseChunkFrame => {
+    for (const piece of pieces(bigChunk(fill))) decoder.push(piece);
+    return decoder.next() as BaseChunkFrame;
+  };
+  const a = take(1);
+  const b = take(2);
+  decoder.release(a.data!);
+  decoder.release(b.data!);
+  assert.equal(decoder.pooledBuffers, 2);
+  decoder.trimPool(); // large frames came since the last trim: kept
+  assert.equal(decoder.pooledBuffers, 2);
+  decoder.release(take(3).data!);
+  decoder.trimPool();
+  assert.equal(decoder.pooledBuffers, 2);
+  decoder.trimPool(); // none since: dropped
+  assert.equal(decoder.pooledBuffers, 0);
+  assert.ok(take(4).data!.every((x) => x === 4), 'a fresh buffer after the trim');
+});
