@@ -103,10 +103,12 @@ function renderReplication(r: PrimaryReplicationStatus | ReplicaReplicationStatu
     const b = p.rebuild;
     if (b !== undefined) {
       lines.push(
-        `             rebuild  ${progressBar(b.bytesSent, b.bytesTotal, b.bytesPerSecond, b.etaSeconds)}`,
-        `                      session ${b.sessionId}${b.resumed ? ' (resumed)' : ''}: chunks sent ${b.chunksSent}, durable there ${b.chunksDone} of ${b.chunksTotal}; base LSN ${b.lsnBase}, target ${b.lsnTarget}`,
+        `             ${b.resync ? 'resync ' : 'rebuild'}  ${progressBar(b.bytesSent, b.bytesTotal, b.bytesPerSecond, b.etaSeconds)}`,
+        `                      session ${b.sessionId}${b.resumed ? ' (resumed)' : ''}: chunks sent ${b.chunksSent}${b.resync ? ` (${b.chunksUnchanged} unchanged, without data)` : ''}, durable there ${b.chunksDone} of ${b.chunksTotal}; base LSN ${b.lsnBase}, target ${b.lsnTarget}`,
       );
     }
+    const d = p.dirtyBitmap;
+    if (d !== undefined) lines.push(`             dirty bitmap: ${d.dirtyBlocks} blocks (${formatBytes(d.dirtyBlocks * 4096)}) written since LSN ${d.lsnFrom}; a resync copies those if the WAL no longer holds its gap`);
     const h = p.retention;
     if (h !== undefined) {
       const time = h.headroomSeconds === undefined ? 'no writes now' : `about ${h.headroomSeconds.toFixed(0)} s at the current write rate`;

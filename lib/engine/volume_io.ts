@@ -45,6 +45,10 @@ export interface ShippedRecord {
   lsn: number;
   bytes: Buffer;
   checksum: bigint;
+  // What it touches (control records: none).
+  kind: 'write' | 'trim' | 'zero' | 'control';
+  lba: number;
+  lengthBlocks: number;
 }
 
 // What a replica's WAL holds beyond what it has applied (the dirty map only
@@ -622,7 +626,7 @@ export class VolumeIo {
         onAssigned(rec);
         this.lsnApplied = rec.lsn;
         this.applyChecksum = extendApplyChecksum(this.applyChecksum, rec.checksum);
-        this.onRecord?.({ lsn: rec.lsn, bytes: rec.bytes!, checksum: rec.checksum });
+        this.onRecord?.({ lsn: rec.lsn, bytes: rec.bytes!, checksum: rec.checksum, kind: r.kind, lba: r.lba, lengthBlocks: r.lengthBlocks });
         assign();
       },
     });

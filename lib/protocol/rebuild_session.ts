@@ -130,6 +130,11 @@ export interface RebuildSessionParams extends SessionRef {
   chunkBlocks: number;
   volumeBlocks: number;
   blockBytes?: number; // bytes of data per block in a chunk; 4096 when absent
+  // A bitmap resync: the replica's base image is current to its applied LSN,
+  // and chunks the primary's dirty bitmap does not mark come as unchanged
+  // (planUnchanged). A resumed session is a plain rebuild (every chunk left
+  // comes with its data).
+  resync?: boolean;
 }
 
 export type RecordKind = 'write' | 'trim' | 'zero' | 'control';
@@ -228,6 +233,7 @@ export class RebuildSession {
   readonly volumeBlocks: number;
   readonly blockBytes: number;
   readonly chunksTotal: number;
+  readonly resync: boolean;
 
   protected readonly bitmap: BlockBitmap;
   readonly #digest: DigestFn;
@@ -254,6 +260,7 @@ export class RebuildSession {
     this.volumeBlocks = params.volumeBlocks;
     this.blockBytes = params.blockBytes ?? 4096;
     this.chunksTotal = Math.ceil(params.volumeBlocks / params.chunkBlocks);
+    this.resync = params.resync === true;
     this.bitmap = bitmap;
     this.#digest = options.digest ?? xxh3Digest;
     const lsnApplied = options.lsnApplied ?? params.lsnBase;
@@ -460,6 +467,21 @@ export class RebuildSession {
     return { ok: true, plan: { token, chunkIndex: chunk.index, runs: runs.map((r) => ({ ...r })) } };
   }
 
+  // A resync's chunk the primary's dirty bitmap does not mark: the replica
+  // holds its content already, so nothing is written; the chunk is done once
+  // baseWriteDone() says the batch it came in is durable. Only in a resync.
+  planUnchanged(ref: SessionRef, chunk: Omit<BaseChunk, 'digest'>): Outcome<{ plan: BaseWritePlan }> {
+    const refused =
+      this.refuse(ref) ??
+      this.refuse({ sessionId: chunk.sessionId, epoch: chunk.epoch }) ??
+      (this.resync ? undefined : refusal('chunk_mismatch', `chunk ${chunk.index} came as unchanged outside a resync`)) ??
+      this.refuseChunk(chunk, undefined);
+    if (refused !== undefined) return refused;
+    const token = this.#tokenNext++;
+    this.#pending.set(token, { chunkIndex: chunk.index, runs: [], lsnCheckpoint: chunk.lsnCheckpoint });
+    return { ok: true, plan: { token, chunkIndex: chunk.index, runs: [] } };
+  }
+
   // The plan's writes are durable: its chunk is done.
   baseWriteDone(ref: SessionRef, token: number): Outcome<{ baseDone: boolean }> {
     const refused = this.refuse(ref);
@@ -612,7 +634,7 @@ export class RebuildSession {
     return undefined;
   }
 
-  private refuseChunk(chunk: BaseChunk, data: Uint8Array): Refusal | undefined {
+  private refuseChunk(chunk: Omit<BaseChunk, 'digest'>, data: Uint8Array | undefined): Refusal | undefined {
     const { index } = chunk;
     if (!Number.isSafeInteger(index) || index < 0 || index >= this.chunksTotal) {
       return refusal('chunk_mismatch', `chunk ${index} outside [0, ${this.chunksTotal})`);
@@ -627,7 +649,7 @@ export class RebuildSession {
     }
     if (this.isChunkDone(index)) return refusal('chunk_done', `chunk ${index} is already done`);
     if (this.isChunkInFlight(index)) return refusal('chunk_in_flight', `chunk ${index} is being written`);
-    if (data.byteLength !== blocks * this.blockBytes) {
+    if (data !== undefined && data.byteLength !== blocks * this.blockBytes) {
       return refusal('data_length', `chunk ${index} carries ${data.byteLength} bytes, expected ${blocks * this.blockBytes}`);
     }
     return undefined;

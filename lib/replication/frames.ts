@@ -48,7 +48,9 @@
 //                bytes; the body ends exactly after the last record. Records
 //                are opaque here (the WAL format verifies them).
 //   ACK          0 lsnReceived, 8 lsnDurable, 16 lsnApplied, 24 applyChecksum
-//                u64 (the chain at lsnApplied). 32 bytes.
+//                u64 (the chain at lsnApplied), 32 lsnCheckpoint (<= lsnApplied:
+//                its base image holds everything up to it; after a crash it
+//                applies at least this far again). 40 bytes.
 //   COMMIT       0 lsnCommit. 8 bytes.
 //   SYNC         0 lsnSync: make every record up to it durable, then ACK. 8 bytes.
 //   HEARTBEAT    0 sequence (no sender time: the core reads no clock). 8 bytes.
@@ -61,15 +63,20 @@
 //                (bit set below 2^FEATURE_BITS), 48 chunkBlocks u32
 //                (1..BASE_CHUNK_BLOCKS_MAX), 52 chunkFrom u32 (first chunk the
 //                primary sends, <= the session's chunk count), 56 durabilityCode
-//                u8 (0 none, else statemachine/control.ts codes), 57..63
-//                reserved 0. 64 bytes.
+//                u8 (0 none, else statemachine/control.ts codes), 57 startFlags
+//                u8 (bit 0: a bitmap resync: the replica keeps its base image,
+//                made current to its applied LSN, and the primary sends only
+//                chunks its dirty bitmap marks, the others as unchanged;
+//                other bits 0), 58..63 reserved 0. 64 bytes.
 //   BASE_CHUNK   0 sessionId, 8 index u32, 12 blocks u32
 //                (1..BASE_CHUNK_BLOCKS_MAX), 16 startBlock, 24 lsnCheckpoint
 //                (the primary's checkpoint when it read the chunk), 32 digest
 //                u64 (XXH3-64 of the chunk's blocks x BLOCK_BYTES bytes, zero
-//                or not), 40 chunkFlags u32 (bit 0: all zeros, no data; other
-//                bits 0), 44 reserved u32 0, 48 data: blocks x BLOCK_BYTES
-//                bytes, none when all zeros. (startBlock + blocks) x
+//                or not), 40 chunkFlags u32 (bit 0: all zeros, no data; bit 1:
+//                unchanged since the replica's position, no data, digest 0,
+//                only in a resync; not both; other bits 0), 44 reserved u32
+//                0, 48 data: blocks x BLOCK_BYTES bytes, none when all zeros
+//                or unchanged. (startBlock + blocks) x
 //                BLOCK_BYTES <= 2^53 - 1. Exactly 48 (+ the data) bytes.
 //   SESSION_ACK  0 sessionId, 8 lsnApplied, 16 lsnAchieved (0 unless the
 //                phase is completed), 24 chunksDone u32 (a durable prefix),
@@ -117,7 +124,7 @@ const FRAME_FLAGS_KNOWN = 0;
 export const HELLO_FIXED_BYTES = 64;
 export const WAL_RECORDS_PREFIX_BYTES = 16;
 export const WAL_RECORD_ENTRY_BYTES = 12;
-export const ACK_BODY_BYTES = 32;
+export const ACK_BODY_BYTES = 40;
 export const COMMIT_BODY_BYTES = 8;
 export const SYNC_BODY_BYTES = 8;
 export const HEARTBEAT_BODY_BYTES = 8;
@@ -129,6 +136,8 @@ export const SESSION_ACK_FIXED_BYTES = 36;
 // HELLO byte 2; BASE_CHUNK's chunkFlags; SESSION_ACK's ackFlags.
 const HELLO_FLAG_REBUILD = 0x1;
 const CHUNK_FLAG_ZERO = 0x1;
+const CHUNK_FLAG_UNCHANGED = 0x2;
+const START_FLAG_RESYNC = 0x1;
 const ACK_FLAG_DIGESTS_MATCH = 0x1;
 
 // ---- Limits ----
@@ -227,6 +236,7 @@ export interface AckFrame {
   readonly lsnDurable: number;
   readonly lsnApplied: number;
   readonly applyChecksum: ApplyChecksum; // the chain at lsnApplied
+  readonly lsnCheckpoint: number; // <= lsnApplied: applied again at least this far after a crash
 }
 
 export interface CommitFrame {
@@ -275,6 +285,8 @@ export interface RebuildStartFrame {
   readonly durabilityCode: number; // statemachine/control.ts durabilityCode(): 0 none, 1..3
   readonly chunkBlocks: number; // 1..BASE_CHUNK_BLOCKS_MAX
   readonly chunkFrom: number; // u32, <= ceil(sizeBytes / BLOCK_BYTES / chunkBlocks)
+  // A bitmap resync (decoded only when set): the replica keeps its base image.
+  readonly resync?: boolean;
 }
 
 // One chunk of the base lane. data is blocks x BLOCK_BYTES bytes, or
@@ -291,6 +303,9 @@ export interface BaseChunkFrame {
   readonly digest: bigint; // XXH3-64 of the chunk's blocks x BLOCK_BYTES bytes, zeros included
   readonly zero: boolean;
   readonly data: Uint8Array | undefined;
+  // Unchanged since the replica's position (a resync; decoded only when set):
+  // not zero, no data, digest 0; the replica keeps what it holds.
+  readonly unchanged?: boolean;
 }
 
 export type SessionPhase = 'accepted' | 'running' | 'base_done' | 'completed' | 'failed';
@@ -576,6 +591,8 @@ function encodeAck(frame: AckFrame): Buffer {
   writeLsn(view, 8, 'lsnDurable', frame.lsnDurable);
   writeLsn(view, 16, 'lsnApplied', frame.lsnApplied);
   view.setBigUint64(24, frame.applyChecksum, true);
+  writeLsn(view, 32, 'lsnCheckpoint', frame.lsnCheckpoint);
+  if (frame.lsnCheckpoint > frame.lsnApplied) throw new RangeError(`lsnCheckpoint ${frame.lsnCheckpoint} is above lsnApplied ${frame.lsnApplied}`);
   return body;
 }
 
@@ -620,6 +637,8 @@ function encodeRebuildStart(frame: RebuildStartFrame): Buffer {
   view.setUint32(48, frame.chunkBlocks, true);
   view.setUint32(52, frame.chunkFrom, true);
   view.setUint8(56, frame.durabilityCode);
+  if (frame.resync !== undefined && typeof frame.resync !== 'boolean') throw new TypeError('resync must be a boolean or undefined');
+  view.setUint8(57, frame.resync === true ? START_FLAG_RESYNC : 0);
   return body;
 }
 
@@ -645,11 +664,16 @@ function encodeBaseChunk(frame: BaseChunkFrame): Uint8Array[] {
   writeU53(view, 16, frame.startBlock);
   writeLsn(view, 24, 'lsnCheckpoint', frame.lsnCheckpoint);
   view.setBigUint64(32, frame.digest, true);
-  view.setUint32(40, frame.zero ? CHUNK_FLAG_ZERO : 0, true);
+  view.setUint32(40, (frame.zero ? CHUNK_FLAG_ZERO : 0) | (frame.unchanged === true ? CHUNK_FLAG_UNCHANGED : 0), true);
   return frame.data === undefined ? [fixed] : [fixed, frame.data];
 }
 
 function checkChunkData(frame: BaseChunkFrame): void {
+  if (frame.unchanged !== undefined && typeof frame.unchanged !== 'boolean') throw new TypeError('unchanged must be a boolean or undefined');
+  if (frame.unchanged === true) {
+    if (frame.zero || frame.data !== undefined || frame.digest !== 0n) throw new RangeError('an unchanged chunk is not zero and carries no data and digest 0');
+    return;
+  }
   if (frame.zero) {
     if (frame.data !== undefined) throw new RangeError('a zero chunk carries no data: data must be undefined');
     return;
@@ -929,13 +953,17 @@ function decodeWalRecords(epoch: number, body: Uint8Array): WalRecordsFrame {
 
 function decodeAck(epoch: number, body: Uint8Array): AckFrame {
   const view = viewOf(body);
+  const lsnApplied = readU53(view, 16, 'lsnApplied');
+  const lsnCheckpoint = readU53(view, 32, 'lsnCheckpoint');
+  if (lsnCheckpoint > lsnApplied) throw malformed(`ack: lsnCheckpoint ${lsnCheckpoint} is above lsnApplied ${lsnApplied}`);
   return {
     type: 'ack',
     epoch,
     lsnReceived: readU53(view, 0, 'lsnReceived'),
     lsnDurable: readU53(view, 8, 'lsnDurable'),
-    lsnApplied: readU53(view, 16, 'lsnApplied'),
+    lsnApplied,
     applyChecksum: view.getBigUint64(24, true),
+    lsnCheckpoint,
   };
 }
 
@@ -972,8 +1000,10 @@ function decodeRebuildStart(epoch: number, body: Uint8Array): RebuildStartFrame 
   if (durabilityCode !== 0 && durabilityOfCode(durabilityCode) === undefined) {
     throw malformed(`rebuild_start: unknown durability code ${durabilityCode}`);
   }
-  if (!body.subarray(57, REBUILD_START_BODY_BYTES).every((b) => b === 0)) throw malformed('rebuild_start: reserved bytes are not zero');
-  return {
+  const startFlags = view.getUint8(57);
+  if ((startFlags & ~START_FLAG_RESYNC) !== 0) throw malformed(`rebuild_start: unknown flags 0x${startFlags.toString(16)}`);
+  if (!body.subarray(58, REBUILD_START_BODY_BYTES).every((b) => b === 0)) throw malformed('rebuild_start: reserved bytes are not zero');
+  const frame: RebuildStartFrame = {
     type: 'rebuild_start',
     epoch,
     sessionId: readU53(view, 0, 'rebuild_start: sessionId'),
@@ -986,6 +1016,7 @@ function decodeRebuildStart(epoch: number, body: Uint8Array): RebuildStartFrame 
     chunkBlocks,
     chunkFrom,
   };
+  return (startFlags & START_FLAG_RESYNC) !== 0 ? { ...frame, resync: true } : frame;
 }
 
 // data is a view of body, not a copy.
@@ -996,15 +1027,19 @@ function decodeBaseChunk(epoch: number, body: Uint8Array): BaseChunkFrame {
   const startBlock = readU53(view, 16, 'base_chunk: startBlock');
   checkChunkRange(startBlock, blocks, (message) => malformed(`base_chunk: ${message}`));
   const chunkFlags = view.getUint32(40, true);
-  if ((chunkFlags & ~CHUNK_FLAG_ZERO) !== 0) throw malformed(`base_chunk: unknown flags 0x${chunkFlags.toString(16)}`);
+  if ((chunkFlags & ~(CHUNK_FLAG_ZERO | CHUNK_FLAG_UNCHANGED)) !== 0) throw malformed(`base_chunk: unknown flags 0x${chunkFlags.toString(16)}`);
   if (view.getUint32(44, true) !== 0) throw malformed('base_chunk: reserved bytes are not zero');
   const zero = (chunkFlags & CHUNK_FLAG_ZERO) !== 0;
-  const dataBytes = zero ? 0 : blocks * BLOCK_BYTES;
+  const unchanged = (chunkFlags & CHUNK_FLAG_UNCHANGED) !== 0;
+  if (zero && unchanged) throw malformed('base_chunk: both zero and unchanged');
+  const digest = view.getBigUint64(32, true);
+  if (unchanged && digest !== 0n) throw malformed('base_chunk: an unchanged chunk with a digest');
+  const dataBytes = zero || unchanged ? 0 : blocks * BLOCK_BYTES;
   if (body.byteLength !== BASE_CHUNK_FIXED_BYTES + dataBytes) {
-    const what = zero ? 'a zero chunk (no data)' : `${blocks} blocks of data`;
+    const what = zero ? 'a zero chunk (no data)' : unchanged ? 'an unchanged chunk (no data)' : `${blocks} blocks of data`;
     throw malformed(`base_chunk: ${body.byteLength} bytes for ${what}`);
   }
-  return {
+  const frame: BaseChunkFrame = {
     type: 'base_chunk',
     epoch,
     sessionId: readU53(view, 0, 'base_chunk: sessionId'),
@@ -1012,11 +1047,12 @@ function decodeBaseChunk(epoch: number, body: Uint8Array): BaseChunkFrame {
     startBlock,
     blocks,
     lsnCheckpoint: readU53(view, 24, 'base_chunk: lsnCheckpoint'),
-    digest: view.getBigUint64(32, true),
+    digest,
     zero,
     // A plain Uint8Array view (never a Buffer), like WAL record bytes.
-    data: zero ? undefined : new Uint8Array(body.buffer, body.byteOffset + BASE_CHUNK_FIXED_BYTES, dataBytes),
+    data: dataBytes === 0 ? undefined : new Uint8Array(body.buffer, body.byteOffset + BASE_CHUNK_FIXED_BYTES, dataBytes),
   };
+  return unchanged ? { ...frame, unchanged: true } : frame;
 }
 
 function decodeSessionAck(epoch: number, body: Uint8Array): SessionAckFrame {

@@ -28,12 +28,14 @@ import type { Logger } from 'pino';
 
 import type { ShippedRecord, Volume } from '../engine/volume';
 import { BlockwalError } from '../native/errors';
+import { decodeRecord } from '../native/wal_format';
 import type { AckGate } from '../node/volume_backend';
 import { DURABILITY_MODES, type DurabilityMode, durabilityCode } from '../statemachine/control';
 import { applyChecksumToHex, type ApplyChecksum } from './apply_checksum';
 import { checkEpoch } from './epoch';
 import type { AckFrame, Frame, HelloFrame, SessionAckFrame, WalRecord } from './frames';
 import { WAL_GROUP_BYTES_MAX } from './frames';
+import { DirtyBitmap, type DirtyBitmapFacts } from './dirty_bitmap';
 import { describeClose, type LinkCloseReason, ReplicationLink } from './link';
 import { type Projection, ProtocolEngine } from '../protocol/engine';
 import { xxh3Digest } from '../protocol/rebuild_session';
@@ -104,8 +106,24 @@ export interface ReplicaPeerStatus {
   completed: { catchUps: number; rebuilds: number };
   // A running rebuild: the base lane's progress (chunks sent, and done = durable on the replica).
   rebuild:
-    | { sessionId: number; resumed: boolean; lsnBase: number; lsnTarget: number; chunksTotal: number; chunksSent: number; chunksDone: number; bytesSent: number; bytesTotal: number; bytesPerSecond: number; etaSeconds: number | undefined }
+    | {
+        sessionId: number;
+        resumed: boolean;
+        resync: boolean; // a bitmap resync (chunks the dirty bitmap leaves out go as unchanged)
+        lsnBase: number;
+        lsnTarget: number;
+        chunksTotal: number;
+        chunksSent: number;
+        chunksUnchanged: number;
+        chunksDone: number;
+        bytesSent: number;
+        bytesTotal: number;
+        bytesPerSecond: number;
+        etaSeconds: number | undefined;
+      }
     | undefined;
+  // While the replica is away: the blocks written since it left (lsnFrom, in epoch).
+  dirtyBitmap: DirtyBitmapFacts | undefined;
   // While the replica lags: WAL held for it, and how much more (and about how
   // long at the current write rate) before it falls off the WAL.
   retention: { heldBytes: number; headroomBytes: number; headroomSeconds: number | undefined } | undefined;
@@ -162,6 +180,9 @@ interface RebuildRun {
   baseSent: boolean;
   startedMs: number;
   resumed: boolean;
+  // A bitmap resync: chunks the replica's dirty bitmap leaves out go as unchanged.
+  resync: boolean;
+  chunksUnchanged: number;
 }
 
 const zeroChunks = new Map<number, { zeros: Buffer; digest: bigint }>();
@@ -190,6 +211,10 @@ interface BacklogEntry {
   bytes: Buffer;
   applyChecksum: ApplyChecksum; // the chain after this record
   atMs: number;
+  // The blocks it touches (a dirty bitmap made later marks them).
+  kind: ShippedRecord['kind'];
+  lba: number;
+  lengthBlocks: number;
 }
 
 // Contiguous LSNs, oldest first; bounded by bytes.
@@ -300,8 +325,10 @@ export class PrimaryReplication implements AckGate {
     r.restoreMembership();
     const now = performance.now();
     for (const rec of await options.volume.replayedRecords()) {
-      r.backlog.push({ lsn: rec.lsn, bytes: rec.bytes, applyChecksum: rec.applyChecksum, atMs: now });
+      const { kind, lba, lengthBlocks } = decodeRecord(rec.bytes);
+      r.backlog.push({ lsn: rec.lsn, bytes: rec.bytes, applyChecksum: rec.applyChecksum, atMs: now, kind, lba, lengthBlocks });
     }
+    for (const p of r.peers) p.openDirty();
     if (r.backlog.lsnLast !== 0) r.log.info({ lsnFirst: r.backlog.lsnFirst, lsnLast: r.backlog.lsnLast, bytes: r.backlog.bytes }, 'backlog seeded from the WAL');
     options.volume.setWalPin(() => r.walPinLsn());
     r.protocol({ type: 'assignment', epoch: r.epoch, role: 'primary', replicas: r.peers.map((p) => p.address) });
@@ -312,9 +339,20 @@ export class PrimaryReplication implements AckGate {
 
   // Volume hook: each record as it gets its LSN (synchronously, in order).
   onRecord(record: ShippedRecord): void {
-    this.backlog.push({ lsn: record.lsn, bytes: record.bytes, applyChecksum: this.volume.applyChecksum, atMs: performance.now() });
+    this.backlog.push({
+      lsn: record.lsn,
+      bytes: record.bytes,
+      applyChecksum: this.volume.applyChecksum,
+      atMs: performance.now(),
+      kind: record.kind,
+      lba: record.lba,
+      lengthBlocks: record.lengthBlocks,
+    });
     this.bytesWritten += record.bytes.byteLength;
-    for (const p of this.peers) p.schedulePump();
+    for (const p of this.peers) {
+      p.markDirty(record);
+      p.schedulePump();
+    }
   }
 
   // A durability control record was applied: acknowledgements follow the new
@@ -565,7 +603,9 @@ export class PrimaryReplication implements AckGate {
 
   // A replica's facts, with ours as of its position.
   report(peer: ReplicaPeer, replicaFacts: ReplicaFacts, lsnReplica: number): void {
-    this.protocol({ type: 'replica_report', replica: peer.address, replicaFacts, primaryFacts: this.facts(lsnReplica) });
+    const primaryFacts = this.facts(lsnReplica);
+    const bitmap = peer.dirtyFacts();
+    this.protocol({ type: 'replica_report', replica: peer.address, replicaFacts, primaryFacts: bitmap === undefined ? primaryFacts : { ...primaryFacts, bitmap } });
   }
 
   private execute(cmd: ProtocolCommand): void {
@@ -752,6 +792,7 @@ export class PrimaryReplication implements AckGate {
     for (const w of this.waiters.splice(0)) w.reject(err);
     await Promise.all(this.peers.map((p) => p.shutdown()));
     await this.membershipWrite.catch(() => undefined);
+    for (const p of this.peers) p.closeDirty();
   }
 }
 
@@ -793,6 +834,12 @@ class ReplicaPeer {
   rebuildsCompleted = 0;
   // Records come from the WAL on disk (feedFromDisk), not the backlog (pump).
   private fromDisk = false;
+  // While the replica is away: every block written since it left.
+  private dirty: DirtyBitmap | undefined;
+  private dirtyClosed = false;
+  // The replica's checkpoint as it last reported it: a crash there rolls its
+  // applied LSN back no further (its WAL records after it wait for a commit).
+  private lsnCheckpointReplica = 0;
   private drainWaiters: (() => void)[] = [];
 
   constructor(
@@ -803,6 +850,77 @@ class ReplicaPeer {
     this.address = `${to.host}:${to.port}`;
     this.log = log.child({ replica: this.address });
     this.backoffMs = primary.options.reconnectMinMs ?? 100;
+  }
+
+  // ---- the dirty bitmap (dirty_bitmap.ts) ----
+
+  // At start: the bitmap a clean shutdown left for this replica, if trusted.
+  openDirty(): void {
+    const v = this.primary.volumeRef;
+    const { bitmap, why } = DirtyBitmap.openTrusted(DirtyBitmap.pathFor(v.dir, this.address), v.epoch, Math.ceil(v.sizeBytes / BLOCK_BYTES));
+    this.dirty = bitmap;
+    if (bitmap !== undefined) this.log.info({ ...bitmap.facts() }, 'dirty bitmap kept for the replica since before the restart');
+    else if (why !== undefined) this.log.warn({ reason: why }, 'dirty bitmap of the replica dropped');
+  }
+
+  // The replica went away from a whole base image: from now on every block
+  // written after its checkpoint is marked (it may come back with only that
+  // applied: a replica's applied LSN after a crash is its checkpoint's). The
+  // records after it must all be in the backlog, or no bitmap is made.
+  private startDirty(wasState: PeerState): void {
+    if (this.dirty !== undefined || this.dirtyClosed || !this.greeted) return;
+    if (wasState !== 'streaming' && wasState !== 'syncing' && wasState !== 'catching_up') return;
+    const v = this.primary.volumeRef;
+    const lsnFrom = this.lsnCheckpointReplica;
+    // Nothing checkpointed there yet: a bitmap from LSN 0 would stand for
+    // every block ever written; such a replica is caught up or rebuilt.
+    if (lsnFrom === 0) return;
+    const head = this.primary.head;
+    const first = this.primary.backlogFirst;
+    if (lsnFrom < head && (first === 0 || first > lsnFrom + 1)) {
+      this.log.info({ lsnFrom, backlogFirst: first }, 'no dirty bitmap for the replica: the backlog no longer holds what it lacks');
+      return;
+    }
+    const bitmap = DirtyBitmap.create(DirtyBitmap.pathFor(v.dir, this.address), Math.ceil(v.sizeBytes / BLOCK_BYTES), v.epoch, lsnFrom);
+    for (let lsn = lsnFrom + 1; lsn <= head; lsn++) {
+      const e = this.primary.backlogEntry(lsn)!;
+      if (e.kind !== 'control' && !bitmap.mark(e.lba, e.lengthBlocks)) {
+        bitmap.remove();
+        return;
+      }
+    }
+    this.dirty = bitmap;
+    this.log.info({ lsnFrom, head }, 'dirty bitmap started for the replica');
+  }
+
+  markDirty(record: ShippedRecord): void {
+    const bitmap = this.dirty;
+    if (bitmap === undefined || record.kind === 'control') return;
+    if (this.dirtyClosed) {
+      // Closed as trusted, and written after: it no longer covers everything.
+      this.dropDirty('a record was written after it was closed');
+      return;
+    }
+    if (!bitmap.mark(record.lba, record.lengthBlocks)) this.dropDirty(`LSN ${record.lsn} touches blocks beyond it (the volume grew)`);
+  }
+
+  private dropDirty(why: string | undefined): void {
+    const bitmap = this.dirty;
+    if (bitmap === undefined) return;
+    this.dirty = undefined;
+    bitmap.remove();
+    if (why !== undefined) this.log.warn({ reason: why }, 'dirty bitmap of the replica dropped');
+  }
+
+  dirtyFacts(): DirtyBitmapFacts | undefined {
+    return this.dirty?.facts();
+  }
+
+  // Shutdown: the bitmap stays, trusted by the next start.
+  closeDirty(): void {
+    if (this.dirtyClosed) return;
+    this.dirtyClosed = true;
+    this.dirty?.close();
   }
 
   connect(): void {
@@ -878,6 +996,8 @@ class ReplicaPeer {
     this.lsnReceived = hello.lsnHead;
     this.lsnDurable = hello.lsnDurable;
     this.lsnApplied = hello.lsnApplied;
+    // Its WAL starts after its checkpoint: at least that far is in its base image.
+    this.lsnCheckpointReplica = Math.min(hello.lsnTail, hello.lsnApplied);
     this.applyChecksum = hello.applyChecksum;
     const replicaFacts: ReplicaFacts = {
       epoch: hello.epoch,
@@ -948,11 +1068,16 @@ class ReplicaPeer {
         this.startRebuild(cmd, hello);
         return;
       case 'bitmap_resync': {
-        // No dirty bitmaps are kept for replicas (decide is never given one).
-        const why = 'a bitmap resync was decided, but this primary keeps no dirty bitmaps';
-        this.setState('needs_rebuild', why);
-        this.primary.protocol({ type: 'session_failed', replica: this.address, sessionId: cmd.sessionId, failure: 'cancelled', message: why });
-        this.link.close('reassigned', why);
+        if (this.dirty === undefined) {
+          // Dropped since the decision (the volume grew): decided afresh on the next connect.
+          const why = 'a bitmap resync was decided, but the dirty bitmap is gone';
+          this.setState('needs_rebuild', why);
+          this.primary.protocol({ type: 'session_failed', replica: this.address, sessionId: cmd.sessionId, failure: 'cancelled', message: why });
+          this.link.close('reassigned', why);
+          return;
+        }
+        this.catchUp = undefined;
+        this.startRebuild(cmd, hello, true);
         return;
       }
       default:
@@ -1059,7 +1184,10 @@ class ReplicaPeer {
   // Starts (or resumes) a rebuild: REBUILD_START, then the WAL lane from the
   // base LSN (from disk while the backlog does not hold it) and the base lane
   // (this node's base.img, chunk by chunk with XXH3 digests) side by side.
-  private startRebuild(cmd: Extract<ProtocolCommand, { type: 'start_session' }>, hello: HelloFrame): void {
+  // A rebuild, or with resync a bitmap resync: the same two lanes, but the
+  // base lane sends only the chunks the dirty bitmap marks (the others as
+  // unchanged) and the replica keeps its base image.
+  private startRebuild(cmd: Extract<ProtocolCommand, { type: 'start_session' }>, hello: HelloFrame, resync = false): void {
     const link = this.link;
     if (link === undefined) return;
     const v = this.primary.volumeRef;
@@ -1083,6 +1211,8 @@ class ReplicaPeer {
       baseSent: false,
       startedMs: performance.now(),
       resumed: resume,
+      resync: resync && !resume,
+      chunksUnchanged: 0,
     };
     this.rebuild = r;
     link.send({
@@ -1097,10 +1227,11 @@ class ReplicaPeer {
       durabilityCode: durabilityCode(cp.state.durability),
       chunkBlocks: r.chunkBlocks,
       chunkFrom: r.chunkFrom,
+      ...(r.resync ? { resync: true } : {}),
     });
     this.log.warn(
       { sessionId: r.sessionId, resumed: resume, lsnBase: r.lsnBase, lsnTarget: r.lsnTarget, chunkFrom: r.chunkFrom, chunksTotal: r.chunksTotal, reason: this.decision?.reason },
-      'rebuild started',
+      r.resync ? 'bitmap resync started' : 'rebuild started',
     );
     // The WAL lane: a fresh session from the base LSN; a resumed one from what the replica holds.
     this.startFeed(hello, 'rebuilding', resume ? hello.lsnHead + 1 : r.lsnBase + 1);
@@ -1115,12 +1246,20 @@ class ReplicaPeer {
   private async runBaseLane(link: ReplicationLink, r: RebuildRun): Promise<void> {
     const v = this.primary.volumeRef;
     const current = (): boolean => this.link === link && !link.closed && this.rebuild === r;
-    const reads = new Map<number, Promise<{ lsnCheckpoint: number; data: Buffer }>>();
+    // data undefined: unchanged (a resync's chunk the dirty bitmap leaves out).
+    const reads = new Map<number, Promise<{ lsnCheckpoint: number; data: Buffer | undefined }>>();
     let indexRead = r.chunkFrom;
     const readAhead = async (upTo: number): Promise<void> => {
       for (; indexRead < Math.min(upTo, r.chunksTotal); indexRead++) {
         const startBlock = indexRead * r.chunkBlocks;
         const blocks = Math.min(r.chunkBlocks, r.volumeBlocks - startBlock);
+        // Every record up to now has marked its blocks: a chunk unmarked now
+        // is unchanged up to lsnBase, and later records reach the replica
+        // through the WAL lane. A bitmap gone meanwhile leaves none unchanged.
+        if (r.resync && this.dirty !== undefined && !this.dirty.anyIn(startBlock, blocks)) {
+          reads.set(indexRead, Promise.resolve({ lsnCheckpoint: v.lsnCheckpoint, data: undefined }));
+          continue;
+        }
         await this.primary.rebuildThrottle(blocks * BLOCK_BYTES);
         // Noted before the read: the chunk holds at least this checkpoint.
         const lsnCheckpoint = v.lsnCheckpoint;
@@ -1136,6 +1275,26 @@ class ReplicaPeer {
         const { lsnCheckpoint, data } = await reads.get(index)!;
         reads.delete(index);
         if (!current()) return;
+        if (data === undefined) {
+          const startBlock = index * r.chunkBlocks;
+          const more = link.send({
+            type: 'base_chunk',
+            epoch: this.primary.epoch,
+            sessionId: r.sessionId,
+            index,
+            startBlock,
+            blocks: Math.min(r.chunkBlocks, r.volumeBlocks - startBlock),
+            lsnCheckpoint,
+            digest: 0n,
+            zero: false,
+            data: undefined,
+            unchanged: true,
+          });
+          r.chunksSent++;
+          r.chunksUnchanged++;
+          if (!more) await this.drained();
+          continue;
+        }
         const zero = isZeroChunk(data);
         const more = link.send({
           type: 'base_chunk',
@@ -1154,7 +1313,7 @@ class ReplicaPeer {
         if (!more) await this.drained();
       }
       r.baseSent = true;
-      this.log.info({ sessionId: r.sessionId, chunks: r.chunksSent, bytes: r.bytesSent, ms: Math.round(performance.now() - r.startedMs) }, 'rebuild: base lane sent');
+      this.log.info({ sessionId: r.sessionId, resync: r.resync, chunks: r.chunksSent, unchanged: r.chunksUnchanged, bytes: r.bytesSent, ms: Math.round(performance.now() - r.startedMs) }, 'rebuild: base lane sent');
     } catch (err) {
       if (!current()) return;
       const why = `rebuild base lane stopped at chunk ${r.chunkFrom + r.chunksSent}: ${(err as Error).message}`;
@@ -1209,6 +1368,7 @@ class ReplicaPeer {
     }
     this.lsnReceived = Math.max(this.lsnReceived, ack.lsnReceived);
     this.lsnDurable = Math.max(this.lsnDurable, ack.lsnDurable);
+    this.lsnCheckpointReplica = Math.max(this.lsnCheckpointReplica, Math.min(ack.lsnCheckpoint, ack.lsnApplied));
     if (ack.lsnApplied >= this.lsnApplied) {
       this.lsnApplied = ack.lsnApplied;
       this.applyChecksum = ack.applyChecksum;
@@ -1348,6 +1508,7 @@ class ReplicaPeer {
   private onLinkClose(link: ReplicationLink, reason: LinkCloseReason): void {
     if (this.link !== link) return;
     this.link = undefined;
+    this.startDirty(this.state);
     if (this.commitTimer !== undefined) clearTimeout(this.commitTimer);
     this.commitTimer = undefined;
     this.primary.protocol({ type: 'replica_lost', replica: this.address, reason: describeClose(reason) });
@@ -1400,6 +1561,8 @@ class ReplicaPeer {
   private setState(state: PeerState, reason: string | undefined): void {
     this.state = state;
     this.reason = reason;
+    // Current again: should it go away once more, a new bitmap starts from there.
+    if (state === 'streaming' && this.dirty !== undefined && !this.dirtyClosed) this.dropDirty(undefined);
   }
 
   close(code: 'stepping_down' | 'shutdown', message: string): void {
@@ -1442,6 +1605,7 @@ class ReplicaPeer {
       decision: this.decision,
       catchUp: this.catchUpStatus(),
       rebuild: this.rebuildStatus(),
+      dirtyBitmap: this.dirty?.facts(),
       completed: { catchUps: this.catchUpsCompleted, rebuilds: this.rebuildsCompleted },
     };
   }
@@ -1466,14 +1630,17 @@ class ReplicaPeer {
     if (r === undefined) return undefined;
     const seconds = (performance.now() - r.startedMs) / 1000;
     const bytesPerSecond = seconds > 0 ? Math.round(r.bytesSent / seconds) : 0;
-    const bytesTotal = Math.max(0, r.volumeBlocks - r.chunkFrom * r.chunkBlocks) * BLOCK_BYTES;
+    // A resync moves about what the decision estimated.
+    const bytesTotal = r.resync ? Math.max(r.bytesSent, this.decision?.costBytes ?? 0) : Math.max(0, r.volumeBlocks - r.chunkFrom * r.chunkBlocks) * BLOCK_BYTES;
     return {
       sessionId: r.sessionId,
       resumed: r.resumed,
+      resync: r.resync,
       lsnBase: r.lsnBase,
       lsnTarget: r.lsnTarget,
       chunksTotal: r.chunksTotal,
       chunksSent: r.chunkFrom + r.chunksSent,
+      chunksUnchanged: r.chunksUnchanged,
       chunksDone: r.chunksDone,
       bytesSent: r.bytesSent,
       bytesTotal,

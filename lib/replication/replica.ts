@@ -442,6 +442,7 @@ class PrimaryLink {
       lsnDurable: Math.min(v.lsnDurable, received),
       lsnApplied: v.lsnApplied,
       applyChecksum: v.applyChecksum,
+      lsnCheckpoint: Math.min(v.lsnCheckpoint, v.lsnApplied),
     });
   }
 

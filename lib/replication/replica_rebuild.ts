@@ -125,7 +125,14 @@ export class ReplicaRebuild {
     if (f.chunkFrom > 0) {
       return this.ackFor(f, 'failed', 'superseded', `cannot resume session ${f.sessionId} at chunk ${f.chunkFrom}: this replica does not hold its progress`);
     }
+    const resync = f.resync === true;
+    if (resync && this.volume.rebuildSaved !== undefined) {
+      return this.ackFor(f, 'failed', 'superseded', `cannot resync session ${f.sessionId}: this replica's base image is partial (an unfinished rebuild)`);
+    }
     this.drop();
+    // A resync keeps the base image: everything applied goes into it first,
+    // so each block the primary's bitmap leaves out holds its newest content.
+    if (resync) await this.volume.checkpoint();
     const volumeBlocks = Math.ceil(f.sizeBytes / BLOCK_BYTES);
     const saved: RebuildSaved = {
       sessionId: f.sessionId,
@@ -142,7 +149,8 @@ export class ReplicaRebuild {
       applyChecksum: f.applyChecksumBase,
       state: { epoch: f.epoch, features: f.features, sizeBytes: f.sizeBytes, durability },
     });
-    const session = new RebuildSession({ sessionId: f.sessionId, epoch: f.epoch, lsnBase: f.lsnBase, lsnTarget: f.lsnTarget, chunkBlocks: f.chunkBlocks, volumeBlocks }, bitmap);
+    const session = new RebuildSession({ sessionId: f.sessionId, epoch: f.epoch, lsnBase: f.lsnBase, lsnTarget: f.lsnTarget, chunkBlocks: f.chunkBlocks, volumeBlocks, resync }, bitmap);
+    if (resync) this.log.warn({ sessionId: f.sessionId, lsnBase: f.lsnBase }, 'bitmap resync: the base image is kept; chunks the primary marks are copied again');
     this.unresumable = undefined;
     this.install({ session, bitmap, saved, tokens: [], lastPersistMs: performance.now(), completing: false });
     await this.persist();
@@ -157,7 +165,7 @@ export class ReplicaRebuild {
     if (r.session.isChunkDone(f.index)) return;
     while (this.queuedBytes >= BASE_QUEUE_BYTES_MAX) await new Promise<void>((resolve) => this.queueWaiters.push(resolve));
     this.queue.push(f);
-    this.queuedBytes += f.blocks * BLOCK_BYTES;
+    this.queuedBytes += queuedBytesOf(f);
     if (!this.writing) void this.runWriter();
   }
 
@@ -170,10 +178,10 @@ export class ReplicaRebuild {
       while (this.queue.length > 0) {
         const batch: BaseChunkFrame[] = [];
         let bytes = 0;
-        while (this.queue.length > 0 && (batch.length === 0 || bytes + this.queue[0]!.blocks * BLOCK_BYTES <= BASE_BATCH_BYTES_MAX)) {
+        while (this.queue.length > 0 && (batch.length === 0 || bytes + queuedBytesOf(this.queue[0]!) <= BASE_BATCH_BYTES_MAX)) {
           const f = this.queue.shift()!;
           batch.push(f);
-          bytes += f.blocks * BLOCK_BYTES;
+          bytes += queuedBytesOf(f);
         }
         await this.writeBatch(batch).finally(() => {
           this.queuedBytes -= bytes;
@@ -197,12 +205,15 @@ export class ReplicaRebuild {
           if (this.state !== r) return []; // superseded meanwhile
           const ref = { sessionId: f.sessionId, epoch: f.epoch };
           const chunk = { sessionId: f.sessionId, epoch: f.epoch, index: f.index, startBlock: f.startBlock, blocks: f.blocks, lsnCheckpoint: f.lsnCheckpoint, digest: f.digest };
-          const out = r.session.planBaseWrite(ref, chunk, f.zero ? this.zeroBuffer(f.blocks * BLOCK_BYTES) : f.data!);
+          const out =
+            f.unchanged === true
+              ? r.session.planUnchanged(ref, chunk)
+              : r.session.planBaseWrite(ref, chunk, f.zero ? this.zeroBuffer(f.blocks * BLOCK_BYTES) : f.data!);
           planned.push(out);
           return out.ok ? out.plan.runs : [];
         },
         chunkStartBlock: f.startBlock,
-        data: f.zero ? undefined : f.data,
+        data: f.zero || f.unchanged === true ? undefined : f.data,
       })),
     );
     // The chunks' data is in base.img now (or refused): no view of it is kept.
@@ -350,4 +361,10 @@ export class ReplicaRebuild {
     }
     return z;
   }
+}
+
+// What a queued chunk counts against BASE_QUEUE_BYTES_MAX: an unchanged one
+// (a resync's) carries nothing and writes nothing.
+function queuedBytesOf(f: BaseChunkFrame): number {
+  return f.unchanged === true ? 0 : f.blocks * BLOCK_BYTES;
 }

@@ -63,7 +63,7 @@ export const SAMPLES: readonly Frame[] = [
       { lsn: 103, bytes: bytesOf(1, 3) },
     ],
   },
-  { type: 'ack', epoch: 7, lsnReceived: 103, lsnDurable: 101, lsnApplied: 100, applyChecksum: 1n },
+  { type: 'ack', epoch: 7, lsnReceived: 103, lsnDurable: 101, lsnApplied: 100, applyChecksum: 1n, lsnCheckpoint: 97 },
   { type: 'commit', epoch: 7, lsnCommit: Number.MAX_SAFE_INTEGER },
   { type: 'heartbeat', epoch: 0, sequence: 42 },
   { type: 'error', epoch: 3, code: 'stale_epoch', message: 'stale epoch: frame epoch 3 < local epoch 7' },
@@ -142,6 +142,34 @@ export const SAMPLES: readonly Frame[] = [
     lsnHead: 2 ** 40 + 1,
     applyChecksum: 0x0102030405060708n,
     rebuild: { sessionId: 2 ** 40 + 8, epoch: 2 ** 33 + 6, baseLsn: 2 ** 40, chunksDone: 0xffff_fffe, chunksTotal: 0xffff_ffff },
+  },
+  // A bitmap resync's start, and a chunk it sends as unchanged.
+  {
+    type: 'rebuild_start',
+    epoch: 8,
+    sessionId: 12,
+    lsnBase: 500,
+    lsnTarget: 510,
+    applyChecksumBase: 0x1234n,
+    sizeBytes: 64 * 2 ** 20,
+    features: 0,
+    durabilityCode: 1,
+    chunkBlocks: 256,
+    chunkFrom: 0,
+    resync: true,
+  },
+  {
+    type: 'base_chunk',
+    epoch: 8,
+    sessionId: 12,
+    index: 5,
+    startBlock: 5 * 256,
+    blocks: 256,
+    lsnCheckpoint: 500,
+    digest: 0n,
+    zero: false,
+    data: undefined,
+    unchanged: true,
   },
 ];
 
@@ -250,14 +278,9 @@ const walRecordsArb: fc.Arbitrary<Frame> = fc.record(
   { ...PLAIN, requiredKeys: ['type', 'epoch', 'records'] },
 );
 
-const ackArb: fc.Arbitrary<Frame> = fc.record({
-  type: fc.constant('ack' as const),
-  epoch: u53,
-  lsnReceived: u53,
-  lsnDurable: u53,
-  lsnApplied: u53,
-  applyChecksum: u64,
-}, PLAIN);
+const ackArb: fc.Arbitrary<Frame> = fc
+  .record({ type: fc.constant('ack' as const), epoch: u53, lsnReceived: u53, lsnDurable: u53, lsnApplied: u53, applyChecksum: u64, checkpointShare: fc.double({ min: 0, max: 1, noNaN: true }) }, PLAIN)
+  .map(({ checkpointShare, ...ack }) => ({ ...ack, lsnCheckpoint: Math.floor(ack.lsnApplied * checkpointShare) }));
 
 const commitArb: fc.Arbitrary<Frame> = fc.record({ type: fc.constant('commit' as const), epoch: u53, lsnCommit: u53 }, PLAIN);
 const syncArb: fc.Arbitrary<Frame> = fc.record({ type: fc.constant('sync' as const), epoch: u53, lsnSync: u53 }, PLAIN);

@@ -127,7 +127,7 @@ async function recordingReplica(): Promise<{
     if (frame.type === 'wal_records') {
       for (const r of frame.records) received.push(r.lsn);
       const last = frame.records[frame.records.length - 1]!.lsn;
-      link.send({ type: 'ack', epoch: 1, lsnReceived: last, lsnDurable: last, lsnApplied: 0, applyChecksum: 0n });
+      link.send({ type: 'ack', epoch: 1, lsnReceived: last, lsnDurable: last, lsnApplied: 0, applyChecksum: 0n, lsnCheckpoint: 0 });
     }
   });
   return { received, frames, hellos: () => hellos, setAway: (a) => (away = a), fake };
@@ -198,8 +198,10 @@ test('a replica the WAL no longer covers gets a rebuild: REBUILD_START at the ch
   try {
     await withPrimary([r.fake.port], { backlogBytes: 64 * 1024 }, async ({ volume, peer, primary }) => {
       await until('streaming', () => peer().state === 'streaming');
-      await volume.write(0, Buffer.alloc(4096, 1));
-      await until('received', () => r.received.length === 1);
+      // More than the 64 KiB backlog past the replica's checkpoint (it reports
+      // 0): when it goes, no dirty bitmap can cover it, so a rebuild.
+      for (let i = 0; i < 3; i++) await volume.write(i * 64 * 1024, Buffer.alloc(64 * 1024, 1));
+      await until('received', () => r.received.length === 3);
       r.setAway(true);
       r.fake.links[0]!.close('shutdown', 'away');
       await until('reconnecting', () => peer().state !== 'streaming');
@@ -247,7 +249,7 @@ test('an ACK for records never sent closes the link; a divergent apply checksum 
     if (frame.type !== 'hello') return;
     if (mode === 'ack_ahead') {
       link.send(replicaHello(frame));
-      link.send({ type: 'ack', epoch: 1, lsnReceived: 99, lsnDurable: 99, lsnApplied: 0, applyChecksum: 0n });
+      link.send({ type: 'ack', epoch: 1, lsnReceived: 99, lsnDurable: 99, lsnApplied: 0, applyChecksum: 0n, lsnCheckpoint: 0 });
     } else {
       link.send(replicaHello(frame, { lsnHead: frame.lsnHead, lsnApplied: frame.lsnApplied, applyChecksum: frame.applyChecksum ^ 1n }));
     }
@@ -294,7 +296,7 @@ test('a rebuild latency target steers the base lane: slower while acknowledged w
     if (frame.type === 'hello') link.send(replicaHello(frame, { lsnHead: frame.lsnHead, lsnApplied: frame.lsnApplied, applyChecksum: frame.applyChecksum }));
     if (frame.type === 'wal_records') {
       const last = frame.records[frame.records.length - 1]!.lsn;
-      setTimeout(() => link.send({ type: 'ack', epoch: 1, lsnReceived: last, lsnDurable: last, lsnApplied: 0, applyChecksum: 0n }), ackDelayMs);
+      setTimeout(() => link.send({ type: 'ack', epoch: 1, lsnReceived: last, lsnDurable: last, lsnApplied: 0, applyChecksum: 0n, lsnCheckpoint: 0 }), ackDelayMs);
     }
   });
   const capBytes = 64 * MiB;

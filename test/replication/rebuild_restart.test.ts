@@ -24,7 +24,9 @@ async function replicaView(primary: ClusterNode): Promise<{ lsnReceived: number;
 
 test('a rebuild whose WAL lane lags the checkpoint resumes after the primary is killed and restarted', { timeout: 120_000 }, async (t) => {
   await withCluster(
-    { sizeBytes: SIZE_BYTES, replicas: 1, durability: 'sync_all', ackTimeoutMs: 500, createExtra: CREATE_EXTRA, primaryExtra: ['--rebuild-rate', '6M'] },
+    // A 1 MiB backlog: when the replica goes, what it lacks is no longer all
+    // in memory, so no dirty bitmap is kept for it and it is rebuilt in full.
+    { sizeBytes: SIZE_BYTES, replicas: 1, durability: 'sync_all', ackTimeoutMs: 500, createExtra: CREATE_EXTRA, primaryExtra: ['--rebuild-rate', '6M', '--repl-backlog', '1M'] },
     async (cluster) => {
       const { primary } = cluster;
       const replica = cluster.replicas[0]!;

@@ -106,7 +106,7 @@ test('bad frames and bad records close the link with a reason and change nothing
       { name: 'a record whose checksum fails', frames: [hello(f.source), { type: 'wal_records', epoch: 1, records: [{ lsn: 1, bytes: flipped }] }], reason: /does not verify/ },
       { name: 'a record beyond the volume', frames: [hello(f.source), { type: 'wal_records', epoch: 1, records: [{ lsn: 1, bytes: beyond }] }], reason: /beyond this volume/ },
       { name: 'garbage bytes', frames: [Buffer.from('GET / HTTP/1.1\r\n\r\n'.padEnd(64, 'x'))], reason: /magic|bad frame/i },
-      { name: 'an ACK from a primary', frames: [hello(f.source), { type: 'ack', epoch: 1, lsnReceived: 0, lsnDurable: 0, lsnApplied: 0, applyChecksum: APPLY_CHECKSUM_INITIAL }], reason: /unexpected ack/ },
+      { name: 'an ACK from a primary', frames: [hello(f.source), { type: 'ack', epoch: 1, lsnReceived: 0, lsnDurable: 0, lsnApplied: 0, applyChecksum: APPLY_CHECKSUM_INITIAL, lsnCheckpoint: 0 }], reason: /unexpected ack/ },
     ];
     for (const c of cases) {
       const raw = net.connect(f.receiver.port, '127.0.0.1');

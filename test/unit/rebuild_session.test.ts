@@ -440,3 +440,34 @@ test('WAL_WINS: a base plan from the bitmap runs skips exactly the blocks the bl
     { numRuns: 300 },
   );
 });
+
+test('RESYNC: an unchanged chunk writes nothing and counts as done; outside a resync it is refused', () => {
+  const plain = make().session;
+  const [chunk0] = chunkOf(plain, 0);
+  const refused = plain.planUnchanged(REF, chunk0);
+  assert.equal(refused.ok, false);
+  assert.equal(!refused.ok && refused.error, 'chunk_mismatch');
+  assert.equal(plain.isChunkDone(0), false);
+
+  const { session } = make({ resync: true });
+  assert.equal(session.resync, true);
+  const [c0] = chunkOf(session, 0);
+  const [c1, d1] = chunkOf(session, 1);
+  const [c2] = chunkOf(session, 2);
+  const u0 = session.planUnchanged(REF, c0);
+  assert.ok(u0.ok);
+  assert.deepEqual(u0.plan.runs, [], 'nothing to write');
+  assert.equal(session.planUnchanged(REF, c0).ok, false, 'a chunk in flight is not planned twice');
+  const w1 = session.planBaseWrite(REF, c1, d1);
+  assert.ok(w1.ok);
+  assert.equal(w1.plan.runs.length, 1, 'a marked chunk comes with its data as in a rebuild');
+  const u2 = session.planUnchanged(REF, c2);
+  assert.ok(u2.ok);
+  for (const token of [u0.plan.token, w1.plan.token]) assert.ok(session.baseWriteDone(REF, token).ok);
+  assert.equal(session.baseDone, false);
+  assert.ok(session.baseWriteDone(REF, u2.plan.token).ok);
+  assert.equal(session.baseDone, true);
+  assert.equal(session.planUnchanged(REF, c0).ok, false, 'a done chunk is refused');
+  const outside = session.planUnchanged(REF, { ...c0, index: 3, startBlock: 12 });
+  assert.equal(!outside.ok && outside.error, 'chunk_mismatch');
+});
