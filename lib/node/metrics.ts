@@ -155,6 +155,8 @@ export class NodeMetrics {
       ['blockwal_replica_rebuild_chunks_done', 'Base chunks of the running rebuild durable on the replica', (p) => p.rebuild?.chunksDone ?? 0],
       ['blockwal_replica_rebuild_chunks_total', 'Base chunks of the running rebuild', (p) => p.rebuild?.chunksTotal ?? 0],
       ['blockwal_replica_rebuild_bytes_sent', 'Base image bytes the running rebuild has sent', (p) => p.rebuild?.bytesSent ?? 0],
+      ['blockwal_replica_resync_chunks_unchanged', 'Base chunks the running bitmap resync sent as unchanged (without data)', (p) => p.rebuild?.chunksUnchanged ?? 0],
+      ['blockwal_replica_dirty_blocks', 'Blocks written since the away replica left, marked in its dirty bitmap (0: none kept)', (p) => p.dirtyBitmap?.dirtyBlocks ?? 0],
       ['blockwal_replica_decision_cost_bytes', 'Estimated bytes to move by the last decision for the replica', (p) => p.decision?.costBytes ?? 0],
       ['blockwal_replica_catch_up_bytes_done', 'Bytes sent by the running WAL catch-up', (p) => p.catchUp?.bytesDone ?? 0],
       ['blockwal_replica_catch_up_bytes_total', 'Bytes the running WAL catch-up is to send (estimate)', (p) => p.catchUp?.bytesTotal ?? 0],
