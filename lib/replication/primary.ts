@@ -40,6 +40,7 @@ import { describeClose, type LinkCloseReason, ReplicationLink } from './link';
 import { type Projection, ProtocolEngine } from '../protocol/engine';
 import { xxh3Digest } from '../protocol/rebuild_session';
 import { assertNever } from '../util/assert';
+import { Linger } from '../util/linger';
 import type { Decision, DecisionKind, PrimaryFacts, ProtocolCommand, ProtocolEvent, ReplicaFacts } from '../protocol/types';
 
 export { DURABILITY_MODES, type DurabilityMode };
@@ -814,7 +815,7 @@ class ReplicaPeer {
   private link: ReplicationLink | undefined;
   private pumpScheduled = false;
   private lsnCommitSent = 0;
-  private commitTimer: NodeJS.Timeout | undefined;
+  private readonly commitLinger = new Linger(COMMIT_LINGER_MS, () => this.sendCommitNow());
   // Durability asked of the replica (SYNC): the most wanted, the most sent.
   private lsnSyncWanted = 0;
   private lsnSyncSent = 0;
@@ -1483,12 +1484,7 @@ class ReplicaPeer {
   // COMMIT frame once COMMIT_LINGER_MS passes without one.
   sendCommit(lsn: number): void {
     if (this.link === undefined || this.link.closed || lsn <= this.lsnCommitSent || !this.feeding) return;
-    if (this.commitTimer !== undefined) return;
-    this.commitTimer = setTimeout(() => {
-      this.commitTimer = undefined;
-      this.sendCommitNow();
-    }, COMMIT_LINGER_MS);
-    this.commitTimer.unref();
+    this.commitLinger.arm();
   }
 
   private sendCommitNow(): void {
@@ -1509,8 +1505,7 @@ class ReplicaPeer {
     if (this.link !== link) return;
     this.link = undefined;
     this.startDirty(this.state);
-    if (this.commitTimer !== undefined) clearTimeout(this.commitTimer);
-    this.commitTimer = undefined;
+    this.commitLinger.cancel();
     this.primary.protocol({ type: 'replica_lost', replica: this.address, reason: describeClose(reason) });
     this.catchUp = undefined;
     this.fromDisk = false;
@@ -1572,8 +1567,7 @@ class ReplicaPeer {
   async shutdown(): Promise<void> {
     this.stopped = true;
     if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
-    if (this.commitTimer !== undefined) clearTimeout(this.commitTimer);
-    this.commitTimer = undefined;
+    this.commitLinger.cancel();
     const link = this.link;
     if (link === undefined || link.closed) {
       this.setState('closed', undefined);

@@ -25,6 +25,7 @@ import { checkEpoch } from './epoch';
 import type { CloseCode, Frame, HelloFrame, WalRecordsFrame } from './frames';
 import { describeClose, ReplicationLink } from './link';
 import { ReplicaRebuild, type ReplicaRebuildStatus } from './replica_rebuild';
+import { Linger } from '../util/linger';
 
 // Received record bytes not yet written to the WAL: the socket is not read
 // above the high mark until they drop below the low one.
@@ -196,7 +197,7 @@ class PrimaryLink {
   primaryHello: HelloFrame | undefined;
   private chain: Promise<void> = Promise.resolve();
   private ackScheduled = false;
-  private ackTimer: NodeJS.Timeout | undefined;
+  private readonly ackLinger = new Linger(ACK_LINGER_MS, () => this.sendAck());
   private flushing = false;
   private flushAgain = false;
   private readonly log: Logger;
@@ -419,19 +420,11 @@ class PrimaryLink {
   // Progress the primary learns from the next ACK, or from one of its own
   // once ACK_LINGER_MS passes without one.
   private lazyAck(): void {
-    if (this.ackTimer !== undefined || this.link.closed) return;
-    this.ackTimer = setTimeout(() => {
-      this.ackTimer = undefined;
-      this.sendAck();
-    }, ACK_LINGER_MS);
-    this.ackTimer.unref();
+    if (!this.link.closed) this.ackLinger.arm();
   }
 
   private sendAck(): void {
-    if (this.ackTimer !== undefined) {
-      clearTimeout(this.ackTimer);
-      this.ackTimer = undefined;
-    }
+    this.ackLinger.cancel();
     if (this.link.closed) return;
     const v = this.volume;
     const received = v.lsnReceived;
