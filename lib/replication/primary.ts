@@ -1504,7 +1504,7 @@ class ReplicaPeer {
   private onLinkClose(link: ReplicationLink, reason: LinkCloseReason): void {
     if (this.link !== link) return;
     this.link = undefined;
-    this.startDirty(this.state);
+    if (!this.stopped) this.startDirty(this.state);
     this.commitLinger.cancel();
     this.primary.protocol({ type: 'replica_lost', replica: this.address, reason: describeClose(reason) });
     this.catchUp = undefined;
