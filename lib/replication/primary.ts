@@ -1369,7 +1369,9 @@ class ReplicaPeer {
     }
     this.lsnReceived = Math.max(this.lsnReceived, ack.lsnReceived);
     this.lsnDurable = Math.max(this.lsnDurable, ack.lsnDurable);
-    this.lsnCheckpointReplica = Math.max(this.lsnCheckpointReplica, Math.min(ack.lsnCheckpoint, ack.lsnApplied));
+    // As reported, not the highest seen: a rebuild moves a replica's
+    // checkpoint back to its base LSN (ACKs on a link come in order).
+    this.lsnCheckpointReplica = Math.min(ack.lsnCheckpoint, ack.lsnApplied);
     if (ack.lsnApplied >= this.lsnApplied) {
       this.lsnApplied = ack.lsnApplied;
       this.applyChecksum = ack.applyChecksum;

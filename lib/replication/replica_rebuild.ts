@@ -130,8 +130,10 @@ export class ReplicaRebuild {
       return this.ackFor(f, 'failed', 'superseded', `cannot resync session ${f.sessionId}: this replica's base image is partial (an unfinished rebuild)`);
     }
     this.drop();
-    // A resync keeps the base image: everything applied goes into it first,
-    // so each block the primary's bitmap leaves out holds its newest content.
+    // A resync keeps the base image: everything applied goes into it first.
+    // The primary's bitmap starts at this replica's reported checkpoint, so
+    // it marks what was applied after that anyway; this keeps the base
+    // current without relying on it.
     if (resync) await this.volume.checkpoint();
     const volumeBlocks = Math.ceil(f.sizeBytes / BLOCK_BYTES);
     const saved: RebuildSaved = {

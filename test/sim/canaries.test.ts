@@ -13,7 +13,9 @@ const SEED_FIRST = 1;
 
 for (const canary of CANARIES) {
   test(`canary caught: ${canary.name}`, () => {
-    const summary = runSeeds({ seedFirst: SEED_FIRST, seeds: CANARY_SEEDS_MAX, sessionClass: canary.sessionClass, stopAtFirstViolation: true }, emptyCounts());
+    const { sessionClass, primaryClass, replicaClass } = canary;
+    const plants = { sessionClass, primaryClass, replicaClass };
+    const summary = runSeeds({ seedFirst: SEED_FIRST, seeds: CANARY_SEEDS_MAX, ...plants, stopAtFirstViolation: true }, emptyCounts());
     const violation = summary.violations[0];
     assert.ok(violation !== undefined, `no violation in seeds ${SEED_FIRST}..${SEED_FIRST + CANARY_SEEDS_MAX - 1}`);
     console.log(

@@ -1,8 +1,13 @@
-// Planted bugs for the simulator's canary tests: each is a RebuildSession
-// subclass that overrides one small protected hook, the way sw-block's first
-// version got it wrong (reference/swblock.md §6). The simulator must find a
-// violation with each of them.
+// Planted bugs for the simulator's canary tests: each is a subclass that
+// overrides one small protected hook — of RebuildSession, the way sw-block's
+// first version got it wrong (reference/swblock.md §6), or of the simulated
+// primary or replica, the ways a bitmap resync can go wrong. The simulator
+// must find a violation with each of them.
 import { type AppliedRecord, type BlockRun, type CompletionBlocker, RebuildSession } from '../../lib/protocol/rebuild_session';
+
+import { type Reported, type SimDirtyBitmap, SimPrimary } from './primary';
+import { SimReplica } from './replica';
+import type { Plants } from './world';
 
 // (1) Marks a record's blocks when it arrives instead of when it is applied.
 export class MarksOnReceipt extends RebuildSession {
@@ -53,11 +58,55 @@ export class CompletesEarly extends RebuildSession {
   }
 }
 
-export const CANARIES: readonly { name: string; sessionClass: typeof RebuildSession }[] = [
+// (7) The resync's base lane reads the bitmap one block short: a chunk
+// whose only marked block is its last goes as unchanged.
+export class UnchangedSkipsLastBlock extends SimPrimary {
+  protected override chunkUnchanged(bitmap: SimDirtyBitmap, startBlock: number, blocks: number): boolean {
+    return !bitmap.anyIn(startBlock, blocks - 1);
+  }
+}
+
+// (8) The resync's base lane reads the bitmap for the previous chunk's blocks.
+export class UnchangedReadsPreviousChunk extends SimPrimary {
+  protected override chunkUnchanged(bitmap: SimDirtyBitmap, startBlock: number, blocks: number): boolean {
+    return startBlock > 0 && !bitmap.anyIn(startBlock - blocks, blocks);
+  }
+}
+
+// (9) The dirty bitmap starts at the replica's received LSN, not at the
+// applied LSN it can come back with (a crash rolls that back to its
+// checkpoint, or it never applied what it received).
+export class BitmapFromReceived extends SimPrimary {
+  protected override bitmapLsnFrom(reported: Reported): number {
+    return reported.lsnReceived;
+  }
+}
+
+// (10) The dirty bitmap starts at the replica's applied LSN, not at its
+// checkpoint: right where its applied state survives a crash, too late
+// where (as in the runtime) a crash rolls it back to the checkpoint.
+export class BitmapFromApplied extends SimPrimary {
+  protected override bitmapLsnFrom(reported: Reported): number {
+    return reported.lsnApplied;
+  }
+}
+
+// (11) The resync replica keeps its base image as it is on disk: the
+// records applied but not yet checkpointed are dropped with the WAL.
+export class ResyncKeepsStaleBase extends SimReplica {
+  protected override makeBaseCurrent(): void {}
+}
+
+export const CANARIES: readonly ({ name: string } & Plants)[] = [
   { name: 'bitmap set on receipt instead of apply', sessionClass: MarksOnReceipt },
   { name: 'base lane overwrites a marked block', sessionClass: BaseOverwritesMarked },
   { name: 'digest check skipped', sessionClass: SkipsDigest },
   { name: 'trims do not mark', sessionClass: TrimsDoNotMark },
   { name: 'multi-block records mark only their first block', sessionClass: MarksFirstBlockOnly },
   { name: 'completion without lsnApplied ≥ target', sessionClass: CompletesEarly },
+  { name: 'resync sends a chunk as unchanged when only its last block is marked', primaryClass: UnchangedSkipsLastBlock },
+  { name: 'resync consults the bitmap for the previous chunk', primaryClass: UnchangedReadsPreviousChunk },
+  { name: 'dirty bitmap starts at the received LSN', primaryClass: BitmapFromReceived },
+  { name: 'dirty bitmap starts at the applied LSN, not the checkpoint', primaryClass: BitmapFromApplied },
+  { name: 'resync replica does not make its base current first', replicaClass: ResyncKeepsStaleBase },
 ];

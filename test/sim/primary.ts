@@ -20,6 +20,28 @@
 // than its last session, and a feed would rewind to a position from before a
 // rebuild's reset). Acks and reports also carry the replica's own sequence,
 // so one overtaken by a newer one on the network is dropped too.
+//
+// Dirty bitmaps, as the runtime's (lib/replication/primary.ts startDirty,
+// lib/replication/dirty_bitmap.ts): when a replica goes away from a whole
+// base image — its keep-up or catch-up feed ends (silent, or a record it
+// needs was recycled), it says hello after a restart, or a clean restart of
+// this primary closes its link — a bitmap starts at the lsnRecoverable it
+// last reported (the applied LSN it can come back with), only if it reported
+// since this primary started, lsnFrom > 0 and the backlog still holds every
+// record after lsnFrom (those are marked at once). Every later record marks
+// its blocks. The bitmap goes into the replica's facts (decide's
+// bitmap_resync), is dropped once the replica is current again (a keep-up
+// feed acked up to the head), survives a clean primary restart and is
+// dropped by a primary crash.
+// A bitmap resync runs as a rebuild whose base lane answers a chunk no
+// marked block touches with 'unchanged' (no data) — unless the replica's
+// session is a plain rebuild (it resumed the resync after its own crash).
+//
+// A primary restart is a new process: a new engine (session ids go on above
+// the old ones), no feeds, no reports heard, a backlog seeded with the WAL
+// after the checkpoint. The WAL, the checkpoint and the commit LSN survive.
+// A 'hello' control message stands for the new links: reports sent before a
+// replica saw it are stale, and it answers with a fresh report.
 import { ProtocolEngine } from '../../lib/protocol/engine';
 import { xxh3Digest } from '../../lib/protocol/rebuild_session';
 import type { PrimaryFacts, ProtocolCommand, ProtocolEvent, SessionKind, VolumeMode } from '../../lib/protocol/types';
@@ -31,6 +53,7 @@ import {
   type Ctrl,
   encodeChunk,
   EPOCH,
+  HOT_CHANCE,
   MS_PER_STEP,
   type Profile,
   RECORD_BLOCKS_MAX,
@@ -46,7 +69,6 @@ const SEND_RECORDS_PER_STEP = 4;
 const RESEND_STEPS = 6;
 const CTRL_RESEND_STEPS = 8;
 const LOST_STEPS = 20;
-const BACKLOG_RECORDS = 6;
 const TICK_EVERY_STEPS = 4; // the engine's clock: deadlines are seconds, a step is 250 ms
 
 export interface Env {
@@ -69,13 +91,38 @@ interface Feed {
 
 export type StartCommand = Extract<ProtocolCommand, { type: 'start_session' }>;
 
+// What a replica last reported (newest by its status sequence).
+export interface Reported {
+  statusSeq: number;
+  lsnReceived: number;
+  lsnApplied: number;
+  lsnRecoverable: number;
+}
+
+// A replica's dirty bitmap: every block a write/trim/zero record after
+// lsnFrom touches is marked.
+export class SimDirtyBitmap {
+  readonly bits = new Uint8Array(VOLUME_BLOCKS);
+  constructor(readonly lsnFrom: number) {}
+  mark(rec: Rec): void {
+    if (rec.kind !== 'control') this.bits.fill(1, rec.lba, rec.lba + rec.lengthBlocks);
+  }
+  anyIn(startBlock: number, blocks: number): boolean {
+    for (let block = startBlock; block < startBlock + blocks; block++) if (this.bits[block] === 1) return true;
+    return false;
+  }
+  facts(): NonNullable<PrimaryFacts['bitmap']> {
+    return { epoch: EPOCH, lsnFrom: this.lsnFrom, dirtyBlocks: this.bits.reduce((n, bit) => n + bit, 0) };
+  }
+}
+
 export interface PrimaryHooks {
   // The engine started keep-up for a replica (the auditor checks its content is whole).
   keepUpStarted(replica: string): void;
 }
 
 export class SimPrimary {
-  readonly engine = new ProtocolEngine();
+  engine = new ProtocolEngine();
   readonly records: (Rec | undefined)[] = [undefined]; // by LSN; the shadow keeps all
   readonly shadow: Int32Array[] = [new Int32Array(VOLUME_BLOCKS)]; // content at each LSN
   readonly base = new Int32Array(VOLUME_BLOCKS); // content at lsnCheckpoint
@@ -85,6 +132,9 @@ export class SimPrimary {
   lsnCheckpoint = 0;
   walTail = 0;
   mode: VolumeMode = 'allocated_only';
+  readonly dirty = new Map<string, SimDirtyBitmap>();
+  readonly #reported = new Map<string, Reported>();
+  #backlogFloorMin = 0; // a restart seeds the backlog with the WAL after the checkpoint only
   readonly #feeds = new Map<string, Feed>();
   readonly #heardStep = new Map<string, number>();
   readonly #lost = new Set<string>();
@@ -111,6 +161,7 @@ export class SimPrimary {
     applyRecord(content, rec);
     this.shadow.push(content);
     this.lsnHead = lsn;
+    for (const bitmap of this.dirty.values()) bitmap.mark(rec);
     return rec;
   }
 
@@ -123,7 +174,10 @@ export class SimPrimary {
       return;
     }
     const lengthBlocks = prng.int(1, RECORD_BLOCKS_MAX);
-    this.append(kind, prng.int(0, VOLUME_BLOCKS - lengthBlocks), lengthBlocks);
+    const { hotFirstBlock, hotBlocks } = this.env.profile;
+    const hot = hotBlocks < VOLUME_BLOCKS && prng.chance(HOT_CHANCE);
+    const lba = hot ? hotFirstBlock + prng.int(0, hotBlocks - lengthBlocks) : prng.int(0, VOLUME_BLOCKS - lengthBlocks);
+    this.append(kind, lba, lengthBlocks);
   }
 
   // Records written, committed and checkpointed before step 0; some recycled.
@@ -156,6 +210,7 @@ export class SimPrimary {
       const heard = this.#heardStep.get(name) ?? 0;
       if (!this.#lost.has(name) && step - heard > LOST_STEPS) {
         this.#lost.add(name);
+        this.goneAway(name, 'silent');
         this.#feeds.delete(name);
         this.env.trace(`p: replica ${name} lost (silent ${step - heard} steps)`);
         this.feed({ type: 'replica_lost', replica: name, reason: `silent for ${step - heard} steps` });
@@ -200,6 +255,7 @@ export class SimPrimary {
   }
 
   private recycledUnder(name: string, feed: Feed): void {
+    this.goneAway(name, 'fed past the WAL tail');
     this.#feeds.delete(name);
     const message = `LSN ${feed.lsnNext} needed, WAL recycled up to ${this.walTail}`;
     this.env.trace(`p: ${name} ${feed.kind} feed: ${message}`);
@@ -221,6 +277,8 @@ export class SimPrimary {
       case 'ack': {
         this.echo(name, msg.ctrlSeqSeen);
         if (this.stale(name, 'ack', msg.statusSeq, msg.ctrlSeqSeen)) return;
+        const { statusSeq, lsnReceived, lsnApplied, lsnRecoverable } = msg;
+        this.noteReported(name, { statusSeq, lsnReceived, lsnApplied, lsnRecoverable });
         const feed = this.#feeds.get(name);
         if (feed === undefined) return;
         if (msg.lsnReceived < feed.lsnAcked) {
@@ -231,19 +289,23 @@ export class SimPrimary {
           feed.lsnNext = Math.max(feed.lsnNext, msg.lsnReceived + 1);
           feed.ackStep = this.env.step;
         }
+        if (feed.kind === 'keep_up' && feed.lsnAcked >= this.lsnHead) this.dropDirty(name, 'current');
         return;
       }
       case 'report': {
         this.echo(name, msg.ctrlSeqSeen);
+        if (msg.hello) this.goneAway(name, 'restarted'); // its link went down with it
         if (this.stale(name, 'report', msg.statusSeq, msg.ctrlSeqSeen)) return;
-        const primaryFacts = this.facts(msg.facts.lsnReceived);
+        const { lsnReceived, lsnApplied } = msg.facts;
+        this.noteReported(name, { statusSeq: msg.statusSeq, lsnReceived, lsnApplied, lsnRecoverable: msg.lsnRecoverable });
+        const primaryFacts = this.facts(name, msg.facts.lsnReceived);
         this.feed({ type: 'replica_report', replica: name, replicaFacts: msg.facts, primaryFacts });
         return;
       }
       case 'chunk_req': {
         const feed = this.#feeds.get(name);
-        if (feed?.kind !== 'rebuild' || feed.sessionId !== msg.sessionId) return;
-        this.sendChunk(name, msg.sessionId, msg.index);
+        if ((feed?.kind !== 'rebuild' && feed?.kind !== 'bitmap_resync') || feed.sessionId !== msg.sessionId) return;
+        this.sendChunk(name, msg.sessionId, msg.index, feed.kind === 'bitmap_resync' && msg.resync);
         return;
       }
       case 'progress':
@@ -263,17 +325,23 @@ export class SimPrimary {
     }
   }
 
-  facts(position: number): PrimaryFacts {
-    const backlogFloor = this.lsnHead === 0 ? 0 : Math.max(this.walTail, this.lsnHead - BACKLOG_RECORDS);
+  // The in-memory backlog holds every record after this (0: empty).
+  backlogFloor(): number {
+    return this.lsnHead === 0 ? 0 : Math.max(this.walTail, this.#backlogFloorMin, this.lsnHead - this.env.profile.backlogRecords);
+  }
+
+  facts(name: string, position: number): PrimaryFacts {
+    const bitmap = this.dirty.get(name);
     return {
       epoch: EPOCH,
       lsnHead: this.lsnHead,
       lsnCheckpoint: this.lsnCheckpoint,
-      backlogFloor,
+      backlogFloor: this.backlogFloor(),
       walTail: this.walTail,
       walBytesAfterReplica: Math.max(0, this.lsnHead - position) * 4160,
       walBytesAfterCheckpoint: (this.lsnHead - this.lsnCheckpoint) * 4160,
       volumeBytes: VOLUME_BLOCKS * 4096,
+      ...(bitmap === undefined ? {} : { bitmap: bitmap.facts() }),
     };
   }
 
@@ -281,13 +349,94 @@ export class SimPrimary {
     return this.#feeds.get(name)?.kind;
   }
 
-  private sendChunk(name: string, sessionId: number, index: number): void {
+  // A base chunk from the image as it is now; in a resync, a chunk no
+  // marked block touches goes as unchanged (every record so far marked its
+  // blocks, so the replica holds it as of lsnBase; later records reach it
+  // through the WAL lane). A bitmap gone meanwhile leaves none unchanged.
+  private sendChunk(name: string, sessionId: number, index: number, resync: boolean): void {
     const startBlock = index * CHUNK_BLOCKS;
     const blocks = Math.min(CHUNK_BLOCKS, VOLUME_BLOCKS - startBlock);
     if (index < 0 || blocks <= 0) return;
+    const bitmap = this.dirty.get(name);
+    if (resync && bitmap !== undefined && this.chunkUnchanged(bitmap, startBlock, blocks)) {
+      this.env.counts.bitmaps.unchangedChunks++;
+      const chunk = { sessionId, epoch: EPOCH, index, startBlock, blocks, lsnCheckpoint: this.lsnCheckpoint };
+      this.env.net.send(this.env.step, PRIMARY, name, { t: 'unchanged', epoch: EPOCH, chunk });
+      return;
+    }
     const data = encodeChunk(this.base, startBlock, blocks);
     const chunk = { sessionId, epoch: EPOCH, index, startBlock, blocks, lsnCheckpoint: this.lsnCheckpoint, digest: xxh3Digest(data) };
     this.env.net.send(this.env.step, PRIMARY, name, { t: 'chunk', epoch: EPOCH, chunk, data });
+  }
+
+  // ---- dirty bitmaps ----
+
+  // What the replica last reported; acks and reports arrive out of order.
+  private noteReported(name: string, reported: Reported): void {
+    const last = this.#reported.get(name);
+    if (last === undefined || reported.statusSeq > last.statusSeq) this.#reported.set(name, reported);
+  }
+
+  // The replica went away: a bitmap starts if it was fed from a whole base
+  // image (see the header for the other conditions).
+  private goneAway(name: string, why: string): void {
+    const kind = this.#feeds.get(name)?.kind;
+    const reported = this.#reported.get(name);
+    if (this.dirty.has(name) || (kind !== 'keep_up' && kind !== 'catch_up') || reported === undefined) return;
+    const lsnFrom = this.bitmapLsnFrom(reported);
+    if (lsnFrom === 0) return;
+    if (lsnFrom < this.lsnHead && lsnFrom < this.backlogFloor()) {
+      this.env.counts.bitmaps.noBacklog++;
+      return;
+    }
+    const bitmap = new SimDirtyBitmap(lsnFrom);
+    for (let lsn = lsnFrom + 1; lsn <= this.lsnHead; lsn++) bitmap.mark(this.records[lsn]!);
+    this.dirty.set(name, bitmap);
+    this.env.counts.bitmaps.started++;
+    this.env.trace(`p: dirty bitmap for ${name} from ${lsnFrom} (${why}, head ${this.lsnHead})`);
+  }
+
+  // Where a bitmap starts: at most what the replica can come back with.
+  protected bitmapLsnFrom(reported: Reported): number {
+    return reported.lsnRecoverable;
+  }
+
+  // Whether a resync may send the chunk as unchanged.
+  protected chunkUnchanged(bitmap: SimDirtyBitmap, startBlock: number, blocks: number): boolean {
+    return !bitmap.anyIn(startBlock, blocks);
+  }
+
+  private dropDirty(name: string, why: 'current' | 'crash'): void {
+    if (!this.dirty.delete(name)) return;
+    if (why === 'current') this.env.counts.bitmaps.droppedCurrent++;
+    else this.env.counts.bitmaps.droppedCrash++;
+    this.env.trace(`p: dirty bitmap for ${name} dropped (${why})`);
+  }
+
+  // ---- restart ----
+
+  // A clean restart closes every link first (replicas fed whole get a
+  // bitmap) and keeps the bitmaps; a crash loses them.
+  restart(clean: boolean): void {
+    const { counts, step } = this.env;
+    counts.faults.primaryRestarts++;
+    if (clean) for (const name of this.replicas) this.goneAway(name, 'primary shutdown');
+    else {
+      counts.faults.primaryCrashes++;
+      for (const name of this.replicas) this.dropDirty(name, 'crash');
+    }
+    this.env.trace(`p: ${clean ? 'clean restart' : 'crash and restart'} (head ${this.lsnHead}, checkpoint ${this.lsnCheckpoint}, walTail ${this.walTail})`);
+    this.#feeds.clear();
+    this.#reported.clear();
+    this.#lost.clear();
+    for (const name of this.replicas) {
+      this.#heardStep.set(name, step);
+      this.sendCtrl(name, { kind: 'hello' });
+    }
+    this.#backlogFloorMin = this.lsnCheckpoint;
+    this.engine = new ProtocolEngine({ sessionIdLast: this.engine.state.sessionIdLast, nowMs: step * MS_PER_STEP });
+    this.feed({ type: 'assignment', epoch: EPOCH, role: 'primary', replicas: this.replicas });
+    this.feed({ type: 'barrier', epoch: EPOCH, lsn: this.lsnHead });
   }
 
   // ---- control messages ----
@@ -336,10 +485,14 @@ export class SimPrimary {
         this.env.trace(`p: start_keep_up ${cmd.replica} from ${cmd.lsnFrom}`);
         this.#feeds.set(cmd.replica, { kind: 'keep_up', sessionId: undefined, lsnNext: cmd.lsnFrom, lsnAcked: cmd.lsnFrom - 1, ackStep: step });
         this.sendCtrl(cmd.replica, { kind: 'keep_up', lsnFrom: cmd.lsnFrom });
+        if (cmd.lsnFrom > this.lsnHead) this.dropDirty(cmd.replica, 'current');
         this.hooks.keepUpStarted(cmd.replica);
         return;
       case 'start_session':
         this.env.counts.sessions[cmd.kind]++;
+        if (cmd.kind === 'bitmap_resync' && !this.dirty.has(cmd.replica)) {
+          this.env.violation('resync_without_bitmap', `the engine started a bitmap resync of ${cmd.replica}, which has no dirty bitmap`);
+        }
         if (cmd.resumesSessionId !== undefined) this.env.counts.resumedRebuilds++;
         this.sessionsIssued.set(cmd.sessionId, cmd);
         this.env.trace(

@@ -1,7 +1,10 @@
 // The simulated replica, over the real RebuildSession.
 //
 // Disk (survives a crash): base image (one value per block), WAL records
-// after lsnCheckpoint up to lsnDurable, lsnApplied, the rebuild progress,
+// after lsnCheckpoint up to lsnDurable, lsnApplied (only in worlds whose
+// profile says replicaAppliedDurable; otherwise, as the runtime's replica,
+// a crash leaves lsnApplied at lsnCheckpoint and the WAL records after it are
+// applied again once a commit is heard), the rebuild progress and its kind,
 // the durable half of the rebuild bitmap, the newest session id and control
 // sequence seen, a catch-up in progress and the last session outcome. Memory (lost in a crash): WAL records appended but not yet
 // synced, out-of-order arrivals, the commit LSN heard, the live bitmap bits
@@ -22,12 +25,27 @@
 // later (baseWriteDone, then the progress is persisted). A crash tears the
 // base writes in flight (each block lands or not), loses the unsynced WAL
 // tail and some unsynced bits; on restart the session resumes from its
-// progress and re-marks the replayed WAL records. A replica with an
+// progress and re-marks the replayed WAL records. Completion checkpoints
+// everything applied (as the runtime's finishRebuild), so the base image is
+// whole at lsnCheckpoint from then on. A replica with an
 // unfinished rebuild and no session ("parked") neither takes nor applies WAL
 // records (its base is partial, and records applied unmarked would let a
 // resumed base lane overwrite them).
 // A superseded, cancelled or failed session's base writes drain before
 // anything else runs.
+//
+// A bitmap resync (lib/replication/replica_rebuild.ts start()) is a fresh
+// rebuild session with resync: true that keeps the base image: first every
+// applied record goes into it (makeBaseCurrent), so a chunk the primary's
+// bitmap leaves out holds its content as of lsnApplied; then the WAL and the
+// unapplied records are dropped as a rebuild does. An 'unchanged' chunk is
+// planned with planUnchanged (nothing written) and counts as done once its
+// empty write lands. After a crash the session resumes as a plain rebuild
+// (RebuildProgress does not say resync), so its chunk requests ask for data.
+// A replica with a partial base refuses a resync, as the runtime does.
+//
+// Acks and reports carry lsnRecoverable (what a crash now would leave as
+// lsnApplied); the first report after a restart says hello.
 import {
   type BlockBitmap,
   type BlockRun,
@@ -36,13 +54,14 @@ import {
   RebuildSlot,
   type SessionRef,
 } from '../../lib/protocol/rebuild_session';
-import type { ReplicaFacts, SessionFailure } from '../../lib/protocol/types';
+import type { ReplicaFacts, SessionFailure, SessionKind } from '../../lib/protocol/types';
 import { assertNever } from '../../lib/util/assert';
 
 import { BLOCK_BYTES, CHUNK_BLOCKS, type Ctrl, decodeBlockValue, EPOCH, type Rec, type ToPrimary, type ToReplica, VOLUME_BLOCKS } from './model';
 import { PRIMARY } from './network';
 import type { Env } from './primary';
 import { applyRecord } from './primary';
+import { readSetRuns } from '../support/bit_runs';
 
 const REPORT_EVERY_STEPS = 10;
 const PROGRESS_EVERY_STEPS = 5;
@@ -62,25 +81,13 @@ class ArrayBitmap implements BlockBitmap {
   }
   // As DenseBitmap's: maximal set runs in [fromBlock, endBlock), a page at a time.
   readRuns(fromBlock: number, endBlock: number, out: Float64Array): number {
-    let count = 0;
-    for (let block = fromBlock; block < endBlock && count < out.length / 2; ) {
-      if (this.bits[block] !== 1) {
-        block++;
-        continue;
-      }
-      const start = block;
-      while (block < endBlock && this.bits[block] === 1) block++;
-      out[2 * count] = start;
-      out[2 * count + 1] = block - start;
-      count++;
-    }
-    return count;
+    return readSetRuns(this.bits, fromBlock, endBlock, out);
   }
 }
 
 export interface ReplicaAudit {
   applied(replica: string, rec: Rec): void;
-  completing(replica: string, sessionId: number, kind: 'catch_up' | 'rebuild', lsnAchieved: number, session: RebuildSession | undefined): void;
+  completing(replica: string, sessionId: number, kind: SessionKind, lsnAchieved: number, session: RebuildSession | undefined): void;
   startedOnInvalid(replica: string, what: string): void;
 }
 
@@ -100,6 +107,7 @@ export class SimReplica {
   lsnDurable = 0;
   lsnApplied = 0;
   progress: RebuildProgress | undefined;
+  progressKind: 'rebuild' | 'bitmap_resync' = 'rebuild'; // what the primary started the session as
   blank = false; // never filled: content unknown until a rebuild completes
   readonly bitmapDurable = new Uint8Array(VOLUME_BLOCKS);
   newestSessionId = 0;
@@ -134,6 +142,11 @@ export class SimReplica {
 
   get lsnReceived(): number {
     return this.lsnCheckpoint + this.wal.length;
+  }
+
+  // The applied LSN this replica would come back with after a crash.
+  get lsnRecoverable(): number {
+    return this.env.profile.replicaAppliedDurable ? this.lsnApplied : this.lsnCheckpoint;
   }
 
   get contentValid(): boolean {
@@ -184,6 +197,9 @@ export class SimReplica {
       case 'chunk':
         this.onChunk(msg);
         return;
+      case 'unchanged':
+        this.onUnchanged(msg);
+        return;
       default:
         assertNever(msg);
     }
@@ -211,6 +227,10 @@ export class SimReplica {
 
   private onCtrl(cmd: Ctrl): void {
     if (cmd.kind === 'keep_up') return; // the handover: only echoed
+    if (cmd.kind === 'hello') {
+      this.report(); // the restarted primary decides on what this replica holds now
+      return;
+    }
     if (cmd.kind === 'cancel') {
       if (this.#catchUp?.sessionId === cmd.sessionId) this.#catchUp = undefined;
       const s = this.#slot.active;
@@ -228,8 +248,6 @@ export class SimReplica {
         this.env.trace(`${this.name}: catch-up ${cmd.sessionId} to ${cmd.lsnTarget} (at ${this.lsnApplied})`);
         return;
       case 'bitmap_resync':
-        this.env.violation('no_bitmap_resync', `${this.name}: bitmap_resync without a dirty bitmap in the facts`);
-        return;
       case 'rebuild':
         this.startRebuild(cmd);
         return;
@@ -240,6 +258,14 @@ export class SimReplica {
 
   private startRebuild(cmd: Extract<Ctrl, { kind: 'start' }>): void {
     const saved = this.progress;
+    const resync = cmd.sessionKind === 'bitmap_resync';
+    if (resync && (saved !== undefined || this.blank)) {
+      if (this.blank) this.audit.startedOnInvalid(this.name, `bitmap resync ${cmd.sessionId}`);
+      const message = `cannot resync session ${cmd.sessionId}: this replica's base image is partial (an unfinished rebuild)`;
+      this.env.trace(`${this.name}: refuses resync: ${message}`);
+      this.sendOutcome({ t: 'failed', sessionId: cmd.sessionId, failure: 'superseded', message });
+      return;
+    }
     let session: RebuildSession;
     const resumable = saved?.sessionId === cmd.resumesSessionId && saved?.lsnBase === cmd.lsnBase;
     if (cmd.resumesSessionId !== undefined && !resumable) {
@@ -255,21 +281,39 @@ export class SimReplica {
       });
       this.env.trace(`${this.name}: rebuild ${cmd.sessionId} resumes ${saved.sessionId} (${session.chunksDone}/${session.chunksTotal} chunks, applied ${this.lsnApplied})`);
     } else {
+      const applied = this.lsnApplied;
+      if (resync) this.makeBaseCurrent();
       this.wal = [];
       this.#inbox.clear();
       this.lsnCheckpoint = this.lsnDurable = this.lsnApplied = cmd.lsnBase;
       this.bitmapLive.fill(0);
       this.bitmapDurable.fill(0);
-      const params = { sessionId: cmd.sessionId, epoch: EPOCH, lsnBase: cmd.lsnBase, lsnTarget: cmd.lsnTarget, chunkBlocks: CHUNK_BLOCKS, volumeBlocks: VOLUME_BLOCKS, blockBytes: BLOCK_BYTES };
+      const params = { sessionId: cmd.sessionId, epoch: EPOCH, lsnBase: cmd.lsnBase, lsnTarget: cmd.lsnTarget, chunkBlocks: CHUNK_BLOCKS, volumeBlocks: VOLUME_BLOCKS, blockBytes: BLOCK_BYTES, resync };
       session = new this.sessionClass(params, new ArrayBitmap(this.bitmapLive));
-      this.env.trace(`${this.name}: rebuild ${cmd.sessionId} fresh over ${cmd.lsnBase} to ${cmd.lsnTarget}`);
+      this.env.trace(`${this.name}: ${resync ? `resync ${cmd.sessionId} keeps its base (applied ${applied})` : `rebuild ${cmd.sessionId} fresh`} over ${cmd.lsnBase} to ${cmd.lsnTarget}`);
     }
+    this.progressKind = resync ? 'bitmap_resync' : 'rebuild';
     const started = this.#slot.start(session);
     if (!started.ok) this.env.violation('slot', `${this.name}: ${started.message}`);
     this.progress = session.progress();
     this.blank = false; // the progress now says the base is partial
     this.changes++;
     this.#chunkAskedStep.clear();
+  }
+
+  // A resync keeps the base image: everything applied goes into it first.
+  protected makeBaseCurrent(): void {
+    this.checkpoint();
+  }
+
+  // Every applied record into the base image (no base write is in flight).
+  private checkpoint(): void {
+    this.bitmapDurable.set(this.bitmapLive);
+    while (this.lsnCheckpoint < this.lsnApplied) {
+      applyRecord(this.image, this.wal.shift()!);
+      this.lsnCheckpoint++;
+    }
+    this.changes++;
   }
 
   private endSession(failure: SessionFailure, message: string): void {
@@ -295,6 +339,18 @@ export class SimReplica {
     this.endSession('digest_mismatch', planned.message);
   }
 
+  // A resync's chunk the primary's bitmap leaves out: nothing to write; done
+  // once its (empty) write lands, like any other.
+  private onUnchanged(msg: Extract<ToReplica, { t: 'unchanged' }>): void {
+    const s = this.session;
+    if (s === undefined || msg.chunk.sessionId !== s.sessionId) return;
+    const planned = s.planUnchanged(refOf(s), msg.chunk);
+    if (!planned.ok) return; // a duplicate, or sent before this session resumed as a plain rebuild
+    const landStep = this.env.step + this.env.prng.int(1, this.env.profile.baseWriteStepsMax);
+    this.#pending.push({ token: planned.plan.token, runs: [], startBlock: msg.chunk.startBlock, data: new Uint8Array(0), landStep });
+    this.#chunkAskedStep.delete(msg.chunk.index);
+  }
+
   // ---- one step ----
 
   step(): void {
@@ -305,7 +361,7 @@ export class SimReplica {
     }
     if (env.prng.chance(env.profile.syncChance)) this.lsnDurable = this.lsnReceived;
     this.applyCommitted();
-    if (env.prng.chance(env.profile.flushChance)) this.flushOne();
+    if (env.prng.chance(env.profile.flushChance)) this.flush(env.prng.int(1, env.profile.flushRecordsMax));
     this.baseLane();
     this.tryComplete();
     this.sendStatus();
@@ -334,15 +390,17 @@ export class SimReplica {
     }
   }
 
-  private flushOne(): void {
-    if (this.lsnCheckpoint >= this.lsnApplied) return;
-    const rec = this.wal[0]!;
-    if (this.session?.basePendingIn(rec.lba, rec.lengthBlocks) === true) return; // rule 3: wait for the base write
-    this.bitmapDurable.set(this.bitmapLive); // rule 5: bits durable before their records leave the WAL
-    applyRecord(this.image, rec);
-    this.wal.shift();
-    this.lsnCheckpoint++;
-    this.changes++;
+  // Up to `records` applied records into the base image, in LSN order.
+  private flush(records: number): void {
+    for (let i = 0; i < records && this.lsnCheckpoint < this.lsnApplied; i++) {
+      const rec = this.wal[0]!;
+      if (this.session?.basePendingIn(rec.lba, rec.lengthBlocks) === true) return; // rule 3: wait for the base write
+      this.bitmapDurable.set(this.bitmapLive); // rule 5: bits durable before their records leave the WAL
+      applyRecord(this.image, rec);
+      this.wal.shift();
+      this.lsnCheckpoint++;
+      this.changes++;
+    }
   }
 
   private baseLane(): void {
@@ -360,7 +418,7 @@ export class SimReplica {
       const asked = this.#chunkAskedStep.get(index);
       if (asked !== undefined && this.env.step - asked < CHUNK_ASK_AGAIN_STEPS) continue;
       this.#chunkAskedStep.set(index, this.env.step);
-      this.send({ t: 'chunk_req', sessionId: s.sessionId, epoch: EPOCH, index });
+      this.send({ t: 'chunk_req', sessionId: s.sessionId, epoch: EPOCH, index, resync: s.resync });
     }
   }
 
@@ -388,8 +446,11 @@ export class SimReplica {
     if (s === undefined) return;
     const completion = s.tryComplete(refOf(s));
     if (!completion.ok) return;
-    this.audit.completing(this.name, s.sessionId, 'rebuild', completion.lsnAchieved, s);
-    this.env.trace(`${this.name}: rebuild ${s.sessionId} completed at ${completion.lsnAchieved}`);
+    this.audit.completing(this.name, s.sessionId, this.progressKind, completion.lsnAchieved, s);
+    this.env.trace(`${this.name}: ${this.progressKind} ${s.sessionId} completed at ${completion.lsnAchieved}`);
+    // As the runtime's finishRebuild: the base image holds chunks newer than
+    // lsnCheckpoint (BASE_NEWER) until everything applied is checkpointed.
+    this.checkpoint();
     this.progress = undefined;
     this.changes++;
     this.#slot.clear();
@@ -412,7 +473,7 @@ export class SimReplica {
     if (this.lsnReceived !== this.#lsnAcked || step - this.#ackStep >= ACK_IDLE_STEPS) {
       this.#lsnAcked = this.lsnReceived;
       this.#ackStep = step;
-      this.send({ t: 'ack', lsnReceived: this.lsnReceived, ctrlSeqSeen: this.ctrlSeqSeen, statusSeq: ++this.statusSeq });
+      this.send({ t: 'ack', lsnReceived: this.lsnReceived, lsnApplied: this.lsnApplied, lsnRecoverable: this.lsnRecoverable, ctrlSeqSeen: this.ctrlSeqSeen, statusSeq: ++this.statusSeq });
     }
     if ((step + this.indexOffset) % REPORT_EVERY_STEPS === 0) this.report();
     if ((step + this.indexOffset) % PROGRESS_EVERY_STEPS === 0) {
@@ -425,7 +486,7 @@ export class SimReplica {
     }
   }
 
-  report(): void {
+  report(hello = false): void {
     const facts: ReplicaFacts = {
       epoch: EPOCH,
       lsnReceived: this.lsnReceived,
@@ -438,7 +499,7 @@ export class SimReplica {
       const chunksTotal = Math.ceil(saved.volumeBlocks / saved.chunkBlocks);
       facts.rebuild = { sessionId: saved.sessionId, epoch: saved.epoch, baseLsn: saved.lsnBase, chunksDone: saved.chunkIndexNext + saved.chunksDoneAbove.length, chunksTotal };
     }
-    this.send({ t: 'report', facts, ctrlSeqSeen: this.ctrlSeqSeen, statusSeq: ++this.statusSeq });
+    this.send({ t: 'report', facts, lsnRecoverable: this.lsnRecoverable, hello, ctrlSeqSeen: this.ctrlSeqSeen, statusSeq: ++this.statusSeq });
   }
 
   private send(msg: ToPrimary): void {
@@ -454,6 +515,7 @@ export class SimReplica {
     this.#pending = [];
     counts.faults.lostWalRecords += this.lsnReceived - this.lsnDurable;
     this.wal.length = this.lsnDurable - this.lsnCheckpoint;
+    if (!this.env.profile.replicaAppliedDurable) this.lsnApplied = this.lsnCheckpoint;
     this.changes++;
     for (let b = 0; b < VOLUME_BLOCKS; b++) {
       if (this.bitmapLive[b] === 1 && this.bitmapDurable[b] === 0 && prng.chance(0.5)) continue; // this page made it
@@ -483,7 +545,7 @@ export class SimReplica {
       this.#slot.start(s);
     }
     this.env.trace(`${this.name}: restart (applied ${this.lsnApplied}, received ${this.lsnReceived}${saved ? `, resumes session ${saved.sessionId}` : ''})`);
-    this.report();
+    this.report(true);
   }
 }
 

@@ -1,7 +1,9 @@
 // A seeded world: one primary (the real ProtocolEngine and decide() behind a
-// shell, test/sim/primary.ts), 1–2 replicas (the real RebuildSession,
+// shell, test/sim/primary.ts, with a dirty bitmap per away replica so decide
+// can pick bitmap_resync), 1–2 replicas (the real RebuildSession,
 // test/sim/replica.ts), a faulty network (test/sim/network.ts), replica
-// crashes with torn base writes and lost unsynced WAL, and an auditor that
+// crashes with torn base writes and lost unsynced WAL, primary restarts
+// (clean, or crashes that lose the dirty bitmaps), and an auditor that
 // holds the run to these invariants (names used in violation reports):
 //
 //   content          a replica whose base is whole (no unfinished rebuild,
@@ -11,9 +13,15 @@
 //   apply_same       and each is the primary's record at that LSN.
 //   completion_once  a session's completion is reported at most once.
 //   completion_gate  a completion has lsnAchieved ≥ the session's target, and
-//                    a rebuild's has every chunk done.
+//                    a rebuild's or bitmap resync's has every chunk done.
 //   keep_up_whole    the engine never keeps up (or catches up) a replica
 //                    whose base is partial or blank.
+//   bitmap_from      a replica's dirty bitmap starts at or below the applied
+//                    LSN it would come back with after a crash (lsnRecoverable),
+//                    while its base is whole — the bitmap's trust rule: else
+//                    a replica that crashes while away loses its resync, or
+//                    keeps stale blocks if the resync was decided before the
+//                    crash.
 //   healthy_whole    while the engine publishes 'healthy', every replica's
 //                    base is whole.
 //   converge         after the faults end (FAULT_END_STEP) and the workload
@@ -21,13 +29,14 @@
 //                    replica is up, whole, applied to the head, kept up by the
 //                    engine, and the mode is 'healthy'.
 // Plus whatever the session and the shells flag themselves (a refused WAL
-// apply, an unexpected fence).
+// apply, an unexpected fence, a bitmap resync started without a bitmap).
 //
 // Phases: steps [0, FAULT_END_STEP) inject faults; then the network only
 // delays; the workload runs until WRITE_END_STEP; the run ends at END_STEP.
 // A violation stops the world and returns the seed, the step, and the last
 // trace lines.
 import { RebuildSession } from '../../lib/protocol/rebuild_session';
+import type { SessionKind } from '../../lib/protocol/types';
 
 import {
   type Counts,
@@ -54,10 +63,16 @@ export interface Violation {
   trace: string[];
 }
 
-export interface WorldOptions {
+// The parts a canary may replace (test/sim/canaries.ts).
+export interface Plants {
+  sessionClass?: typeof RebuildSession;
+  primaryClass?: typeof SimPrimary;
+  replicaClass?: typeof SimReplica;
+}
+
+export interface WorldOptions extends Plants {
   seed: number;
   counts: Counts;
-  sessionClass?: typeof RebuildSession;
 }
 
 class StopWorld extends Error {}
@@ -103,11 +118,13 @@ class World implements ReplicaAudit {
       violation: (invariant, detail) => this.fail(invariant, detail),
     };
     const names = Array.from({ length: profile.replicas }, (_, i) => `r${i + 1}`);
-    this.#primary = new SimPrimary(this.#env, names, { keepUpStarted: (name) => this.keepUpStarted(name) });
+    const primaryClass = options.primaryClass ?? SimPrimary;
+    const replicaClass = options.replicaClass ?? SimReplica;
+    this.#primary = new primaryClass(this.#env, names, { keepUpStarted: (name) => this.keepUpStarted(name) });
     this.#primary.preHistory(profile.preHistoryRecords);
     const sessionClass = options.sessionClass ?? RebuildSession;
     names.forEach((name, i) => {
-      const replica = new SimReplica(name, this.#env, this, sessionClass, i * 3);
+      const replica = new replicaClass(name, this.#env, this, sessionClass, i * 3);
       // A replica starts somewhere in the history it holds, or blank when the
       // WAL no longer reaches back to 0 (so it will be rebuilt).
       const blank = this.#primary.walTail > 0 && prng.chance(0.3);
@@ -122,6 +139,16 @@ class World implements ReplicaAudit {
   }
 
   run(): void {
+    const env = this.#env;
+    const resyncsBefore = env.counts.sessions.bitmap_resync;
+    try {
+      this.runSteps();
+    } finally {
+      if (env.counts.sessions.bitmap_resync > resyncsBefore) env.counts.bitmaps.seedsWithResync++;
+    }
+  }
+
+  private runSteps(): void {
     const env = this.#env;
     this.#primary.start();
     let convergedSince: number | undefined;
@@ -150,6 +177,7 @@ class World implements ReplicaAudit {
 
   private injectFaults(): void {
     const { prng, profile, step } = this.#env;
+    if (prng.chance(profile.primaryRestartChance)) this.#primary.restart(prng.chance(0.5));
     for (const replica of this.#replicas) {
       if (replica.up && prng.chance(profile.crashChance)) replica.crash(prng.int(1, 40));
       if (prng.chance(profile.partitionChance)) {
@@ -171,6 +199,12 @@ class World implements ReplicaAudit {
   // ---- invariants ----
 
   private audit(): void {
+    for (const replica of this.#replicas) {
+      const bitmap = this.#primary.dirty.get(replica.name);
+      if (bitmap !== undefined && replica.contentValid && bitmap.lsnFrom > replica.lsnRecoverable) {
+        this.fail('bitmap_from', `${replica.name}'s dirty bitmap starts at ${bitmap.lsnFrom}, but a crash now would leave it at ${replica.lsnRecoverable}`);
+      }
+    }
     for (const replica of this.#replicas) {
       if (!replica.contentValid || this.#audited.get(replica) === replica.changes) continue;
       this.#audited.set(replica, replica.changes);
@@ -206,8 +240,9 @@ class World implements ReplicaAudit {
     }
   }
 
-  completing(name: string, sessionId: number, kind: 'catch_up' | 'rebuild', lsnAchieved: number, session: RebuildSession | undefined): void {
+  completing(name: string, sessionId: number, kind: SessionKind, lsnAchieved: number, session: RebuildSession | undefined): void {
     this.#env.counts.completions++;
+    this.#env.counts.completionsByKind[kind]++;
     const key = `${name}/${sessionId}`;
     if (this.#completed.has(key)) this.fail('completion_once', `${name} reports session ${sessionId} completed again`);
     this.#completed.add(key);
@@ -219,7 +254,7 @@ class World implements ReplicaAudit {
       this.fail('completion_gate', `${name} completes ${kind} session ${sessionId} at LSN ${lsnAchieved}, below its target ${issued.lsnTarget}`);
     }
     if (session !== undefined && (!session.baseDone || session.chunksDone !== session.chunksTotal)) {
-      this.fail('completion_gate', `${name} completes rebuild ${sessionId} with ${session.chunksDone}/${session.chunksTotal} chunks`);
+      this.fail('completion_gate', `${name} completes ${kind} ${sessionId} with ${session.chunksDone}/${session.chunksTotal} chunks`);
     }
   }
 
@@ -274,11 +309,17 @@ export function describeCounts(summary: RunSummary): string {
   const failures = Object.entries(c.sessionFailures)
     .map(([k, v]) => `${k} ${v}`)
     .join(', ');
+  const b = c.bitmaps;
+  const done = c.completionsByKind;
   return [
     `seeds ${summary.seedFirst}..${summary.seedFirst + summary.seedsRun - 1} (${summary.seedsRun} run) in ${summary.elapsedMs.toFixed(0)} ms`,
-    `sessions started: rebuild ${c.sessions.rebuild} (resumed ${c.resumedRebuilds}), catch_up ${c.sessions.catch_up}, bitmap_resync ${c.sessions.bitmap_resync}; keep-ups started ${c.keepUps}; completions ${c.completions}`,
+    `sessions started: rebuild ${c.sessions.rebuild} (resumed ${c.resumedRebuilds}), catch_up ${c.sessions.catch_up}, bitmap_resync ${c.sessions.bitmap_resync}; keep-ups started ${c.keepUps}`,
+    `sessions completed: rebuild ${done.rebuild}, catch_up ${done.catch_up}, bitmap_resync ${done.bitmap_resync} (${c.completions} in all)`,
+    `dirty bitmaps: started ${b.started} (not started, backlog too short: ${b.noBacklog}), dropped when current ${b.droppedCurrent}, lost in primary crashes ${b.droppedCrash}; ` +
+      `resync chunks sent unchanged ${b.unchangedChunks}; seeds with a bitmap_resync ${b.seedsWithResync} of ${summary.seedsRun}`,
     `session failures: ${failures || 'none'}`,
-    `faults: drops ${f.drops}, duplicates ${f.duplicates}, corrupt chunks ${f.corruptChunks}, partitions ${f.partitions}, crashes ${f.crashes}, torn base blocks ${f.tornBaseWrites}, unsynced WAL records lost ${f.lostWalRecords}`,
+    `faults: drops ${f.drops}, duplicates ${f.duplicates}, corrupt chunks ${f.corruptChunks}, partitions ${f.partitions}, crashes ${f.crashes}, torn base blocks ${f.tornBaseWrites}, unsynced WAL records lost ${f.lostWalRecords}, ` +
+      `primary restarts ${f.primaryRestarts} (crashes ${f.primaryCrashes})`,
     `steps to converge after the workload stops: median ${p(0.5)}, p99 ${p(0.99)}, max ${steps[steps.length - 1] ?? 0} (bound ${END_STEP - WRITE_END_STEP})`,
     `violations ${summary.violations.length}`,
   ].join('\n');
@@ -288,10 +329,9 @@ export function describeViolation(v: Violation): string {
   return [`VIOLATION seed ${v.seed} step ${v.step}: ${v.invariant}: ${v.detail}`, ...v.trace.map((line) => `  ${line}`)].join('\n');
 }
 
-export interface RunOptions {
+export interface RunOptions extends Plants {
   seedFirst: number;
   seeds: number;
-  sessionClass?: typeof RebuildSession;
   stopAtFirstViolation?: boolean;
 }
 
@@ -301,7 +341,8 @@ export function runSeeds(options: RunOptions, counts: Counts): RunSummary {
   let seedsRun = 0;
   for (let seed = options.seedFirst; seed < options.seedFirst + options.seeds; seed++) {
     seedsRun++;
-    const violation = runWorld({ seed, counts, sessionClass: options.sessionClass });
+    const { sessionClass, primaryClass, replicaClass } = options;
+    const violation = runWorld({ seed, counts, sessionClass, primaryClass, replicaClass });
     if (violation === undefined) continue;
     violations.push(violation);
     if (options.stopAtFirstViolation === true) break;

@@ -17,6 +17,7 @@ import {
   RebuildSlot,
   xxh3Digest,
 } from '../../lib/protocol/rebuild_session';
+import { readSetRuns } from '../support/bit_runs';
 
 const BLOCK_BYTES = 8;
 
@@ -405,19 +406,7 @@ test('hooks: a subclass can change the small rules (the simulator plants its bug
 // a page of out.length / 2 runs at a time (a chunk of 300 blocks can hold more).
 class RunsBitmap extends ArrayBitmap {
   readRuns(fromBlock: number, endBlock: number, out: Float64Array): number {
-    let count = 0;
-    for (let block = fromBlock; block < endBlock && count < out.length / 2; ) {
-      if (this.bits[block] !== 1) {
-        block++;
-        continue;
-      }
-      const start = block;
-      while (block < endBlock && this.bits[block] === 1) block++;
-      out[2 * count] = start;
-      out[2 * count + 1] = block - start;
-      count++;
-    }
-    return count;
+    return readSetRuns(this.bits, fromBlock, endBlock, out);
   }
 }
 
