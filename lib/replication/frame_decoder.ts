@@ -15,8 +15,9 @@
 // bytesQueued lets the shell stop reading from the socket while too much
 // input waits (back-pressure stays with the shell).
 //
-// Large bodies (BODY_POOL_MIN_BYTES..BODY_POOL_BUFFER_BYTES: a base chunk, a
-// catch-up's WAL records) are copied into buffers the decoder lends out. A
+// Large BASE_CHUNK bodies (BODY_POOL_MIN_BYTES..BODY_POOL_BUFFER_BYTES) are
+// copied into buffers the decoder lends out (other frames get a buffer of
+// their own size: nothing hands a WAL_RECORDS body back). A
 // caller done with every view of a frame's body hands it back with
 // release() and the next large frame reuses it: a rebuild then moves its
 // data through a few buffers instead of a fresh megabyte per chunk (each a
@@ -105,7 +106,7 @@ export class FrameDecoder {
     const header = this.header;
     if (this.queue.bytesQueued < header.bodyBytes) return undefined;
     this.header = undefined;
-    const scratch = this.lend(header.bodyBytes);
+    const scratch = header.type === 'base_chunk' ? this.lend(header.bodyBytes) : undefined;
     const body = this.queue.take(header.bodyBytes, scratch);
     // In one chunk: decoded in place, the buffer not needed.
     if (scratch !== undefined && body.buffer !== scratch.buffer) this.release(scratch);

@@ -486,3 +486,13 @@ test('buffers kept for reuse go at the first trim after large frames stop, and s
   assert.equal(decoder.pooledBuffers, 0);
   assert.ok(take(4).data!.every((x) => x === 4), 'a fresh buffer after the trim');
 });
+
+test('a large WAL_RECORDS body is not lent: its copy is its own size (nothing hands it back)', () => {
+  const decoder = new FrameDecoder();
+  const record = new Uint8Array(512 * 1024).fill(5);
+  const bytes = encodeFrame({ type: 'wal_records', epoch: 1, records: [{ lsn: 1, bytes: record }] });
+  for (let at = 0; at < bytes.length; at += 65536) decoder.push(own(bytes.subarray(at, at + 65536)));
+  const frame = decoder.next() as WalRecordsFrame;
+  assert.equal(frame.records[0]!.bytes.buffer.byteLength, bytes.length - FRAME_HEADER_BYTES);
+  assert.equal(decoder.pooledBuffers, 0);
+});
