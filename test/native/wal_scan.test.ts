@@ -23,6 +23,7 @@ import {
   type ScanResult,
   type SegmentRole,
 } from '../../lib/native/wal_format';
+import { writeAt } from '../support/tmp';
 
 const kSegmentBytes = 1 << 20;
 const kBlockBytes = 4096;
@@ -50,12 +51,7 @@ class WalDir {
     fs.writeFileSync(this.file(seq), content);
   }
   write(seq: number, offsetBytes: number, bytes: Buffer): void {
-    const fd = fs.openSync(this.file(seq), 'r+');
-    try {
-      fs.writeSync(fd, bytes, 0, bytes.length, offsetBytes);
-    } finally {
-      fs.closeSync(fd);
-    }
+    writeAt(this.file(seq), offsetBytes, bytes);
   }
   read(seq: number): Buffer {
     return fs.readFileSync(this.file(seq));

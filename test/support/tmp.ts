@@ -10,6 +10,16 @@ export function tempDir(prefix: string): { dir: string; cleanup: () => void } {
   return { dir, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
 }
 
+// Overwrites bytes of an existing file at offsetBytes (a test's damage or patch).
+export function writeAt(file: string, offsetBytes: number, bytes: Uint8Array): void {
+  const fd = fs.openSync(file, 'r+');
+  try {
+    fs.writeSync(fd, bytes, 0, bytes.length, offsetBytes);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 // A small deterministic PRNG (mulberry32) for seeded tests.
 export const prng = mulberry32;
 
