@@ -63,6 +63,7 @@ export class Flusher {
   private chain: Promise<void> = Promise.resolve();
   private pending = false;
   private idleTimer: NodeJS.Timeout | undefined;
+  private writesSinceArmed = 0;
   private stopped = false;
   // What the WAL keeps below the checkpoint (wal_retention.ts).
   private readonly retention: WalRetention;
@@ -103,11 +104,25 @@ export class Flusher {
     if (this.stopped) return;
     if (this.io.dirty.dirtyBlocks * BLOCK_BYTES >= this.options.triggerBytes) this.kick();
     if (this.options.idleMs > 0) {
-      if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
-      this.idleTimer = setTimeout(() => this.kick(), this.options.idleMs);
-      this.idleTimer.unref();
+      // One timer, not one per write: when it fires after writes it only
+      // re-arms, so the checkpoint comes idleMs to 2 × idleMs after the last.
+      this.writesSinceArmed++;
+      if (this.idleTimer === undefined) this.armIdle();
     }
   }
+
+  private armIdle(): void {
+    this.writesSinceArmed = 0;
+    this.idleTimer = setTimeout(this.onIdleTimer, this.options.idleMs);
+    this.idleTimer.unref();
+  }
+
+  private readonly onIdleTimer = (): void => {
+    this.idleTimer = undefined;
+    if (this.stopped) return;
+    if (this.writesSinceArmed > 0) this.armIdle();
+    else this.kick();
+  };
 
   // A background checkpoint unless one is already queued; errors are kept in io.failure.
   kick(): void {

@@ -29,6 +29,14 @@ export class RangeLocks {
     return this.held.length;
   }
 
+  // Whether an operation on [startBlock, endBlock) would have to wait.
+  conflicts(startBlock: number, endBlock: number, rmw: boolean): boolean {
+    for (const h of this.held) {
+      if (h.startBlock < endBlock && startBlock < h.endBlock && (rmw || h.rmw)) return true;
+    }
+    return false;
+  }
+
   acquire(startBlock: number, endBlock: number, rmw: boolean): Lock {
     const waits: Promise<void>[] = [];
     for (const h of this.held) {

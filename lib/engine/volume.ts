@@ -320,13 +320,18 @@ export class Volume {
 
   // write, trim and writeZeroes resolve with the LSN of their last record
   // (what replication waits on).
-  async write(offsetBytes: number, data: Uint8Array, options: { fua?: boolean } = {}): Promise<number> {
-    this.checkOpen();
-    if (!(data instanceof Uint8Array)) throw new TypeError('data must be a Uint8Array');
-    checkRange(offsetBytes, data.byteLength, this.sizeBytes, REQUEST_BYTES_MAX);
-    const lsn = await this.io.write(offsetBytes, data, options.fua === true);
+  write(offsetBytes: number, data: Uint8Array, options: { fua?: boolean } = {}): Promise<number> {
+    try {
+      this.checkOpen();
+      if (!(data instanceof Uint8Array)) throw new TypeError('data must be a Uint8Array');
+      checkRange(offsetBytes, data.byteLength, this.sizeBytes, REQUEST_BYTES_MAX);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const written = this.io.write(offsetBytes, data, options.fua === true);
+    // The records are in the dirty map already (they got their LSNs).
     this.flusher.noteWrite();
-    return lsn;
+    return written;
   }
 
   async trim(offsetBytes: number, lengthBytes: number): Promise<number> {
@@ -416,6 +421,14 @@ export class Volume {
   async appendReceived(bytes: Uint8Array): Promise<number> {
     this.checkOpen();
     return this.io.appendReceived(bytes);
+  }
+
+  // Replica: appends the records of one frame in order (each as
+  // appendReceived checks it); resolves with the last LSN once all are
+  // written, undefined for none. Throws on the first that does not verify.
+  appendReceivedAll(records: readonly { bytes: Uint8Array }[]): Promise<number> | undefined {
+    this.checkOpen();
+    return this.io.appendReceivedAll(records);
   }
 
   // Primary: the newest records replayed at open, encoded, each with the

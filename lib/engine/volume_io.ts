@@ -8,7 +8,7 @@ import { BaseImage, BLOCK_BYTES } from '../native/base_image';
 import { BlockwalError } from '../native/errors';
 import type { Ring } from '../native/ring';
 import type { AppendedRecord, Wal } from '../native/wal';
-import { decodeRecord, type RecordKind } from '../native/wal_format';
+import { decodeRecord, type DecodedRecord, type RecordKind } from '../native/wal_format';
 import { type ApplyChecksum, extendApplyChecksum, extendApplyChecksumRun } from '../replication/apply_checksum';
 import {
   type Applied,
@@ -278,6 +278,62 @@ export class VolumeIo {
   // Appends a record the primary encoded; resolves with its LSN once written.
   // It must verify and carry the next LSN (ERR_REPL_RECORD otherwise).
   appendReceived(bytes: Uint8Array): Promise<number> {
+    const r = this.checkReceived(bytes);
+    this.lsnReceiveNext++;
+    const written = this.wal.appendLocated({
+      kind: r.rec.kind,
+      epoch: r.rec.epoch,
+      lba: r.rec.lba,
+      lengthBlocks: r.rec.lengthBlocks,
+      payload: r.payload,
+      onAssigned: (a) => this.receivedAssigned(r.rec, r.control, a),
+    });
+    if (this.wal.full) this.onPressure();
+    return written.then(
+      (a) => a.lsn,
+      (err) => {
+        throw this.walFailed(err);
+      },
+    );
+  }
+
+  // Appends the records of one frame, in order; resolves with the last one's
+  // LSN once written (so once all are), undefined for no records. Records
+  // go into the WAL at once while it has room, without a promise each.
+  // Throws on the first record that does not verify (those before it stay).
+  appendReceivedAll(records: readonly { bytes: Uint8Array }[]): Promise<number> | undefined {
+    let lsnLast = 0;
+    let queued: Promise<number> | undefined;
+    for (const { bytes } of records) {
+      if (queued === undefined) {
+        const r = this.checkReceived(bytes);
+        let a: AppendedRecord | undefined;
+        try {
+          a = this.wal.appendNow(r.rec.kind, r.rec.epoch, r.rec.lba, r.rec.lengthBlocks, r.payload, false, false);
+        } catch (err) {
+          throw this.walFailed(err);
+        }
+        if (a !== undefined) {
+          this.lsnReceiveNext++;
+          this.receivedAssigned(r.rec, r.control, a);
+          lsnLast = a.lsn;
+          continue;
+        }
+      }
+      // Waiting for WAL space: this record and the rest queue, in order;
+      // the last one reports a failure for all.
+      queued?.catch(() => undefined);
+      queued = this.appendReceived(bytes);
+    }
+    if (queued !== undefined) return queued;
+    if (lsnLast === 0) return undefined;
+    return this.wal.whenWritten(lsnLast, false).catch((err: unknown) => {
+      throw this.walFailed(err);
+    });
+  }
+
+  // A received record, verified and in order, or ERR_REPL_RECORD.
+  private checkReceived(bytes: Uint8Array): { rec: DecodedRecord; payload: Uint8Array | null; control: ControlEntry | undefined } {
     this.checkWritable();
     let rec;
     try {
@@ -303,31 +359,20 @@ export class VolumeIo {
       }
       if (control.type === 'resize') this.receivedSizeBytes = Math.max(this.receivedSizeBytes, control.sizeBytes);
     }
-    this.lsnReceiveNext++;
-    const written = this.wal.appendLocated({
-      kind: rec.kind,
-      epoch: rec.epoch,
-      lba: rec.lba,
-      lengthBlocks: rec.lengthBlocks,
-      payload,
-      onAssigned: (a) => {
-        if (a.lsn !== rec.lsn || a.checksum !== rec.checksum) {
-          // The WAL was not where the link said (a bug, not input): stop.
-          this.fail(new BlockwalError('ERR_REPL_DIVERGED', `local WAL gave LSN ${a.lsn} to received LSN ${rec.lsn}`));
-          return;
-        }
-        const { segmentSeq, offsetBytes, spanBytes } = a;
-        this.walIndex.add(a.lsn, segmentSeq, offsetBytes, spanBytes);
-        this.pending.push({ lsn: a.lsn, epoch: rec.epoch, control, kind: rec.kind, lba: rec.lba, lengthBlocks: rec.lengthBlocks, segmentSeq, offsetBytes, spanBytes, checksum: a.checksum });
-      },
-    });
-    if (this.wal.full) this.onPressure();
-    return written.then(
-      (a) => a.lsn,
-      (err) => {
-        throw this.walFailed(err);
-      },
-    );
+    return { rec, payload, control };
+  }
+
+  // A received record has its place in the local WAL: it waits there for the
+  // primary's commit.
+  private receivedAssigned(rec: DecodedRecord, control: ControlEntry | undefined, a: AppendedRecord): void {
+    if (a.lsn !== rec.lsn || a.checksum !== rec.checksum) {
+      // The WAL was not where the link said (a bug, not input): stop.
+      this.fail(new BlockwalError('ERR_REPL_DIVERGED', `local WAL gave LSN ${a.lsn} to received LSN ${rec.lsn}`));
+      return;
+    }
+    const { segmentSeq, offsetBytes, spanBytes } = a;
+    this.walIndex.add(a.lsn, segmentSeq, offsetBytes, spanBytes);
+    this.pending.push({ lsn: a.lsn, epoch: rec.epoch, control, kind: rec.kind, lba: rec.lba, lengthBlocks: rec.lengthBlocks, segmentSeq, offsetBytes, spanBytes, checksum: a.checksum });
   }
 
   // The epoch of the newest received record not applied yet (undefined: none).
@@ -514,11 +559,45 @@ export class VolumeIo {
   // ---- writes -------------------------------------------------------------
 
   // Resolves with the LSN of the write's last record.
-  async write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<number> {
-    this.checkClientWritable();
+  write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<number> {
     const first = Math.floor(offsetBytes / BLOCK_BYTES);
     const end = Math.ceil((offsetBytes + data.byteLength) / BLOCK_BYTES);
     const aligned = offsetBytes % BLOCK_BYTES === 0 && data.byteLength % BLOCK_BYTES === 0;
+    // The common case, without a lock or a promise per step: whole blocks
+    // that fit one record, nothing earlier to wait for, room in the WAL now.
+    // The record gets its LSN before this returns, which is all the lock
+    // would have ordered.
+    if (aligned && end - first <= this.wal.recordPayloadMaxBytes / BLOCK_BYTES && !this.locks.conflicts(first, end, false)) {
+      let rec: AppendedRecord | undefined;
+      try {
+        this.checkClientWritable();
+        rec = this.wal.appendNow('write', this.sb.fields.epoch, first, end - first, data, fua, this.onRecord !== undefined);
+      } catch (err) {
+        return Promise.reject(this.walFailed(err));
+      }
+      if (rec !== undefined) {
+        this.walIndex.add(rec.lsn, rec.segmentSeq, rec.offsetBytes, rec.spanBytes);
+        this.dirty.setWrite(first, end - first, rec.lsn, rec.segmentSeq, rec.offsetBytes, rec.spanBytes);
+        this.applied(rec, 'write', first, end - first);
+        this.inflight++;
+        return this.wal.whenWritten(rec.lsn, fua).then(this.writeDone, this.writeFailed);
+      }
+    }
+    return this.writeQueued(offsetBytes, data, fua, first, end, aligned);
+  }
+
+  private readonly writeDone = (lsn: number): number => {
+    this.done();
+    return lsn;
+  };
+
+  private readonly writeFailed = (err: unknown): never => {
+    this.done();
+    throw this.walFailed(err);
+  };
+
+  private async writeQueued(offsetBytes: number, data: Uint8Array, fua: boolean, first: number, end: number, aligned: boolean): Promise<number> {
+    this.checkClientWritable();
     const lock = this.locks.acquire(first, end, !aligned);
     this.inflight++;
     try {
@@ -624,9 +703,7 @@ export class VolumeIo {
         appending.lsn = rec.lsn;
         this.walIndex.add(rec.lsn, rec.segmentSeq, rec.offsetBytes, rec.spanBytes);
         onAssigned(rec);
-        this.lsnApplied = rec.lsn;
-        this.applyChecksum = extendApplyChecksum(this.applyChecksum, rec.checksum);
-        this.onRecord?.({ lsn: rec.lsn, bytes: rec.bytes!, checksum: rec.checksum, kind: r.kind, lba: r.lba, lengthBlocks: r.lengthBlocks });
+        this.applied(rec, r.kind, r.lba, r.lengthBlocks);
         assign();
       },
     });
@@ -634,6 +711,15 @@ export class VolumeIo {
     assigned.catch(() => undefined);
     if (this.wal.full) this.onPressure();
     return appending;
+  }
+
+  // A primary's record has its LSN and is in the dirty map (or applied, a
+  // control record): it counts as applied and is shipped, in the same
+  // synchronous step.
+  private applied(rec: AppendedRecord, kind: ShippedRecord['kind'], lba: number, lengthBlocks: number): void {
+    this.lsnApplied = rec.lsn;
+    this.applyChecksum = extendApplyChecksum(this.applyChecksum, rec.checksum);
+    this.onRecord?.({ lsn: rec.lsn, bytes: rec.bytes!, checksum: rec.checksum, kind, lba, lengthBlocks });
   }
 
   // Releases the lock once every record has its LSN, then waits for the WAL.

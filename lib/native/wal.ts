@@ -438,57 +438,90 @@ export class Wal {
     });
   }
 
+  // The common case of an append without a promise: when nothing waits for
+  // WAL space and the open group has room, the record gets its LSN now and
+  // its placement is returned; the caller then waits with whenWritten().
+  // Undefined when it would have to wait (nothing was appended: use
+  // appendLocated). Throws when the WAL refuses it (closed, failed, a bad
+  // record).
+  appendNow(kind: RecordKind, epoch: number, lba: number, lengthBlocks: number, payload: Uint8Array | null, fua: boolean, copyOut: boolean): AppendedRecord | undefined {
+    if (this.appendQueue.length > 0) return undefined;
+    if (this.closed) throw new BlockwalError('ERR_WAL_CLOSED', 'the WAL is closed');
+    if (this.fatal !== undefined) throw this.fatal;
+    const placed = this.place(kind, epoch, lba, lengthBlocks, payload, fua, copyOut);
+    if (placed === undefined) return undefined;
+    this.ring.scheduleKick();
+    return placed;
+  }
+
+  // Resolves with lsn once the record at lsn is written (durable with fua).
+  whenWritten(lsn: number, fua: boolean): Promise<number> {
+    return new Promise<number>((resolve, reject) => this.addWaiter(fua, { lsn, resolve: resolve as (v: never) => void, value: lsn, reject }));
+  }
+
   private tryAppend(q: QueuedAppend): boolean {
     const r = q.record;
-    const kind = KIND_CODE[r.kind];
-    if (kind === undefined) {
-      q.reject(new TypeError(`unknown record kind '${String(r.kind)}'`));
-      return true;
-    }
-    let lsn: number;
-    const payloadBytes = r.payload?.byteLength ?? 0;
-    const spanBytes = Math.ceil((RECORD_HEADER_BYTES + payloadBytes) / 8) * 8;
-    const bytes = r.copyOut === true ? this.copyOutBuffer(spanBytes) : undefined;
+    let placed: AppendedRecord | undefined;
     try {
-      const args = this.appendArgs;
-      args[0] = kind;
-      args[1] = r.epoch;
-      args[2] = r.lba;
-      args[3] = r.lengthBlocks;
-      args[4] = r.fua === true ? 1 : 0;
-      lsn = bytes === undefined ? this.appendRaw(r.payload ?? null) : this.appendRaw(r.payload ?? null, bytes);
+      placed = this.place(r.kind, r.epoch, r.lba, r.lengthBlocks, r.payload ?? null, r.fua === true, r.copyOut === true);
     } catch (err) {
       q.reject(err as Error);
       return true;
     }
-    if (lsn === 0) return false;
+    if (placed === undefined) return false;
+    if (r.onAssigned !== undefined) r.onAssigned(placed);
+    const value: AppendedRecord | number = q.located ? placed : placed.lsn;
+    this.addWaiter(r.fua === true, { lsn: placed.lsn, resolve: q.resolve as (v: never) => void, value, reject: q.reject });
+    this.ring.scheduleKick();
+    return true;
+  }
+
+  // Hands one record to the addon: its placement, or undefined when the WAL
+  // has no room for it now.
+  private place(
+    kindName: RecordKind,
+    epoch: number,
+    lba: number,
+    lengthBlocks: number,
+    payload: Uint8Array | null,
+    fua: boolean,
+    copyOut: boolean,
+  ): AppendedRecord | undefined {
+    const kind = KIND_CODE[kindName];
+    if (kind === undefined) throw new TypeError(`unknown record kind '${String(kindName)}'`);
+    const payloadBytes = payload === null ? 0 : payload.byteLength;
+    const spanBytes = Math.ceil((RECORD_HEADER_BYTES + payloadBytes) / 8) * 8;
+    const bytes = copyOut ? this.copyOutBuffer(spanBytes) : undefined;
+    const args = this.appendArgs;
+    args[0] = kind;
+    args[1] = epoch;
+    args[2] = lba;
+    args[3] = lengthBlocks;
+    args[4] = fua ? 1 : 0;
+    const lsn = bytes === undefined ? this.appendRaw(payload) : this.appendRaw(payload, bytes);
+    if (lsn === 0) return undefined;
     if (lsn < 0) {
       this.checkFatal();
-      q.reject(this.fatal ?? new BlockwalError('ERR_WAL_CLOSED', 'the WAL is closed'));
-      return true;
+      throw this.fatal ?? new BlockwalError('ERR_WAL_CLOSED', 'the WAL is closed');
     }
-    let value: AppendedRecord | number = lsn;
-    if (q.located || r.onAssigned !== undefined) {
-      value = {
-        lsn,
-        segmentSeq: this.state[S.appendSeq]!,
-        offsetBytes: this.state[S.appendOffset]!,
-        spanBytes,
-        checksum: this.raw.appendChecksum[0]!,
-        bytes,
-      };
-    }
-    if (r.onAssigned !== undefined) r.onAssigned(value as AppendedRecord);
-    if (!q.located) value = lsn;
-    const waiters = r.fua === true ? this.durableWaiters : this.writtenWaiters;
-    const waiter: Waiter = { lsn, resolve: q.resolve as (v: never) => void, value, reject: q.reject };
+    return {
+      lsn,
+      segmentSeq: this.state[S.appendSeq]!,
+      offsetBytes: this.state[S.appendOffset]!,
+      spanBytes,
+      checksum: this.raw.appendChecksum[0]!,
+      bytes,
+    };
+  }
+
+  private addWaiter(fua: boolean, waiter: Waiter): void {
+    const waiters = fua ? this.durableWaiters : this.writtenWaiters;
     // Appends come in LSN order, but a flush or waitWritten may already wait
     // for a later LSN (records still queued): keep the list sorted, or settle()
     // would stop at that waiter and hold back every earlier one.
-    if ((waiters.at(-1)?.lsn ?? 0) <= lsn) waiters.push(waiter);
+    const last = waiters.length === 0 ? 0 : waiters[waiters.length - 1]!.lsn;
+    if (last <= waiter.lsn) waiters.push(waiter);
     else insertSorted(waiters, waiter);
-    this.ring.scheduleKick();
-    return true;
   }
 
   // Room for one encoded record, carved from a shared slab: one allocation

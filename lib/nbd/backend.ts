@@ -32,7 +32,8 @@ export interface NbdBackend {
   read(offsetBytes: number, lengthBytes: number): Promise<Uint8Array>;
   // `data` is a view of the server's input buffer, valid only until the
   // returned promise settles: a backend that keeps it longer must copy it.
-  write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<void>;
+  // What the promise resolves with is not used.
+  write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<unknown>;
   // Durable: every write completed (replied to) on any connection before this call.
   flush(): Promise<void>;
   trim(offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void>;

@@ -19,6 +19,9 @@ export interface AckGate {
   flushed(lsn: number): Promise<void>;
 }
 
+const FUA = Object.freeze({ fua: true });
+const NO_FUA = Object.freeze({ fua: false });
+
 export class VolumeBackend implements NbdBackend {
   constructor(
     private readonly volume: Volume,
@@ -34,9 +37,14 @@ export class VolumeBackend implements NbdBackend {
     return this.volume.read(offsetBytes, lengthBytes);
   }
 
-  async write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<void> {
+  write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<unknown> {
+    if (this.gate === undefined && !this.readOnly) return this.volume.write(offsetBytes, data, fua ? FUA : NO_FUA);
+    return this.writeGated(offsetBytes, data, fua);
+  }
+
+  private async writeGated(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<void> {
     const admittedAtMs = this.checkWritable();
-    const lsn = await this.volume.write(offsetBytes, data, { fua });
+    const lsn = await this.volume.write(offsetBytes, data, fua ? FUA : NO_FUA);
     if (this.gate !== undefined) await this.gate.written(lsn, fua, admittedAtMs);
   }
 

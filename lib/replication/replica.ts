@@ -358,11 +358,8 @@ class PrimaryLink {
   }
 
   private onRecords(frame: WalRecordsFrame): void {
-    let last: Promise<number> | undefined;
-    for (const r of frame.records) {
-      // Throws (closing the link) on a record that does not verify or skips an LSN.
-      last = this.volume.appendReceived(r.bytes);
-    }
+    // Throws (closing the link) on a record that does not verify or skips an LSN.
+    const last = this.volume.appendReceivedAll(frame.records);
     if (last === undefined) return;
     this.lastAppend = last;
     // Received: in the WAL's order; the primary may count it now (before
