@@ -305,19 +305,17 @@ export class Flusher {
     }
     // Every write settles before the area is freed: the kernel may still be
     // reading a buffer whose write has not completed.
-    const results = await Promise.allSettled(runs.map((run) => this.writeRun(run, writeArea, writeSlots)));
+    const batches: Promise<void>[] = [];
+    for (let i = 0; i < runs.length; i += WRITES_IN_FLIGHT_MAX) {
+      const batch = runs.slice(i, i + WRITES_IN_FLIGHT_MAX).map((r) => ({ lba: r.lba, lengthBlocks: r.lengthBlocks, srcBytes: r.dstBytes }));
+      await writeSlots.take(batch.length);
+      const written = io.base.writeRuns(batch, writeArea);
+      batches.push(written.finally(() => writeSlots.give(batch.length)));
+    }
+    const results = await Promise.allSettled(batches);
     io.ring.free(writeArea);
     budget.give(writeBytes);
     for (const r of results) if (r.status === 'rejected') throw r.reason;
-  }
-
-  private async writeRun(run: Run, writeArea: ArenaSlice, writeSlots: Budget): Promise<void> {
-    await writeSlots.take(1);
-    try {
-      await this.io.base.writeBlocks(run.lba, run.lengthBlocks, this.subSlice(writeArea, run.dstBytes, run.lengthBlocks * BLOCK_BYTES));
-    } finally {
-      writeSlots.give(1);
-    }
   }
 
   // Verifies every record of the extent and copies its pieces to their places

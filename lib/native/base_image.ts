@@ -79,6 +79,25 @@ export class BaseImage {
     await this.ring.write(this.fileId, slice, lba * BLOCK_BYTES, lengthBlocks * BLOCK_BYTES, options);
   }
 
+  // Writes several runs from one arena slice, with one promise for all
+  // (Ring.writeMany): each run is lengthBlocks blocks at lba, taken from
+  // the slice at srcBytes.
+  writeRuns(runs: readonly { lba: number; lengthBlocks: number; srcBytes: number }[], slice: ArenaSlice): Promise<void> {
+    const writes: [number, number, number][] = [];
+    try {
+      for (const run of runs) {
+        this.check(run.lba, run.lengthBlocks);
+        if (run.srcBytes < 0 || run.srcBytes + run.lengthBlocks * BLOCK_BYTES > slice.lengthBytes) {
+          throw new RangeError('a run lies outside the arena slice');
+        }
+        writes.push([slice.offsetBytes + run.srcBytes, run.lengthBlocks * BLOCK_BYTES, run.lba * BLOCK_BYTES]);
+      }
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.ring.writeMany(this.fileId, writes);
+  }
+
   // Deallocates blocks; they read as zeros afterwards.
   async punchHole(lba: number, lengthBlocks: number): Promise<void> {
     this.check(lba, lengthBlocks);

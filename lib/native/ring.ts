@@ -335,6 +335,33 @@ export class Ring {
     return n;
   }
 
+  // Writes many pieces of the arena at once, with one promise for all:
+  // resolves once every write has completed, rejects (after every one has
+  // completed, so the buffers stay untouched until the kernel is done) with
+  // the first failure; a short write fails with ERR_IO.
+  // writes: [arenaOffsetBytes, lengthBytes, fileOffsetBytes] each.
+  writeMany(fileId: number, writes: readonly (readonly [number, number, number])[]): Promise<void> {
+    if (this.closed) return Promise.reject(new BlockwalError('ERR_RING_CLOSED', 'the ring is closed'));
+    if (writes.length === 0) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      let left = writes.length;
+      let failure: Error | undefined;
+      for (const [offsetBytes, lengthBytes, fileOffsetBytes] of writes) {
+        const tag = this.takeTag((result) => {
+          if (failure === undefined) {
+            if (result < 0) failure = ioError('write', -result);
+            else if (result !== lengthBytes) failure = new BlockwalError('ERR_IO', `short write: ${result} of ${lengthBytes} bytes`);
+          }
+          if (--left > 0) return;
+          if (failure !== undefined) reject(failure);
+          else resolve();
+        });
+        this.queued.push({ kind: OpKind.write, fileId, offsetBytes, lengthBytes, fileOffsetBytes, dsync: false, tag });
+      }
+      this.scheduleKick();
+    });
+  }
+
   async fdatasync(fileId: number): Promise<void> {
     await this.op(OpKind.fdatasync, fileId, 0, 0, 0, false);
   }
