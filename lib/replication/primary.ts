@@ -32,6 +32,7 @@ import { decodeRecord } from '../native/wal_format';
 import type { AckGate } from '../node/volume_backend';
 import { DURABILITY_MODES, type DurabilityMode, durabilityCode } from '../statemachine/control';
 import { applyChecksumToHex, type ApplyChecksum } from './apply_checksum';
+import { Backlog, type BacklogEntry } from './backlog';
 import { checkEpoch } from './epoch';
 import type { AckFrame, Frame, HelloFrame, SessionAckFrame, WalRecord } from './frames';
 import { WAL_GROUP_BYTES_MAX } from './frames';
@@ -206,60 +207,6 @@ function isZeroChunk(data: Buffer): boolean {
   return data.equals(zeroChunk(data.byteLength).zeros);
 }
 
-
-interface BacklogEntry {
-  lsn: number;
-  bytes: Buffer;
-  applyChecksum: ApplyChecksum; // the chain after this record
-  atMs: number;
-  // The blocks it touches (a dirty bitmap made later marks them).
-  kind: ShippedRecord['kind'];
-  lba: number;
-  lengthBlocks: number;
-}
-
-// Contiguous LSNs, oldest first; bounded by bytes.
-class Backlog {
-  private entries: BacklogEntry[] = [];
-  private start = 0;
-  bytes = 0;
-
-  constructor(readonly bytesMax: number) {}
-
-  get lsnFirst(): number {
-    return this.start < this.entries.length ? this.entries[this.start]!.lsn : 0;
-  }
-  get lsnLast(): number {
-    return this.entries.length > this.start ? this.entries[this.entries.length - 1]!.lsn : 0;
-  }
-
-  push(entry: BacklogEntry): void {
-    this.entries.push(entry);
-    this.bytes += entry.bytes.byteLength;
-    while (this.bytes > this.bytesMax && this.entries.length - this.start > 1) {
-      this.bytes -= this.entries[this.start]!.bytes.byteLength;
-      this.entries[this.start] = undefined as unknown as BacklogEntry;
-      this.start++;
-    }
-    if (this.start > 4096 && this.start * 2 > this.entries.length) {
-      this.entries = this.entries.slice(this.start);
-      this.start = 0;
-    }
-  }
-
-  get(lsn: number): BacklogEntry | undefined {
-    const first = this.lsnFirst;
-    if (first === 0 || lsn < first) return undefined;
-    return this.entries[this.start + (lsn - first)];
-  }
-
-  // Bytes of records in (fromLsn, toLsn] still held.
-  bytesBetween(fromLsn: number, toLsn: number): number {
-    let sum = 0;
-    for (let lsn = Math.max(fromLsn + 1, this.lsnFirst); lsn <= toLsn; lsn++) sum += this.get(lsn)?.bytes.byteLength ?? 0;
-    return sum;
-  }
-}
 
 interface Waiter {
   lsn: number;
