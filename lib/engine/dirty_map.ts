@@ -28,8 +28,26 @@ export interface ZeroRange {
 
 export type Lookup = { kind: 'write'; entry: BlockEntry } | { kind: 'zero'; range: ZeroRange } | undefined;
 
+// Blocks of a record (RECORD_BLOCKS_MAX is 256): a block's value packs its
+// record's slot and its index in that record.
+const INDEX_SPAN = 1024;
+const SLOTS_MIN = 1024;
+
 export class DirtyMap {
-  private readonly blocks = new Map<number, BlockEntry>();
+  // lba → slot × INDEX_SPAN + indexInRecord. No object per block: the map
+  // lives from one checkpoint to the next, long enough for the collector to
+  // move every entry to the old generation, where a million small objects
+  // (a few GiB of sequential writes) would cost every major collection.
+  private readonly blocks = new Map<number, number>();
+  // Per record slot: where the record lies, and how many blocks point to it
+  // (the slot is free again at 0).
+  private lsn = new Float64Array(SLOTS_MIN);
+  private segmentSeq = new Float64Array(SLOTS_MIN);
+  private recordOffsetBytes = new Float64Array(SLOTS_MIN);
+  private recordSpanBytes = new Float64Array(SLOTS_MIN);
+  private refs = new Uint32Array(SLOTS_MIN);
+  private freeSlots: number[] = [];
+  private slotsUsed = 0; // slots ever handed out (the rest lie above)
   private zeros: ZeroRange[] = []; // sorted by startBlock, non-overlapping
 
   get dirtyBlocks(): number {
@@ -42,9 +60,25 @@ export class DirtyMap {
 
   // A write record covering [lba, lba + lengthBlocks).
   setWrite(lba: number, lengthBlocks: number, lsn: number, segmentSeq: number, recordOffsetBytes: number, recordSpanBytes: number): void {
+    if (lengthBlocks <= 0) return;
+    if (lengthBlocks > INDEX_SPAN) throw new RangeError(`a record of ${lengthBlocks} blocks is larger than the dirty map takes (${INDEX_SPAN})`);
+    const slot = this.takeSlot();
+    this.lsn[slot] = lsn;
+    this.segmentSeq[slot] = segmentSeq;
+    this.recordOffsetBytes[slot] = recordOffsetBytes;
+    this.recordSpanBytes[slot] = recordSpanBytes;
+    this.refs[slot] = lengthBlocks;
+    const base = slot * INDEX_SPAN;
     for (let i = 0; i < lengthBlocks; i++) {
-      this.blocks.set(lba + i, { lsn, segmentSeq, recordOffsetBytes, recordSpanBytes, indexInRecord: i });
+      const old = this.blocks.get(lba + i);
+      if (old !== undefined) this.unref(old);
+      this.blocks.set(lba + i, base + i);
     }
+  }
+
+  // Whether the dirty map holds anything for the block (a write or a zero range).
+  has(lba: number): boolean {
+    return this.blocks.has(lba) || this.findZero(lba) !== undefined;
   }
 
   // A trim or zero record: replaces what it covers (it is the newest record).
@@ -66,8 +100,8 @@ export class DirtyMap {
   }
 
   lookup(lba: number): Lookup {
-    const entry = this.blocks.get(lba);
-    if (entry !== undefined) return { kind: 'write', entry };
+    const value = this.blocks.get(lba);
+    if (value !== undefined) return { kind: 'write', entry: this.entryOf(value) };
     const range = this.findZero(lba);
     return range === undefined ? undefined : { kind: 'zero', range };
   }
@@ -109,17 +143,66 @@ export class DirtyMap {
   // What the flusher applies for a checkpoint at lsnMax.
   collect(lsnMax: number): { zeros: ZeroRange[]; blocks: [number, BlockEntry][] } {
     const zeros = this.zeros.filter((r) => r.lsn <= lsnMax).map((r) => ({ ...r }));
-    const blocks: [number, BlockEntry][] = [];
-    for (const [lba, entry] of this.blocks) if (entry.lsn <= lsnMax) blocks.push([lba, entry]);
-    blocks.sort((a, b) => a[0] - b[0]);
+    const lbas: number[] = [];
+    this.blocks.forEach((value, lba) => {
+      if (this.lsn[Math.floor(value / INDEX_SPAN)]! <= lsnMax) lbas.push(lba);
+    });
+    lbas.sort((a, b) => a - b);
+    const blocks: [number, BlockEntry][] = new Array(lbas.length);
+    for (let i = 0; i < lbas.length; i++) blocks[i] = [lbas[i]!, this.entryOf(this.blocks.get(lbas[i]!)!)];
     return { zeros, blocks };
   }
 
   // After a checkpoint at lsnMax: forget what base.img now holds. Entries
   // replaced meanwhile by newer records stay.
   dropUpTo(lsnMax: number): void {
-    for (const [lba, entry] of this.blocks) if (entry.lsn <= lsnMax) this.blocks.delete(lba);
+    this.blocks.forEach((value, lba) => {
+      if (this.lsn[Math.floor(value / INDEX_SPAN)]! <= lsnMax) {
+        this.blocks.delete(lba);
+        this.unref(value);
+      }
+    });
     this.zeros = this.zeros.filter((r) => r.lsn > lsnMax);
+  }
+
+  private entryOf(value: number): BlockEntry {
+    const slot = Math.floor(value / INDEX_SPAN);
+    return {
+      lsn: this.lsn[slot]!,
+      segmentSeq: this.segmentSeq[slot]!,
+      recordOffsetBytes: this.recordOffsetBytes[slot]!,
+      recordSpanBytes: this.recordSpanBytes[slot]!,
+      indexInRecord: value - slot * INDEX_SPAN,
+    };
+  }
+
+  private takeSlot(): number {
+    const free = this.freeSlots.pop();
+    if (free !== undefined) return free;
+    if (this.slotsUsed === this.lsn.length) this.growSlots();
+    return this.slotsUsed++;
+  }
+
+  // One block no longer points to the record in the slot of `value`.
+  private unref(value: number): void {
+    const slot = Math.floor(value / INDEX_SPAN);
+    if (--this.refs[slot]! === 0) this.freeSlots.push(slot);
+  }
+
+  private growSlots(): void {
+    const n = this.lsn.length * 2;
+    const grow = (a: Float64Array<ArrayBuffer>): Float64Array<ArrayBuffer> => {
+      const b = new Float64Array(n);
+      b.set(a);
+      return b;
+    };
+    this.lsn = grow(this.lsn);
+    this.segmentSeq = grow(this.segmentSeq);
+    this.recordOffsetBytes = grow(this.recordOffsetBytes);
+    this.recordSpanBytes = grow(this.recordSpanBytes);
+    const refs = new Uint32Array(n);
+    refs.set(this.refs);
+    this.refs = refs;
   }
 
   private findZero(lba: number): ZeroRange | undefined {
@@ -129,9 +212,21 @@ export class DirtyMap {
 
   private deleteBlocksIn(startBlock: number, endBlock: number): void {
     if (endBlock - startBlock < this.blocks.size) {
-      for (let b = startBlock; b < endBlock; b++) this.blocks.delete(b);
+      for (let b = startBlock; b < endBlock; b++) this.deleteBlock(b);
       return;
     }
-    for (const lba of this.blocks.keys()) if (lba >= startBlock && lba < endBlock) this.blocks.delete(lba);
+    this.blocks.forEach((value, lba) => {
+      if (lba >= startBlock && lba < endBlock) {
+        this.blocks.delete(lba);
+        this.unref(value);
+      }
+    });
+  }
+
+  private deleteBlock(lba: number): void {
+    const value = this.blocks.get(lba);
+    if (value === undefined) return;
+    this.blocks.delete(lba);
+    this.unref(value);
   }
 }

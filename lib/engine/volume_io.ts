@@ -434,7 +434,7 @@ export class VolumeIo {
   }
 
   private allFromBase(first: number, end: number): boolean {
-    for (let b = first; b < end; b++) if (this.dirty.lookup(b) !== undefined) return false;
+    for (let b = first; b < end; b++) if (this.dirty.has(b)) return false;
     return true;
   }
 
@@ -511,7 +511,7 @@ export class VolumeIo {
         return record.subarray(RECORD_HEADER_BYTES + entry.indexInRecord * BLOCK_BYTES, RECORD_HEADER_BYTES + (entry.indexInRecord + 1) * BLOCK_BYTES);
       } catch (err) {
         const again = this.dirty.lookup(lba);
-        if (attempt >= LOOKUP_RETRIES_MAX || (again?.kind === 'write' && again.entry === entry)) throw err;
+        if (attempt >= LOOKUP_RETRIES_MAX || (again?.kind === 'write' && again.entry.lsn === entry.lsn)) throw err;
         if (again === undefined) return this.readBaseBlock(lba);
         if (again.kind === 'zero') return Buffer.alloc(BLOCK_BYTES);
         entry = again.entry;
