@@ -48,10 +48,18 @@ export class VolumeBackend implements NbdBackend {
     if (this.gate !== undefined) await this.gate.written(lsn, fua, admittedAtMs);
   }
 
+  // The local flush and the replicas' (the gate asks them to sync) run at
+  // once: the acknowledgement waits for both, not for one after the other.
   async flush(): Promise<void> {
     const lsn = this.volume.lsnHead;
-    await this.volume.flush();
-    if (this.gate !== undefined) await this.gate.flushed(lsn);
+    const local = this.volume.flush();
+    if (this.gate === undefined) return local;
+    const replicas = this.gate.flushed(lsn);
+    await Promise.all([local, replicas]).catch(async (err: unknown) => {
+      // Both settle before the error goes back (neither is left unobserved).
+      await Promise.allSettled([local, replicas]);
+      throw err;
+    });
   }
 
   async trim(offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void> {
