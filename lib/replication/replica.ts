@@ -392,7 +392,8 @@ class PrimaryLink {
     received.then(() => this.volume.flush()).then(
       () => {
         this.flushing = false;
-        this.scheduleAck();
+        // The primary's FLUSH waits on this: tell it now, not a turn later.
+        this.sendAck();
         if (this.flushAgain) {
           this.flushAgain = false;
           this.makeDurable();
