@@ -25,6 +25,7 @@ import {
   type PrimaryReplicationStatus,
   type ReplicaAddress,
 } from '../replication/primary';
+import { DirtyBitmap } from '../replication/dirty_bitmap';
 import { ReplicaReplication, type ReplicaReplicationStatus } from '../replication/replica';
 
 export type { NbdAddress };
@@ -162,6 +163,10 @@ export class StorageNode extends EventEmitter {
         }
         await volume.setEpoch(options.epoch);
       }
+      // Dirty bitmaps only serve the replicas this primary feeds now.
+      const keep = repl?.role === 'replica' ? [] : (repl?.replicas ?? []).map((r) => `${r.host}:${r.port}`);
+      const dropped = DirtyBitmap.dropStale(dir, keep);
+      if (dropped.length > 0) this.log.info({ exportName, dropped }, 'dropped the dirty bitmaps of replicas this volume no longer feeds');
       if (repl?.role === 'primary' && repl.replicas.length > 0) {
         primary = await PrimaryReplication.start({
           volume,

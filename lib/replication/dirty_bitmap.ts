@@ -21,6 +21,7 @@ import * as path from 'node:path';
 import { DenseBitmap } from '../native/bitmap';
 
 const TAG_MAGIC = 'bwdirty1';
+const STALE_NAME = /^replica-[0-9A-Za-z._-]+\.dirty$/;
 const TAG_BYTES = 24; // magic 8, epoch u64 LE, lsnFrom u64 LE
 
 export interface DirtyBitmapFacts {
@@ -36,6 +37,20 @@ export class DirtyBitmap {
     readonly epoch: number,
     readonly lsnFrom: number,
   ) {}
+
+  // Deletes the dirty bitmaps in dir of replicas not in keep (addresses as
+  // pathFor takes them): a replica dropped from the configuration leaves no
+  // file behind. Returns the names deleted.
+  static dropStale(dir: string, keep: readonly string[]): string[] {
+    const kept = new Set(keep.map((address) => path.basename(DirtyBitmap.pathFor(dir, address))));
+    const dropped: string[] = [];
+    for (const name of fs.readdirSync(dir)) {
+      if (!STALE_NAME.test(name) || kept.has(name)) continue;
+      fs.rmSync(path.join(dir, name), { force: true });
+      dropped.push(name);
+    }
+    return dropped;
+  }
 
   // The file for the replica at address in the volume directory dir.
   static pathFor(dir: string, address: string): string {

@@ -1,7 +1,8 @@
 // A storage node embedded the way a TypeScript storage process would: two
 // volumes served over NBD on a Unix socket, real clients (nbdcopy, nbdinfo)
 // against them, metrics and status over HTTP, a volume failure reported as an
-// event and as NBD errors while the other export goes on.
+// event and as NBD errors while the other export goes on; and the dirty
+// bitmaps of replicas a volume no longer feeds dropped when it opens.
 import { spawn, spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -11,6 +12,7 @@ import * as path from 'node:path';
 
 import { StorageNode, Volume } from '../../lib/index';
 import { OpKind, OpPurpose } from '../../lib/native/ring';
+import { DirtyBitmap } from '../../lib/replication/dirty_bitmap';
 import { tempDir } from '../support/tmp';
 
 const MiB = 1 << 20;
@@ -91,4 +93,49 @@ test('an embedded storage node serves two volumes to real clients, with metrics,
     cleanup();
   }
   assert.deepEqual(events.filter((e) => !e.startsWith('failed')), ['opened a', 'opened bee', 'closed a', 'closed bee']);
+});
+
+test('opening a volume drops the dirty bitmaps of replicas it no longer feeds, and only those', async () => {
+  const { dir, cleanup } = tempDir('node-dirty');
+  const vol = path.join(dir, 'v');
+  await (await Volume.create(vol, { sizeBytes: 16 * MiB, walSegmentBytes: MiB })).close();
+  const kept = 'replica-127.0.0.1_1.dirty';
+  const stale = ['replica-127.0.0.1_2.dirty', 'replica-10.0.0.9_7000.dirty'];
+  const unrelated = ['replica-notes.txt', 'dirty'];
+  for (const name of [kept, ...stale, ...unrelated]) fs.writeFileSync(path.join(vol, name), 'x');
+  const node = new StorageNode({ nodeId: 'dirty-node' });
+  try {
+    // A primary that feeds 127.0.0.1:1 (nothing listens there: it keeps
+    // reconnecting, which does not matter here).
+    await node.openVolume(vol, { replication: { role: 'primary', replicas: [{ host: '127.0.0.1', port: 1 }] } });
+    const left = fs.readdirSync(vol);
+    for (const name of stale) assert.ok(!left.includes(name), `${name} is gone`);
+    for (const name of unrelated) assert.ok(left.includes(name), `${name} is not a dirty bitmap and stays`);
+    // The configured replica's file is left to the primary, which drops a
+    // bitmap it cannot trust (this one is not a bitmap at all) itself.
+    await node.close();
+    const node2 = new StorageNode({ nodeId: 'dirty-node-2' });
+    try {
+      await node2.openVolume(vol);
+      assert.ok(!fs.readdirSync(vol).includes(kept), 'a primary with no replicas keeps no dirty bitmap');
+    } finally {
+      await node2.close();
+    }
+  } finally {
+    await node.close().catch(() => undefined);
+    cleanup();
+  }
+});
+
+test('DirtyBitmap.dropStale keeps the files of the replicas named and deletes the other bitmaps', () => {
+  const { dir, cleanup } = tempDir('dirty-stale');
+  try {
+    const names = ['replica-127.0.0.1_1.dirty', 'replica-127.0.0.1_2.dirty', 'replica-host.example_3.dirty', 'other.dirty'];
+    for (const name of names) fs.writeFileSync(path.join(dir, name), 'x');
+    const dropped = DirtyBitmap.dropStale(dir, ['127.0.0.1:1', 'host.example:3']);
+    assert.deepEqual(dropped, ['replica-127.0.0.1_2.dirty']);
+    assert.deepEqual(fs.readdirSync(dir).sort(), ['other.dirty', 'replica-127.0.0.1_1.dirty', 'replica-host.example_3.dirty']);
+  } finally {
+    cleanup();
+  }
 });
