@@ -314,6 +314,7 @@ export class VolumeIo {
           throw this.walFailed(err);
         }
         if (a !== undefined) {
+          this.wal.scheduleKick();
           this.lsnReceiveNext++;
           this.receivedAssigned(r.rec, r.control, a);
           lsnLast = a.lsn;
@@ -578,7 +579,14 @@ export class VolumeIo {
       if (rec !== undefined) {
         this.walIndex.add(rec.lsn, rec.segmentSeq, rec.offsetBytes, rec.spanBytes);
         this.dirty.setWrite(first, end - first, rec.lsn, rec.segmentSeq, rec.offsetBytes, rec.spanBytes);
-        this.applied(rec, 'write', first, end - first);
+        // A primary schedules shipping the record here, before the local
+        // submission: the replica's round trip then overlaps this node's
+        // io_uring_enter rather than following it.
+        try {
+          this.applied(rec, 'write', first, end - first);
+        } finally {
+          this.wal.scheduleKick();
+        }
         this.inflight++;
         return this.wal.whenWritten(rec.lsn, fua).then(this.writeDone, this.writeFailed);
       }

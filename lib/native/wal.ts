@@ -443,15 +443,19 @@ export class Wal {
   // its placement is returned; the caller then waits with whenWritten().
   // Undefined when it would have to wait (nothing was appended: use
   // appendLocated). Throws when the WAL refuses it (closed, failed, a bad
-  // record).
+  // record). The caller calls scheduleKick() once it has done what should
+  // go first (a primary ships the record before this node submits it).
   appendNow(kind: RecordKind, epoch: number, lba: number, lengthBlocks: number, payload: Uint8Array | null, fua: boolean, copyOut: boolean): AppendedRecord | undefined {
     if (this.appendQueue.length > 0) return undefined;
     if (this.closed) throw new BlockwalError('ERR_WAL_CLOSED', 'the WAL is closed');
     if (this.fatal !== undefined) throw this.fatal;
-    const placed = this.place(kind, epoch, lba, lengthBlocks, payload, fua, copyOut);
-    if (placed === undefined) return undefined;
+    return this.place(kind, epoch, lba, lengthBlocks, payload, fua, copyOut);
+  }
+
+  // Submits what was appended at the end of this turn (microtask), after
+  // anything scheduled before it.
+  scheduleKick(): void {
     this.ring.scheduleKick();
-    return placed;
   }
 
   // Resolves with lsn once the record at lsn is written (durable with fua).
