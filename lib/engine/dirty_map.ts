@@ -143,11 +143,12 @@ export class DirtyMap {
   // What the flusher applies for a checkpoint at lsnMax.
   collect(lsnMax: number): { zeros: ZeroRange[]; blocks: [number, BlockEntry][] } {
     const zeros = this.zeros.filter((r) => r.lsn <= lsnMax).map((r) => ({ ...r }));
-    const lbas: number[] = [];
+    const all = new Float64Array(this.blocks.size);
+    let n = 0;
     this.blocks.forEach((value, lba) => {
-      if (this.lsn[Math.floor(value / INDEX_SPAN)]! <= lsnMax) lbas.push(lba);
+      if (this.lsn[Math.floor(value / INDEX_SPAN)]! <= lsnMax) all[n++] = lba;
     });
-    lbas.sort((a, b) => a - b);
+    const lbas = all.subarray(0, n).sort(); // numeric order, no comparator
     const blocks: [number, BlockEntry][] = new Array(lbas.length);
     for (let i = 0; i < lbas.length; i++) blocks[i] = [lbas[i]!, this.entryOf(this.blocks.get(lbas[i]!)!)];
     return { zeros, blocks };

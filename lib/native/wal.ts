@@ -460,6 +460,8 @@ export class Wal {
 
   // Resolves with lsn once the record at lsn is written (durable with fua).
   whenWritten(lsn: number, fua: boolean): Promise<number> {
+    if (lsn <= (fua ? this.lsnDurable : this.lsnWritten)) return Promise.resolve(lsn);
+    if (this.fatal !== undefined) return Promise.reject(this.fatal);
     return new Promise<number>((resolve, reject) => this.addWaiter(fua, { lsn, resolve: resolve as (v: never) => void, value: lsn, reject }));
   }
 
