@@ -2,9 +2,9 @@
 // flusher has applied it to base.img and the checkpoint has passed it.
 //
 // Two structures: per-block entries for write records (the record's location
-// in the WAL and the block's index in it), and an interval map of zeroed
-// ranges (trim and write-zeroes records, which may cover a whole 16 TiB
-// volume, so they are never expanded per block).
+// in the WAL, kept once per record, and the block's index in it), and an
+// interval map of zeroed ranges (trim and write-zeroes records, which may
+// cover a whole 16 TiB volume, so they are never expanded per block).
 //
 // Invariant (newest-wins, checked in tests): a block entry is always newer
 // than any zero range covering its block, because inserting a zero range

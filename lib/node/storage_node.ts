@@ -24,6 +24,7 @@ import {
   PrimaryReplication,
   type PrimaryReplicationStatus,
   type ReplicaAddress,
+  replicaAddressText,
 } from '../replication/primary';
 import { DirtyBitmap } from '../replication/dirty_bitmap';
 import { ReplicaReplication, type ReplicaReplicationStatus } from '../replication/replica';
@@ -164,7 +165,7 @@ export class StorageNode extends EventEmitter {
         await volume.setEpoch(options.epoch);
       }
       // Dirty bitmaps only serve the replicas this primary feeds now.
-      const keep = repl?.role === 'replica' ? [] : (repl?.replicas ?? []).map((r) => `${r.host}:${r.port}`);
+      const keep = repl?.role === 'replica' ? [] : (repl?.replicas ?? []).map(replicaAddressText);
       const dropped = DirtyBitmap.dropStale(dir, keep);
       if (dropped.length > 0) this.log.info({ exportName, dropped }, 'dropped the dirty bitmaps of replicas this volume no longer feeds');
       if (repl?.role === 'primary' && repl.replicas.length > 0) {

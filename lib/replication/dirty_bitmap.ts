@@ -21,7 +21,8 @@ import * as path from 'node:path';
 import { DenseBitmap } from '../native/bitmap';
 
 const TAG_MAGIC = 'bwdirty1';
-const STALE_NAME = /^replica-[0-9A-Za-z._-]+\.dirty$/;
+// What pathFor's file names look like.
+const FILE_NAME = /^replica-[0-9A-Za-z._-]+\.dirty$/;
 const TAG_BYTES = 24; // magic 8, epoch u64 LE, lsnFrom u64 LE
 
 export interface DirtyBitmapFacts {
@@ -45,7 +46,7 @@ export class DirtyBitmap {
     const kept = new Set(keep.map((address) => path.basename(DirtyBitmap.pathFor(dir, address))));
     const dropped: string[] = [];
     for (const name of fs.readdirSync(dir)) {
-      if (!STALE_NAME.test(name) || kept.has(name)) continue;
+      if (!FILE_NAME.test(name) || kept.has(name)) continue;
       fs.rmSync(path.join(dir, name), { force: true });
       dropped.push(name);
     }

@@ -58,6 +58,11 @@ export interface ReplicaAddress {
   port: number;
 }
 
+// How a replica is named in status, logs and its dirty bitmap's file name.
+export function replicaAddressText(to: ReplicaAddress): string {
+  return `${to.host}:${to.port}`;
+}
+
 export interface PrimaryReplicationOptions {
   volume: Volume;
   nodeId: string;
@@ -795,7 +800,7 @@ class ReplicaPeer {
     readonly to: ReplicaAddress,
     log: Logger,
   ) {
-    this.address = `${to.host}:${to.port}`;
+    this.address = replicaAddressText(to);
     this.log = log.child({ replica: this.address });
     this.backoffMs = primary.options.reconnectMinMs ?? 100;
   }
