@@ -10,6 +10,7 @@ const NBD_DEFAULT = '127.0.0.1:10809';
 export const serve: Command = {
   usage: `usage: blockwal serve DIR [--nbd HOST:PORT | --nbd unix:PATH | --nbd stdio] [--export NAME]
                       [--metrics HOST:PORT] [--node-id ID] [--read-only] [--wal-cache SIZE]
+                      [--block-cache SIZE]
                       [--role primary|replica] [--repl-listen HOST:PORT]
                       [--replica HOST:PORT]... [--durability best_effort|sync_all|sync_quorum]
                       [--epoch N] [--ack-timeout MS] [--repl-backlog SIZE]
@@ -27,6 +28,8 @@ and nbdcopy/nbdfuse do when they start the server).
   --wal-cache SIZE   recent WAL kept in memory so checkpoints and catch-ups do
                      not read it back from the disk (default 256M, at most the
                      WAL's size; 0 turns it off; checkpoints start at half of it)
+  --block-cache SIZE base.img blocks kept in memory, so reads of checkpointed
+                     data skip the disk (default 256M; 0 turns it off)
 Replication (WAL shipping from a primary to its replicas):
   --role ROLE        primary (default) or replica. A replica takes writes only
                      from its primary and serves NBD (read-only) only with --nbd
@@ -57,6 +60,7 @@ Logs are JSON on stderr (BLOCKWAL_LOG=debug|info|warn). \`blockwal status DIR\` 
         'node-id': { type: 'string' },
         'read-only': { type: 'boolean' },
         'wal-cache': { type: 'string' },
+        'block-cache': { type: 'string' },
         role: { type: 'string' },
         'repl-listen': { type: 'string' },
         replica: { type: 'string', multiple: true },
@@ -78,11 +82,12 @@ Logs are JSON on stderr (BLOCKWAL_LOG=debug|info|warn). \`blockwal status DIR\` 
     const epoch = values.epoch === undefined ? undefined : parseEpoch(values.epoch);
     const metrics = values.metrics === undefined ? undefined : parseHostPort(values.metrics, '--metrics');
     const walCacheBytes = values['wal-cache'] === undefined ? undefined : parseSize(values['wal-cache'], '--wal-cache', { allowZero: true });
+    const blockCacheBytes = values['block-cache'] === undefined ? undefined : parseSize(values['block-cache'], '--block-cache', { allowZero: true });
     const log = stderrLogger();
     const node = new StorageNode({ nodeId: values['node-id'], logger: log });
     const stopped = stopOnSignals(node);
     try {
-      await node.openVolume(positionals[0]!, { exportName: values.export, readOnly: values['read-only'] === true, epoch, replication, walCacheBytes });
+      await node.openVolume(positionals[0]!, { exportName: values.export, readOnly: values['read-only'] === true, epoch, replication, walCacheBytes, blockCacheBytes });
       if (metrics !== undefined) await node.listenMetrics(metrics);
       const repl = node.status().volumes[0]?.replication;
       if (repl?.role === 'replica') process.stderr.write(`blockwal: replica of ${positionals[0]} listening for its primary on ${repl.listen}\n`);

@@ -37,6 +37,7 @@ import { type Applied, check as checkControl, type ControlEntry, decodeControl, 
 import { DirtyMap } from './dirty_map';
 import { createRebuildBitmap, openRebuildBitmap, type RebuildSaved, readRebuildSaved, removeRebuildFiles, writeRebuildSaved } from './rebuild_files';
 import { Flusher } from './flusher';
+import { BlockCache } from './block_cache';
 import { RangeLocks } from './range_locks';
 import { peekSuperblock, Superblock, type SuperblockFields } from './superblock';
 import { type PendingRecord, type ShippedRecord, VolumeIo, type VolumeRole } from './volume_io';
@@ -54,6 +55,8 @@ const ARENA_BYTES_DEFAULT = 64 << 20;
 const REPLAYED_TAIL_BYTES_MAX = 256 << 20;
 // Recent WAL frames kept in memory (walCacheBytes), at most, by default.
 const WAL_CACHE_BYTES_DEFAULT = 256 << 20;
+// base.img blocks kept in memory (blockCacheBytes), by default.
+export const BLOCK_CACHE_BYTES_DEFAULT = 256 << 20;
 // The largest read or write one call takes (NBD's maximum block size).
 export const REQUEST_BYTES_MAX = 32 << 20;
 // The largest volume a resize may make (the WAL format's block addresses allow more).
@@ -68,6 +71,10 @@ export interface VolumeOptions {
   // from the disk. Default: 256 MiB or the whole WAL if smaller; 0: only the
   // WAL's group buffers serve those reads.
   walCacheBytes?: number;
+  // base.img blocks kept in memory (block_cache.ts), so reads of data already
+  // checkpointed skip the disk: the blocks last written to or read from
+  // base.img, filled as memory is needed (default 256 MiB; 0: no cache).
+  blockCacheBytes?: number;
   // Dirty bytes that start a checkpoint in the background (default: half the
   // WAL cache, at most a quarter of the WAL).
   flushTriggerBytes?: number;
@@ -127,6 +134,12 @@ export interface VolumeStatus {
   walCacheBytes: number;
   walReadMemoryBytes: number;
   walReadDiskBytes: number;
+  // The block cache: its size, what it holds, and the blocks of reads it
+  // answered (hits) and that went to base.img (misses) since the volume opened.
+  blockCacheBytes: number;
+  blockCacheUsedBytes: number;
+  blockCacheHits: number;
+  blockCacheMisses: number;
   checkpoints: number;
   failure: string | undefined;
   // Set when open fell back to the older superblock slot, with the reason.
@@ -233,6 +246,11 @@ export class Volume {
       const dirty = new DirtyMap();
       const role = options.role ?? 'primary';
       const io = new VolumeIo(ring, ownsRing, wal, base, sb, dirty, new RangeLocks(), opened.fallbackReason, log, role);
+      const cache = new BlockCache(options.blockCacheBytes ?? BLOCK_CACHE_BYTES_DEFAULT);
+      if (cache.capacityBlocks > 0) {
+        base.watcher = cache;
+        io.cache = cache;
+      }
       io.onControl = options.onControl;
       const recordsReplayed = replay(walOpen.scan, f.checkpointLsn, io);
       io.onFailure = options.onFailure;
@@ -730,6 +748,10 @@ export class Volume {
       walCacheBytes: this.walCacheBytes,
       walReadMemoryBytes: w.readMemoryBytes,
       walReadDiskBytes: w.readDiskBytes,
+      blockCacheBytes: (this.io.cache?.capacityBlocks ?? 0) * BLOCK_BYTES,
+      blockCacheUsedBytes: (this.io.cache?.usedBlocks ?? 0) * BLOCK_BYTES,
+      blockCacheHits: this.io.cache?.hits ?? 0,
+      blockCacheMisses: this.io.cache?.misses ?? 0,
       checkpoints: this.flusher.checkpoints,
       failure: this.io.failure?.message,
       superblockFallback: this.io.superblockFallback,

@@ -19,6 +19,7 @@ import {
   encodeControl,
   type ReplicatedState,
 } from '../statemachine/control';
+import type { BlockCache } from './block_cache';
 import type { BlockEntry, DirtyMap } from './dirty_map';
 import type { RangeLocks } from './range_locks';
 import type { Superblock } from './superblock';
@@ -70,6 +71,8 @@ export type VolumeRole = 'primary' | 'replica';
 
 export class VolumeIo {
   failure: BlockwalError | undefined;
+  // base.img blocks in memory (block_cache.ts); undefined: every base read goes to the disk.
+  cache: BlockCache | undefined;
   // Told once, when the volume fails.
   onFailure: ((failure: BlockwalError) => void) | undefined;
   // Called when appends wait because the WAL is full: only a checkpoint frees it.
@@ -441,11 +444,24 @@ export class VolumeIo {
 
   // Blocks [first, first + lengthBlocks), none in the dirty map: one base.img
   // read, one copy out of the arena.
-  private async readBaseOnly(first: number, lengthBlocks: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+  // Every block cached: copied out of the cache, with no disk read.
+  private readBaseOnly(first: number, lengthBlocks: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const cache = this.cache;
+    if (cache !== undefined && cache.holds(first, lengthBlocks)) {
+      const out = this.resultBuffer(lengthBytes);
+      cache.copyOut(first, offsetBytes - first * BLOCK_BYTES, lengthBytes, out, 0);
+      return Promise.resolve(out);
+    }
+    return this.readBaseOnlyFromDisk(first, lengthBlocks, offsetBytes, lengthBytes);
+  }
+
+  private async readBaseOnlyFromDisk(first: number, lengthBlocks: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     const runBytes = lengthBlocks * BLOCK_BYTES;
     const slice = this.ring.allocNow(runBytes) ?? (await this.ring.allocWait(runBytes));
     try {
+      const generation = this.cache?.generation ?? 0;
       await this.base.readBlocks(first, lengthBlocks, slice);
+      this.cache?.fillFromRead(generation, first, lengthBlocks, slice.bytes, 0);
       const from = offsetBytes - first * BLOCK_BYTES;
       const out = this.resultBuffer(lengthBytes);
       out.set(slice.bytes.subarray(from, from + lengthBytes));
@@ -542,9 +558,16 @@ export class VolumeIo {
   }
 
   private async readBase(startBlock: number, lengthBlocks: number, view: RequestView): Promise<void> {
+    const cache = this.cache;
+    if (cache !== undefined && cache.holds(startBlock, lengthBlocks)) {
+      view.copyFromCache(startBlock, lengthBlocks, cache);
+      return;
+    }
     const slice = this.ring.allocNow(lengthBlocks * BLOCK_BYTES) ?? (await this.ring.allocWait(lengthBlocks * BLOCK_BYTES));
     try {
+      const generation = cache?.generation ?? 0;
       await this.base.readBlocks(startBlock, lengthBlocks, slice);
+      cache?.fillFromRead(generation, startBlock, lengthBlocks, slice.bytes, 0);
       for (let i = 0; i < lengthBlocks; i++) view.copyBlock(startBlock + i, slice.bytes.subarray(i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES));
     } finally {
       this.ring.free(slice);
@@ -820,6 +843,14 @@ class RequestView {
     const from = Math.max(this.offsetBytes, blockStart);
     const to = Math.min(this.endBytes, blockStart + BLOCK_BYTES);
     this.out.set(block.subarray(from - blockStart, to - blockStart), from - this.offsetBytes);
+  }
+
+  // Blocks [first, first + count), every one cached.
+  copyFromCache(first: number, count: number, cache: BlockCache): void {
+    const runStart = first * BLOCK_BYTES;
+    const from = Math.max(this.offsetBytes, runStart);
+    const to = Math.min(this.endBytes, runStart + count * BLOCK_BYTES);
+    cache.copyOut(first, from - runStart, to - from, this.out, from - this.offsetBytes);
   }
 
   fillZero(lba: number): void {

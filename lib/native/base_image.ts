@@ -10,8 +10,16 @@ import type { ArenaSlice, Ring } from './ring';
 
 export const BLOCK_BYTES = 4096;
 
+// Told of every change to the image's content as the change is submitted (the
+// engine's block cache).
+export interface BaseImageWatcher {
+  store(first: number, count: number, src: Uint8Array, srcOffset: number): void;
+  drop(first: number, count: number): void;
+}
+
 export class BaseImage {
   private closed = false;
+  watcher: BaseImageWatcher | undefined;
 
   private constructor(
     private readonly ring: Ring,
@@ -76,6 +84,7 @@ export class BaseImage {
 
   async writeBlocks(lba: number, lengthBlocks: number, slice: ArenaSlice, options: { dsync?: boolean } = {}): Promise<void> {
     this.check(lba, lengthBlocks, slice);
+    this.watcher?.store(lba, lengthBlocks, slice.bytes, 0);
     await this.ring.write(this.fileId, slice, lba * BLOCK_BYTES, lengthBlocks * BLOCK_BYTES, options);
   }
 
@@ -95,12 +104,14 @@ export class BaseImage {
     } catch (err) {
       return Promise.reject(err);
     }
+    if (this.watcher !== undefined) for (const run of runs) this.watcher.store(run.lba, run.lengthBlocks, slice.bytes, run.srcBytes);
     return this.ring.writeMany(this.fileId, writes);
   }
 
   // Deallocates blocks; they read as zeros afterwards.
   async punchHole(lba: number, lengthBlocks: number): Promise<void> {
     this.check(lba, lengthBlocks);
+    this.watcher?.drop(lba, lengthBlocks);
     await this.ring.punchHole(this.fileId, lba * BLOCK_BYTES, lengthBlocks * BLOCK_BYTES);
   }
 

@@ -2,7 +2,10 @@
 // and not), trims, write-zeroes, flushes, checkpoints, reopens and reads,
 // checked after every step. Batches of operations are issued concurrently and
 // must equal applying them in call order (later calls win, sub-block writes
-// both survive). Seeded by fast-check; the seed is printed on failure.
+// both survive). Run with the default block cache (it holds the whole
+// volume), a small one (blocks come and go) and none; reads also run while a
+// checkpoint writes base.img. Seeded by fast-check; the seed is printed on
+// failure.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
@@ -18,7 +21,13 @@ const BLOCK = 4096;
 type Op =
   | { t: 'write'; offset: number; length: number; seed: number; fua: boolean }
   | { t: 'trim' | 'zero'; offset: number; length: number };
-type Step = { t: 'batch'; ops: Op[] } | { t: 'read'; offset: number; length: number } | { t: 'flush' } | { t: 'checkpoint' } | { t: 'reopen' };
+type Step =
+  | { t: 'batch'; ops: Op[] }
+  | { t: 'read'; offset: number; length: number }
+  | { t: 'flush' }
+  | { t: 'checkpoint' }
+  | { t: 'readsDuringCheckpoint'; reads: { offset: number; length: number }[] }
+  | { t: 'reopen' };
 
 const offsetLength = (maxLength: number) =>
   fc.oneof(
@@ -43,6 +52,7 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
   { weight: 3, arbitrary: offsetLength(40000).map((r) => ({ t: 'read' as const, ...r })) },
   { weight: 1, arbitrary: fc.constant({ t: 'flush' as const }) },
   { weight: 1, arbitrary: fc.constant({ t: 'checkpoint' as const }) },
+  { weight: 1, arbitrary: fc.array(offsetLength(40000), { minLength: 1, maxLength: 4 }).map((reads) => ({ t: 'readsDuringCheckpoint' as const, reads })) },
   { weight: 1, arbitrary: fc.constant({ t: 'reopen' as const }) },
 );
 
@@ -58,61 +68,76 @@ function content(seed: number, length: number): Buffer {
   return b;
 }
 
-test('volume reads always match an in-memory model (random ops, concurrent batches, reopen)', async () => {
-  let runs = 0;
-  await fc.assert(
-    fc.asyncProperty(fc.array(stepArb, { minLength: 5, maxLength: 40 }), async (steps) => {
-      runs++;
-      const { dir, cleanup } = tempDir('volmodel');
-      const volDir = path.join(dir, 'v');
-      const model = Buffer.alloc(SIZE);
-      const opts = { walSegmentsMax: 6, flushTriggerBytes: 64 << 10, flushIdleMs: 0 };
-      let vol = await Volume.create(volDir, { sizeBytes: SIZE, walSegmentBytes: 1 << 20, ...opts });
-      try {
-        for (const step of steps) {
-          switch (step.t) {
-            case 'batch': {
-              const pending = step.ops.map((op) => {
-                if (op.t === 'write') {
-                  const data = content(op.seed, op.length);
-                  model.set(data, op.offset);
-                  return vol.write(op.offset, data, { fua: op.fua });
-                }
-                model.fill(0, op.offset, op.offset + op.length);
-                return op.t === 'trim' ? vol.trim(op.offset, op.length) : vol.writeZeroes(op.offset, op.length);
-              });
-              await Promise.all(pending);
-              break;
+const CACHES = [
+  { name: 'the default block cache', blockCacheBytes: undefined, numRuns: 40 },
+  { name: 'a block cache of 12 blocks', blockCacheBytes: 12 * BLOCK, numRuns: 30 },
+  { name: 'no block cache', blockCacheBytes: 0, numRuns: 20 },
+];
+
+for (const cacheCase of CACHES) {
+  test(`volume reads always match an in-memory model (random ops, concurrent batches, reopen), ${cacheCase.name}`, async () => {
+    let runs = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.array(stepArb, { minLength: 5, maxLength: 40 }), async (steps) => {
+        runs++;
+        const { dir, cleanup } = tempDir('volmodel');
+        const volDir = path.join(dir, 'v');
+        const model = Buffer.alloc(SIZE);
+        const opts = { walSegmentsMax: 6, flushTriggerBytes: 64 << 10, flushIdleMs: 0, blockCacheBytes: cacheCase.blockCacheBytes };
+        let vol = await Volume.create(volDir, { sizeBytes: SIZE, walSegmentBytes: 1 << 20, ...opts });
+        try {
+          for (const step of steps) {
+            switch (step.t) {
+              case 'batch': {
+                const pending = step.ops.map((op) => {
+                  if (op.t === 'write') {
+                    const data = content(op.seed, op.length);
+                    model.set(data, op.offset);
+                    return vol.write(op.offset, data, { fua: op.fua });
+                  }
+                  model.fill(0, op.offset, op.offset + op.length);
+                  return op.t === 'trim' ? vol.trim(op.offset, op.length) : vol.writeZeroes(op.offset, op.length);
+                });
+                await Promise.all(pending);
+                break;
+              }
+              case 'read': {
+                const got = await vol.read(step.offset, step.length);
+                assert.ok(got.equals(model.subarray(step.offset, step.offset + step.length)), `read ${step.offset}+${step.length}`);
+                break;
+              }
+              case 'flush':
+                await vol.flush();
+                break;
+              case 'checkpoint':
+                await vol.checkpoint();
+                assert.equal(vol.status().checkpointLsn, vol.status().lsnWritten);
+                break;
+              case 'readsDuringCheckpoint': {
+                const checkpoint = vol.checkpoint();
+                const got = await Promise.all(step.reads.map((r) => vol.read(r.offset, r.length)));
+                step.reads.forEach((r, i) => assert.ok(got[i]!.equals(model.subarray(r.offset, r.offset + r.length)), `read ${r.offset}+${r.length} during a checkpoint`));
+                await checkpoint;
+                break;
+              }
+              case 'reopen':
+                await vol.close();
+                vol = await Volume.open(volDir, opts);
+                break;
             }
-            case 'read': {
-              const got = await vol.read(step.offset, step.length);
-              assert.ok(got.equals(model.subarray(step.offset, step.offset + step.length)), `read ${step.offset}+${step.length}`);
-              break;
-            }
-            case 'flush':
-              await vol.flush();
-              break;
-            case 'checkpoint':
-              await vol.checkpoint();
-              assert.equal(vol.status().checkpointLsn, vol.status().lsnWritten);
-              break;
-            case 'reopen':
-              await vol.close();
-              vol = await Volume.open(volDir, opts);
-              break;
           }
+          const all = await vol.read(0, SIZE);
+          assert.ok(all.equals(model), 'whole volume');
+          await vol.close();
+          vol = await Volume.open(volDir, opts);
+          assert.ok((await vol.read(0, SIZE)).equals(model), 'whole volume after reopen');
+        } finally {
+          await vol.close();
+          cleanup();
         }
-        const all = await vol.read(0, SIZE);
-        assert.ok(all.equals(model), 'whole volume');
-        await vol.close();
-        vol = await Volume.open(volDir, opts);
-        assert.ok((await vol.read(0, SIZE)).equals(model), 'whole volume after reopen');
-      } finally {
-        await vol.close();
-        cleanup();
-      }
-    }),
-    { numRuns: 40 },
-  );
-  console.log(`volume model: ${runs} runs`);
-});
+      }),
+      { numRuns: cacheCase.numRuns },
+    );
+    console.log(`volume model, ${cacheCase.name}: ${runs} runs`);
+  });
+}

@@ -1,0 +1,202 @@
+// The block cache: recent base.img blocks in memory, so a read of blocks the
+// WAL no longer holds is answered without a disk read.
+//
+// What it holds is always what base.img holds (or is being written with):
+// BaseImage stores every block it writes (checkpoints, rebuilds) as it
+// submits the write and drops every block it punches. A block that has a
+// newer version in the WAL is read from the WAL (the dirty map decides), so
+// while a checkpoint writes it no read asks the cache for it; by the time the
+// checkpoint forgets the block, base.img and the cache agree.
+//
+// A read that missed fills the cache with what it read only if base.img did
+// not change meanwhile: `generation` counts every change, the read takes it
+// before its disk read and hands it back with the blocks (fillFromRead). A
+// read that raced a checkpoint may carry blocks older than what the
+// checkpoint stored; it then fills nothing.
+//
+// Large transfers (more than TRANSFER_BLOCKS_MAX blocks: sequential scans,
+// copies, big checkpoint runs) go around the cache: such a read is served by
+// the disk at full bandwidth and fills nothing, such a write drops the blocks
+// it covers, so neither pushes the working set out nor pays a copy per block.
+//
+// Space: slots of 4 KiB in slabs allocated as the cache fills, at most
+// capacityBlocks; a Map from LBA to slot; eviction by CLOCK (a block read
+// from the cache gets a second chance; a block only stored gets none).
+import { BLOCK_BYTES } from '../native/base_image';
+
+const SLAB_BLOCKS = 4096; // 16 MiB per slab
+export const TRANSFER_BLOCKS_MAX = 32; // 128 KiB
+
+export interface BlockCacheStats {
+  capacityBytes: number;
+  usedBytes: number;
+  hits: number; // blocks read from the cache
+  misses: number; // blocks of reads that went to base.img
+}
+
+export class BlockCache {
+  readonly capacityBlocks: number;
+  private readonly slabs: Buffer[] = [];
+  private readonly slotOf = new Map<number, number>();
+  // Per slot: the LBA it holds (-1: free) and its CLOCK bit.
+  private slotLba: Float64Array;
+  private referenced: Uint8Array;
+  private slotsMade = 0;
+  private readonly freeSlots: number[] = [];
+  private hand = 0;
+  private changes = 0;
+  hits = 0;
+  misses = 0;
+
+  constructor(capacityBytes: number) {
+    if (!Number.isSafeInteger(capacityBytes) || capacityBytes < 0) throw new RangeError('the block cache size must be an integer >= 0');
+    this.capacityBlocks = Math.floor(capacityBytes / BLOCK_BYTES);
+    this.slotLba = new Float64Array(0);
+    this.referenced = new Uint8Array(0);
+  }
+
+  // Bumped by every change of base.img's content (store, drop).
+  get generation(): number {
+    return this.changes;
+  }
+
+  get usedBlocks(): number {
+    return this.slotOf.size;
+  }
+
+  stats(): BlockCacheStats {
+    return { capacityBytes: this.capacityBlocks * BLOCK_BYTES, usedBytes: this.slotOf.size * BLOCK_BYTES, hits: this.hits, misses: this.misses };
+  }
+
+  // True when every block of [first, first + count) is cached (and the
+  // transfer is small enough to be served from the cache).
+  holds(first: number, count: number): boolean {
+    if (count > TRANSFER_BLOCKS_MAX || this.slotOf.size < count) return false;
+    for (let b = first; b < first + count; b++) if (!this.slotOf.has(b)) return false;
+    return true;
+  }
+
+  // Copies bytes [fromBytes, fromBytes + lengthBytes) of the blocks starting
+  // at `first` (all of them cached: see holds) into out at outOffset. Blocks
+  // in consecutive slots of one slab (stored together) go in one copy.
+  copyOut(first: number, fromBytes: number, lengthBytes: number, out: Uint8Array, outOffset: number): void {
+    const lastLba = first + Math.floor((fromBytes + lengthBytes - 1) / BLOCK_BYTES);
+    let lba = first + Math.floor(fromBytes / BLOCK_BYTES);
+    let skip = fromBytes % BLOCK_BYTES; // bytes of the first block left out
+    let at = outOffset;
+    let runSlot = -1; // the run of slots being gathered: [runSlot, runSlot + runBlocks)
+    let runBlocks = 0;
+    let runSkip = 0;
+    const flush = (endTrim: number): void => {
+      const slab = this.slabs[Math.floor(runSlot / SLAB_BLOCKS)]!;
+      const start = this.slotBytes(runSlot) + runSkip;
+      const end = this.slotBytes(runSlot) + runBlocks * BLOCK_BYTES - endTrim;
+      out.set(slab.subarray(start, end), at);
+      at += end - start;
+    };
+    this.hits += lastLba - lba + 1;
+    for (; lba <= lastLba; lba++) {
+      const slot = this.slotOf.get(lba);
+      if (slot === undefined) throw new Error(`block ${lba} is not cached`);
+      this.referenced[slot] = 1;
+      if (runBlocks > 0 && slot === runSlot + runBlocks && slot % SLAB_BLOCKS !== 0) {
+        runBlocks++;
+        continue;
+      }
+      if (runBlocks > 0) flush(0);
+      runSlot = slot;
+      runBlocks = 1;
+      runSkip = skip;
+      skip = 0;
+    }
+    flush((BLOCK_BYTES - ((fromBytes + lengthBytes) % BLOCK_BYTES)) % BLOCK_BYTES);
+  }
+
+  // base.img gets `count` blocks at `first` from src (at srcOffset): the
+  // cache holds them from now on.
+  store(first: number, count: number, src: Uint8Array, srcOffset: number): void {
+    if (this.capacityBlocks === 0) return;
+    if (count > TRANSFER_BLOCKS_MAX) return this.drop(first, count);
+    this.changes++;
+    for (let i = 0; i < count; i++) this.put(first + i, src, srcOffset + i * BLOCK_BYTES);
+  }
+
+  // base.img no longer holds these blocks' old content (punched, or written
+  // by a large transfer).
+  drop(first: number, count: number): void {
+    if (this.capacityBlocks === 0) return;
+    this.changes++;
+    if (count > this.slotOf.size) {
+      for (const [lba, slot] of this.slotOf) if (lba >= first && lba < first + count) this.release(lba, slot);
+      return;
+    }
+    for (let b = first; b < first + count; b++) {
+      const slot = this.slotOf.get(b);
+      if (slot !== undefined) this.release(b, slot);
+    }
+  }
+
+  // A read found these blocks in base.img, having taken `generation` before
+  // its disk read: they are cached unless base.img changed since.
+  fillFromRead(generation: number, first: number, count: number, src: Uint8Array, srcOffset: number): void {
+    this.misses += count;
+    if (this.capacityBlocks === 0 || count > TRANSFER_BLOCKS_MAX || generation !== this.changes) return;
+    for (let i = 0; i < count; i++) if (!this.slotOf.has(first + i)) this.put(first + i, src, srcOffset + i * BLOCK_BYTES);
+  }
+
+  private put(lba: number, src: Uint8Array, srcOffset: number): void {
+    let slot = this.slotOf.get(lba);
+    if (slot === undefined) {
+      slot = this.takeSlot();
+      this.slotOf.set(lba, slot);
+      this.slotLba[slot] = lba;
+      this.referenced[slot] = 0;
+    }
+    const at = this.slotBytes(slot);
+    this.slabs[Math.floor(slot / SLAB_BLOCKS)]!.set(src.subarray(srcOffset, srcOffset + BLOCK_BYTES), at);
+  }
+
+  private takeSlot(): number {
+    const free = this.freeSlots.pop();
+    if (free !== undefined) return free;
+    if (this.slotsMade < this.capacityBlocks) return this.makeSlot();
+    // CLOCK: the first slot whose bit is clear, clearing bits on the way.
+    for (;;) {
+      const slot = this.hand;
+      this.hand = (this.hand + 1) % this.slotsMade;
+      if (this.referenced[slot] === 1) {
+        this.referenced[slot] = 0;
+        continue;
+      }
+      this.slotOf.delete(this.slotLba[slot]!);
+      this.slotLba[slot] = -1;
+      return slot;
+    }
+  }
+
+  private makeSlot(): number {
+    const slot = this.slotsMade++;
+    if (slot % SLAB_BLOCKS === 0) {
+      const blocks = Math.min(SLAB_BLOCKS, this.capacityBlocks - slot);
+      this.slabs.push(Buffer.allocUnsafeSlow(blocks * BLOCK_BYTES));
+      const lba = new Float64Array(slot + blocks);
+      lba.set(this.slotLba);
+      this.slotLba = lba;
+      const ref = new Uint8Array(slot + blocks);
+      ref.set(this.referenced);
+      this.referenced = ref;
+    }
+    return slot;
+  }
+
+  private release(lba: number, slot: number): void {
+    this.slotOf.delete(lba);
+    this.slotLba[slot] = -1;
+    this.referenced[slot] = 0;
+    this.freeSlots.push(slot);
+  }
+
+  private slotBytes(slot: number): number {
+    return (slot % SLAB_BLOCKS) * BLOCK_BYTES;
+  }
+}

@@ -1,0 +1,127 @@
+// The block cache in a volume: checkpointed data is read back from memory
+// (no base.img read reaches the ring), a checkpoint's writes and punches keep
+// it equal to base.img, and a read that raced a checkpoint leaves nothing
+// stale behind.
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as path from 'node:path';
+
+import { BaseImage } from '../../lib/native/base_image';
+import { OpKind, Ring } from '../../lib/native/ring';
+import { Volume } from '../../lib/engine/volume';
+import { tempDir } from '../support/tmp';
+
+const BLOCK = 4096;
+const SIZE = 1 << 20;
+
+function block(fill: number, blocks = 1): Buffer {
+  return Buffer.alloc(blocks * BLOCK, fill);
+}
+
+// Reads of base.img the ring saw while fn ran (base.img is the only file read
+// with O_DIRECT at 4 KiB multiples outside the WAL directory: count reads of
+// its file descriptor).
+async function baseReads(ring: Ring, fn: () => Promise<void>): Promise<number> {
+  ring.setTrace(true);
+  ring.takeTrace();
+  await fn();
+  const events = ring.takeTrace();
+  ring.setTrace(false);
+  return events.filter((e) => e.type === 'submit' && e.kind === OpKind.read).length;
+}
+
+test('checkpointed blocks are read from the block cache; writes, trims and zeroes keep it current', async () => {
+  const { dir, cleanup } = tempDir('blockcache');
+  const ring = Ring.open({ depth: 256, arenaBytes: 64 << 20 });
+  const vol = await Volume.create(path.join(dir, 'v'), { sizeBytes: SIZE, walSegmentBytes: 1 << 20, flushIdleMs: 0, ring });
+  try {
+    await vol.write(0, block(1, 4));
+    await vol.checkpoint();
+    // The checkpoint wrote blocks 0-3 and the cache took them: no disk read.
+    const reads = await baseReads(ring, async () => {
+      assert.ok((await vol.read(0, 4 * BLOCK)).equals(block(1, 4)));
+      assert.ok((await vol.read(BLOCK + 100, 10)).equals(Buffer.alloc(10, 1)));
+    });
+    assert.equal(reads, 0, 'no base.img read for cached blocks');
+    assert.ok(vol.status().blockCacheHits >= 5);
+
+    // A block never written is read from base.img once, then from the cache.
+    const first = await baseReads(ring, async () => assert.ok((await vol.read(8 * BLOCK, BLOCK)).equals(block(0))));
+    const second = await baseReads(ring, async () => assert.ok((await vol.read(8 * BLOCK, BLOCK)).equals(block(0))));
+    assert.equal(first, 1);
+    assert.equal(second, 0);
+
+    // Overwrite, trim and zero cached blocks, checkpoint, read them back.
+    await vol.write(BLOCK, block(2));
+    await vol.trim(2 * BLOCK, BLOCK);
+    await vol.writeZeroes(3 * BLOCK, BLOCK);
+    await vol.checkpoint();
+    assert.equal(vol.status().dirtyBlocks, 0);
+    const want = Buffer.concat([block(1), block(2), block(0), block(0)]);
+    assert.ok((await vol.read(0, 4 * BLOCK)).equals(want), 'reads after the checkpoint');
+    const s = vol.status();
+    assert.equal(s.blockCacheBytes, 256 << 20);
+    assert.ok(s.blockCacheUsedBytes > 0 && s.blockCacheUsedBytes <= 5 * BLOCK, `${s.blockCacheUsedBytes} bytes cached`);
+  } finally {
+    await vol.close();
+    await ring.close();
+    cleanup();
+  }
+});
+
+test('a read that raced a checkpoint does not leave its older blocks in the cache', async () => {
+  const { dir, cleanup } = tempDir('blockcache-race');
+  // Room for one block: the race needs the block pushed out before the read
+  // completes, so that its stale copy would fit again.
+  const vol = await Volume.create(path.join(dir, 'v'), { sizeBytes: SIZE, walSegmentBytes: 1 << 20, flushIdleMs: 0, blockCacheBytes: BLOCK });
+  const readBlocks = BaseImage.prototype.readBlocks;
+  try {
+    await vol.write(0, block(0xaa));
+    await vol.write(BLOCK, block(0x11));
+    await vol.checkpoint(); // the cache holds block 1 (written last)
+    // Hold base.img reads after their disk read until released.
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let held = 0;
+    BaseImage.prototype.readBlocks = async function (this: BaseImage, ...args: Parameters<BaseImage['readBlocks']>) {
+      await readBlocks.apply(this, args);
+      held++;
+      await gate;
+    };
+    const racing = vol.read(0, BLOCK); // misses: reads 0xaa from the disk
+    while (held === 0) await new Promise((r) => setImmediate(r));
+    BaseImage.prototype.readBlocks = readBlocks;
+    await vol.write(0, block(0xbb));
+    await vol.checkpoint(); // base.img and the cache get 0xbb for block 0
+    await vol.write(BLOCK, block(0x22));
+    await vol.checkpoint(); // block 1 pushes block 0 out of the cache
+    release();
+    assert.ok((await racing).equals(block(0xaa)), 'the racing read returns what it read');
+    assert.ok((await vol.read(0, BLOCK)).equals(block(0xbb)), 'the next read sees the checkpointed block');
+  } finally {
+    BaseImage.prototype.readBlocks = readBlocks;
+    await vol.close();
+    cleanup();
+  }
+});
+
+test('a volume opened with blockCacheBytes 0 reads base.img every time', async () => {
+  const { dir, cleanup } = tempDir('blockcache-off');
+  const ring = Ring.open({ depth: 256, arenaBytes: 64 << 20 });
+  const vol = await Volume.create(path.join(dir, 'v'), { sizeBytes: SIZE, walSegmentBytes: 1 << 20, flushIdleMs: 0, ring, blockCacheBytes: 0 });
+  try {
+    await vol.write(0, block(3));
+    await vol.checkpoint();
+    const reads = await baseReads(ring, async () => {
+      for (let i = 0; i < 3; i++) assert.ok((await vol.read(0, BLOCK)).equals(block(3)));
+    });
+    assert.equal(reads, 3);
+    const s = vol.status();
+    assert.equal(s.blockCacheBytes, 0);
+    assert.equal(s.blockCacheHits, 0);
+  } finally {
+    await vol.close();
+    await ring.close();
+    cleanup();
+  }
+});
