@@ -47,6 +47,7 @@ import { fioHasNbdEngine, nbdUnixUri, runNbdFio } from './lib/fio_nbd';
 import type { BenchResult, Figure, Ratio, TargetOp } from './lib/report';
 import { fmt, meets, ratio } from './lib/report';
 import type { ServerCpuDelta } from './lib/server_process';
+import { type VolumeServer, servedStatus, sleep } from './lib/repl_servers';
 import { ServerProcess, cpuBetween, loadAverages } from './lib/server_process';
 import { MIB } from './lib/seq_anchor';
 
@@ -64,6 +65,8 @@ const EXPORT_NAME = 'bench';
 const PREFILL_BS_BYTES = MIB;
 const PREFILL_IODEPTH = 8;
 const READPASS_BS_BYTES = 128 * 1024;
+const CHECKPOINT_WAIT_MS = 120_000;
+const STATUS_POLL_MS = 200;
 const BLOCK_BYTES = 4096;
 const READY_TIMEOUT_MS = 60_000;
 /** A server counts as idle below this share of one CPU (2 s in a row). */
@@ -102,6 +105,8 @@ interface Side {
   readonly name: SideName;
   readonly server: ServerProcess;
   readonly uri: string;
+  /** blockwal: the volume directory (its status comes from the control socket). */
+  readonly dir?: string;
 }
 
 interface Measured {
@@ -258,7 +263,7 @@ async function startBlockwal(ctx: BenchContext, volumeBytes: number): Promise<Si
     readyTimeoutMs: READY_TIMEOUT_MS,
   });
   ctx.log(`blockwal pid ${server.pid} serving ${dir} on ${socket}`);
-  return { name: 'blockwal', server, uri: nbdUnixUri(socket, EXPORT_NAME) };
+  return { name: 'blockwal', server, uri: nbdUnixUri(socket, EXPORT_NAME), dir };
 }
 
 function socketPath(dir: string, name: string): string {
@@ -267,7 +272,7 @@ function socketPath(dir: string, name: string): string {
   return p;
 }
 
-/** One sequential pass of 1 MiB writes and a FLUSH, then waits for the server's background work. */
+/** One sequential pass of 1 MiB writes and a FLUSH, then one of 128 KiB reads, each followed by the server's background work. */
 async function prefill(ctx: BenchContext, side: Side, volumeBytes: number): Promise<void> {
   const raw = await runNbdFio(
     {
@@ -283,8 +288,11 @@ async function prefill(ctx: BenchContext, side: Side, volumeBytes: number): Prom
     ctx.dir,
   );
   assert(raw.ops * PREFILL_BS_BYTES === volumeBytes, `${side.name} prefill wrote ${raw.ops} MiB of ${volumeBytes / MIB}`);
+  const written = await side.server.waitForIdle(IDLE_BUSY_PCT);
+  if (side.dir !== undefined) await waitCheckpointed({ dir: side.dir, server: side.server });
   // One read pass in transfers a cache keeps (blockwal's block cache takes
-  // reads of up to 128 KiB; the page cache already holds what nbdkit wrote).
+  // reads of up to 128 KiB; the page cache already holds what nbdkit wrote),
+  // once the writes are checkpointed.
   const read = await runNbdFio(
     { name: `${side.name}-readpass`, uri: side.uri, rw: 'read', bsBytes: READPASS_BS_BYTES, sizeBytes: volumeBytes, iodepth: PREFILL_IODEPTH, fsyncEvery: 0 },
     ctx.dir,
@@ -292,10 +300,23 @@ async function prefill(ctx: BenchContext, side: Side, volumeBytes: number): Prom
   const idle = await side.server.waitForIdle(IDLE_BUSY_PCT);
   ctx.log(
     `${side.name}: prefilled ${volumeBytes / MIB} MiB at ${fmt(raw.bandwidthBytesPerSec / MIB)} MiB/s, ` +
-      `read it back at ${fmt(read.bandwidthBytesPerSec / MIB)} MiB/s; ` +
-      `then ${idle.idle ? 'idle' : 'still busy'} after ${(idle.waitedMs / 1000).toFixed(1)} s ` +
-      `(${(idle.cpu.totalUs / 1000).toFixed(0)} ms CPU meanwhile)`,
+      `${written.idle ? 'idle' : 'still busy'} after ${(written.waitedMs / 1000).toFixed(1)} s ` +
+      `(${(written.cpu.totalUs / 1000).toFixed(0)} ms CPU meanwhile); ` +
+      `read it back at ${fmt(read.bandwidthBytesPerSec / MIB)} MiB/s, ` +
+      `then ${idle.idle ? 'idle' : 'still busy'} after ${(idle.waitedMs / 1000).toFixed(1)} s`,
   );
+}
+
+/** Polls blockwal's status until nothing written waits for a checkpoint (its reads then come from base.img). */
+async function waitCheckpointed(node: VolumeServer): Promise<void> {
+  const startMs = performance.now();
+  for (;;) {
+    const volume = (await servedStatus(node)).volumes[0];
+    assert(volume !== undefined, `blockwal status ${node.dir}: no volume`);
+    if (volume.dirtyBytes === 0) return;
+    assert(performance.now() - startMs < CHECKPOINT_WAIT_MS, `${volume.dirtyBytes} bytes still dirty after ${CHECKPOINT_WAIT_MS} ms`);
+    await sleep(STATUS_POLL_MS);
+  }
 }
 
 async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: number): Promise<Measured> {
