@@ -45,9 +45,12 @@ const EXTENT_READ_BYTES_MAX = 4 << 20;
 const EXTENT_GAP_BYTES_MAX = 64 << 10;
 // One base.img write: at most this many blocks (4 MiB).
 const RUN_BLOCKS_MAX = 1024;
-// base.img writes in flight at once: 4 KiB random workloads make many, and
-// the disk wants a deep queue for them; the ring (256) keeps room for others.
-const WRITES_IN_FLIGHT_MAX = 128;
+// base.img writes in flight at once. Each batch is submitted inline by one
+// io_uring_enter on the JS thread, and the WAL's group writes queue behind
+// them in the device: 128 let a checkpoint of 4 KiB random writes cut client
+// writes to a fraction for its whole length (and a replica's acks with them);
+// 32 keep the disk busy and clients moving.
+const WRITES_IN_FLIGHT_MAX = 32;
 
 export interface FlusherOptions {
   triggerBytes: number;
@@ -204,6 +207,9 @@ export class Flusher {
     if (to <= io.sb.fields.checkpointLsn) return;
     const { zeros, blocks } = io.dirty.collect(to);
     const startedMs = performance.now();
+    // The plan is synchronous work (tens of ms for tens of thousands of
+    // blocks): requests waiting behind it get a turn between its steps.
+    await yieldTurn();
     let walTailLsn = 0;
     try {
       await io.wal.waitWritten(to); // base.img gets only what the WAL has written
@@ -253,6 +259,7 @@ export class Flusher {
     const budgetBytes = Math.max(BLOCK_BYTES, Math.min(APPLY_BYTES_MAX, alignDown(io.ring.jsRegionBytes * APPLY_ARENA_SHARE, BLOCK_BYTES)));
     const readBytesMax = Math.max(BLOCK_BYTES, Math.min(EXTENT_READ_BYTES_MAX, alignDown(budgetBytes / 4, BLOCK_BYTES)));
     const extents = planExtents(blocks, { readBytesMax, gapBytesMax: EXTENT_GAP_BYTES_MAX });
+    await yieldTurn();
     const budget = new Budget(budgetBytes);
     const writeSlots = new Budget(WRITES_IN_FLIGHT_MAX);
     const jobs: Promise<void>[] = [];
@@ -349,6 +356,10 @@ export class Flusher {
     return { offsetBytes, lengthBytes, bytes: this.io.ring.arenaView(offsetBytes, lengthBytes) };
   }
 }
+function yieldTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
 // ---- the plan (pure) ------------------------------------------------------
 
 // Consecutive blocks of one record that land on consecutive LBAs.
@@ -405,11 +416,17 @@ export function planExtents(blocks: [number, BlockEntry][], limits: { readBytesM
     rec.pieces.push({ lba, lengthBlocks: n, indexInRecord: entry.indexInRecord, dstBytes: 0 });
     i += n;
   }
-  const records = [...byLsn.values()].sort((a, b) => a.lsn - b.lsn);
+  // LSN order by a numeric sort of the keys (no comparator: a checkpoint of
+  // random 4 KiB writes has tens of thousands of records).
+  const lsns = new Float64Array(byLsn.size);
+  let k = 0;
+  for (const lsn of byLsn.keys()) lsns[k++] = lsn;
+  lsns.sort();
   const extents: Extent[] = [];
   let ext: Extent | undefined;
   let usedEndBytes = 0; // end of the last record in ext (unaligned)
-  for (const rec of records) {
+  for (const lsn of lsns) {
+    const rec = byLsn.get(lsn)!;
     const recEndBytes = rec.offsetBytes + rec.spanBytes;
     const fits =
       ext !== undefined &&
@@ -433,9 +450,7 @@ export function planExtents(blocks: [number, BlockEntry][], limits: { readBytesM
 // piece's dstBytes) and returns the base.img writes: maximal runs of
 // consecutive LBAs, at most runBlocksMax blocks each.
 export function planRuns(extent: Extent, runBlocksMax: number): Run[] {
-  const pieces: Piece[] = [];
-  for (const rec of extent.records) for (const p of rec.pieces) pieces.push(p);
-  pieces.sort((a, b) => a.lba - b.lba);
+  const pieces = piecesByLba(extent);
   const runs: Run[] = [];
   let dstBytes = 0;
   for (const p of pieces) {
@@ -459,6 +474,24 @@ export function planRuns(extent: Extent, runBlocksMax: number): Run[] {
     dstBytes += p.lengthBlocks * BLOCK_BYTES;
   }
   return runs;
+}
+
+// The extent's pieces in LBA order. A block is in one piece of a checkpoint,
+// so first LBAs are distinct: a numeric sort of them, then a lookup.
+function piecesByLba(extent: Extent): Piece[] {
+  if (extent.records.length === 1) return extent.records[0]!.pieces; // already in LBA order
+  const byLba = new Map<number, Piece>();
+  for (const rec of extent.records) for (const p of rec.pieces) byLba.set(p.lba, p);
+  let count = 0;
+  for (const rec of extent.records) count += rec.pieces.length;
+  if (byLba.size !== count) throw new Error(`an extent holds ${count} pieces but ${byLba.size} distinct first blocks`);
+  const lbas = new Float64Array(byLba.size);
+  let k = 0;
+  for (const lba of byLba.keys()) lbas[k++] = lba;
+  lbas.sort();
+  const pieces: Piece[] = new Array(lbas.length);
+  for (let i = 0; i < lbas.length; i++) pieces[i] = byLba.get(lbas[i]!)!;
+  return pieces;
 }
 
 // True when `next` is the block `distance` places after `first` in the same record.
