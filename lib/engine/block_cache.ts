@@ -1,18 +1,20 @@
-// The block cache: recent base.img blocks in memory, so a read of blocks the
-// WAL no longer holds is answered without a disk read.
+// The block cache: base.img blocks in memory, so a read of blocks the WAL no
+// longer holds is answered without a disk read.
 //
-// What it holds is always what base.img holds (or is being written with):
-// BaseImage stores every block it writes (checkpoints, rebuilds) as it
-// submits the write and drops every block it punches. A block that has a
-// newer version in the WAL is read from the WAL (the dirty map decides), so
-// while a checkpoint writes it no read asks the cache for it; by the time the
-// checkpoint forgets the block, base.img and the cache agree.
+// Reads fill it: a read that went to base.img leaves its blocks here. What it
+// holds is always what base.img holds: BaseImage tells it of every write
+// (checkpoints, rebuilds) and punch as it submits them, and a cached block
+// takes the new content (or leaves, when punched). A write does not bring a
+// block in: the cache costs the write path a lookup per block, not a copy,
+// and a replica that serves no reads keeps nothing. A block that has a newer
+// version in the WAL is read from the WAL (the dirty map decides), so while a
+// checkpoint writes it no read asks the cache for it.
 //
-// A read that missed fills the cache with what it read only if base.img did
-// not change meanwhile: `generation` counts every change, the read takes it
-// before its disk read and hands it back with the blocks (fillFromRead). A
-// read that raced a checkpoint may carry blocks older than what the
-// checkpoint stored; it then fills nothing.
+// A read that missed fills the cache only if base.img did not change
+// meanwhile: `generation` counts every change, the read takes it before its
+// disk read and hands it back with the blocks (fillFromRead). A read that
+// raced a checkpoint may carry blocks older than what the checkpoint wrote;
+// it then fills nothing.
 //
 // Large transfers (more than TRANSFER_BLOCKS_MAX blocks: sequential scans,
 // copies, big checkpoint runs) go around the cache: such a read is served by
@@ -21,7 +23,7 @@
 //
 // Space: slots of 4 KiB in slabs allocated as the cache fills, at most
 // capacityBlocks; a Map from LBA to slot; eviction by CLOCK (a block read
-// from the cache gets a second chance; a block only stored gets none).
+// from the cache gets a second chance; a block only filled gets none).
 import { BLOCK_BYTES } from '../native/base_image';
 
 const SLAB_BLOCKS = 4096; // 16 MiB per slab
@@ -113,12 +115,16 @@ export class BlockCache {
   }
 
   // base.img gets `count` blocks at `first` from src (at srcOffset): the
-  // cache holds them from now on.
+  // cached ones among them take the new content.
   store(first: number, count: number, src: Uint8Array, srcOffset: number): void {
     if (this.capacityBlocks === 0) return;
     if (count > TRANSFER_BLOCKS_MAX) return this.drop(first, count);
     this.changes++;
-    for (let i = 0; i < count; i++) this.put(first + i, src, srcOffset + i * BLOCK_BYTES);
+    if (this.slotOf.size === 0) return;
+    for (let i = 0; i < count; i++) {
+      const slot = this.slotOf.get(first + i);
+      if (slot !== undefined) this.copyIn(slot, src, srcOffset + i * BLOCK_BYTES);
+    }
   }
 
   // base.img no longer holds these blocks' old content (punched, or written
@@ -144,16 +150,17 @@ export class BlockCache {
     for (let i = 0; i < count; i++) if (!this.slotOf.has(first + i)) this.put(first + i, src, srcOffset + i * BLOCK_BYTES);
   }
 
+  // A block not cached yet.
   private put(lba: number, src: Uint8Array, srcOffset: number): void {
-    let slot = this.slotOf.get(lba);
-    if (slot === undefined) {
-      slot = this.takeSlot();
-      this.slotOf.set(lba, slot);
-      this.slotLba[slot] = lba;
-      this.referenced[slot] = 0;
-    }
-    const at = this.slotBytes(slot);
-    this.slabs[Math.floor(slot / SLAB_BLOCKS)]!.set(src.subarray(srcOffset, srcOffset + BLOCK_BYTES), at);
+    const slot = this.takeSlot();
+    this.slotOf.set(lba, slot);
+    this.slotLba[slot] = lba;
+    this.referenced[slot] = 0;
+    this.copyIn(slot, src, srcOffset);
+  }
+
+  private copyIn(slot: number, src: Uint8Array, srcOffset: number): void {
+    this.slabs[Math.floor(slot / SLAB_BLOCKS)]!.set(src.subarray(srcOffset, srcOffset + BLOCK_BYTES), this.slotBytes(slot));
   }
 
   private takeSlot(): number {

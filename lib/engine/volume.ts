@@ -71,9 +71,9 @@ export interface VolumeOptions {
   // from the disk. Default: 256 MiB or the whole WAL if smaller; 0: only the
   // WAL's group buffers serve those reads.
   walCacheBytes?: number;
-  // base.img blocks kept in memory (block_cache.ts), so reads of data already
-  // checkpointed skip the disk: the blocks last written to or read from
-  // base.img, filled as memory is needed (default 256 MiB; 0: no cache).
+  // base.img blocks kept in memory (block_cache.ts), so reads of checkpointed
+  // data read before skip the disk: reads fill it, writes refresh what it
+  // holds (default 256 MiB, filled as reads need; 0: no cache).
   blockCacheBytes?: number;
   // Dirty bytes that start a checkpoint in the background (default: half the
   // WAL cache, at most a quarter of the WAL).

@@ -1,7 +1,7 @@
-// The block cache in a volume: checkpointed data is read back from memory
-// (no base.img read reaches the ring), a checkpoint's writes and punches keep
-// it equal to base.img, and a read that raced a checkpoint leaves nothing
-// stale behind.
+// The block cache in a volume: checkpointed data read once is read again
+// from memory (no base.img read reaches the ring), a checkpoint's writes and
+// punches keep it equal to base.img, and a read that raced a checkpoint
+// leaves nothing stale behind.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
@@ -30,38 +30,37 @@ async function baseReads(ring: Ring, fn: () => Promise<void>): Promise<number> {
   return events.filter((e) => e.type === 'submit' && e.kind === OpKind.read).length;
 }
 
-test('checkpointed blocks are read from the block cache; writes, trims and zeroes keep it current', async () => {
+test('blocks read once are read again from the block cache; writes, trims and zeroes keep it current', async () => {
   const { dir, cleanup } = tempDir('blockcache');
   const ring = Ring.open({ depth: 256, arenaBytes: 64 << 20 });
   const vol = await Volume.create(path.join(dir, 'v'), { sizeBytes: SIZE, walSegmentBytes: 1 << 20, flushIdleMs: 0, ring });
   try {
     await vol.write(0, block(1, 4));
     await vol.checkpoint();
-    // The checkpoint wrote blocks 0-3 and the cache took them: no disk read.
-    const reads = await baseReads(ring, async () => {
+    // The first read goes to base.img and fills the cache; the next ones do not.
+    const first = await baseReads(ring, async () => assert.ok((await vol.read(0, 4 * BLOCK)).equals(block(1, 4))));
+    assert.equal(first, 1);
+    const again = await baseReads(ring, async () => {
       assert.ok((await vol.read(0, 4 * BLOCK)).equals(block(1, 4)));
       assert.ok((await vol.read(BLOCK + 100, 10)).equals(Buffer.alloc(10, 1)));
     });
-    assert.equal(reads, 0, 'no base.img read for cached blocks');
-    assert.ok(vol.status().blockCacheHits >= 5);
+    assert.equal(again, 0, 'no base.img read for cached blocks');
+    assert.equal(vol.status().blockCacheHits, 5);
+    assert.equal(vol.status().blockCacheMisses, 4);
 
-    // A block never written is read from base.img once, then from the cache.
-    const first = await baseReads(ring, async () => assert.ok((await vol.read(8 * BLOCK, BLOCK)).equals(block(0))));
-    const second = await baseReads(ring, async () => assert.ok((await vol.read(8 * BLOCK, BLOCK)).equals(block(0))));
-    assert.equal(first, 1);
-    assert.equal(second, 0);
-
-    // Overwrite, trim and zero cached blocks, checkpoint, read them back.
+    // Overwrite, trim and zero cached blocks, checkpoint, read them back:
+    // the overwritten block comes from the cache, the punched ones from the disk.
     await vol.write(BLOCK, block(2));
     await vol.trim(2 * BLOCK, BLOCK);
     await vol.writeZeroes(3 * BLOCK, BLOCK);
     await vol.checkpoint();
     assert.equal(vol.status().dirtyBlocks, 0);
-    const want = Buffer.concat([block(1), block(2), block(0), block(0)]);
-    assert.ok((await vol.read(0, 4 * BLOCK)).equals(want), 'reads after the checkpoint');
+    const overwritten = await baseReads(ring, async () => assert.ok((await vol.read(0, 2 * BLOCK)).equals(Buffer.concat([block(1), block(2)]))));
+    assert.equal(overwritten, 0, 'the checkpoint refreshed the cached block');
+    assert.ok((await vol.read(2 * BLOCK, 2 * BLOCK)).equals(block(0, 2)), 'trimmed and zeroed blocks read as zeros');
     const s = vol.status();
     assert.equal(s.blockCacheBytes, 256 << 20);
-    assert.ok(s.blockCacheUsedBytes > 0 && s.blockCacheUsedBytes <= 5 * BLOCK, `${s.blockCacheUsedBytes} bytes cached`);
+    assert.equal(s.blockCacheUsedBytes, 4 * BLOCK);
   } finally {
     await vol.close();
     await ring.close();
@@ -71,14 +70,11 @@ test('checkpointed blocks are read from the block cache; writes, trims and zeroe
 
 test('a read that raced a checkpoint does not leave its older blocks in the cache', async () => {
   const { dir, cleanup } = tempDir('blockcache-race');
-  // Room for one block: the race needs the block pushed out before the read
-  // completes, so that its stale copy would fit again.
-  const vol = await Volume.create(path.join(dir, 'v'), { sizeBytes: SIZE, walSegmentBytes: 1 << 20, flushIdleMs: 0, blockCacheBytes: BLOCK });
+  const vol = await Volume.create(path.join(dir, 'v'), { sizeBytes: SIZE, walSegmentBytes: 1 << 20, flushIdleMs: 0 });
   const readBlocks = BaseImage.prototype.readBlocks;
   try {
     await vol.write(0, block(0xaa));
-    await vol.write(BLOCK, block(0x11));
-    await vol.checkpoint(); // the cache holds block 1 (written last)
+    await vol.checkpoint();
     // Hold base.img reads after their disk read until released.
     let release!: () => void;
     const gate = new Promise<void>((resolve) => (release = resolve));
@@ -92,9 +88,7 @@ test('a read that raced a checkpoint does not leave its older blocks in the cach
     while (held === 0) await new Promise((r) => setImmediate(r));
     BaseImage.prototype.readBlocks = readBlocks;
     await vol.write(0, block(0xbb));
-    await vol.checkpoint(); // base.img and the cache get 0xbb for block 0
-    await vol.write(BLOCK, block(0x22));
-    await vol.checkpoint(); // block 1 pushes block 0 out of the cache
+    await vol.checkpoint(); // base.img gets 0xbb for block 0 (not cached)
     release();
     assert.ok((await racing).equals(block(0xaa)), 'the racing read returns what it read');
     assert.ok((await vol.read(0, BLOCK)).equals(block(0xbb)), 'the next read sees the checkpointed block');

@@ -1,6 +1,6 @@
 // The block cache against a model of base.img: random stores (checkpoint
-// writes), drops (punches), reads that hit or fill, and fills from reads that
-// raced a change. After every step each cached block must equal the model's
+// writes: cached blocks take the new content), drops (punches), reads that
+// hit or fill, and fills from reads that raced a change. After every step each cached block must equal the model's
 // base.img, and the cache may hold no more than its capacity.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -98,9 +98,9 @@ test('the block cache copies partial blocks at any byte offset', () => {
   const cache = new BlockCache(8 * BLOCK);
   const data = Buffer.alloc(3 * BLOCK);
   for (let i = 0; i < data.length; i++) data[i] = (i * 31) & 0xff;
-  cache.store(10, 3, data, 0);
-  // The same blocks stored one by one in reverse order: not in consecutive slots.
-  for (let i = 2; i >= 0; i--) cache.store(20 + i, 1, data, i * BLOCK);
+  cache.fillFromRead(cache.generation, 10, 3, data, 0);
+  // The same blocks filled one by one in reverse order: not in consecutive slots.
+  for (let i = 2; i >= 0; i--) cache.fillFromRead(cache.generation, 20 + i, 1, data, i * BLOCK);
   for (const first of [10, 20]) {
     for (const [from, length] of [[0, 1], [4095, 2], [100, 3 * BLOCK - 100], [5000, 7000], [0, 3 * BLOCK]] as const) {
       const out = Buffer.alloc(length + 5);
@@ -110,11 +110,11 @@ test('the block cache copies partial blocks at any byte offset', () => {
   }
 });
 
-test('a block read from the cache outlives blocks only stored (CLOCK second chance)', () => {
+test('a block read from the cache outlives blocks only filled (CLOCK second chance)', () => {
   const cache = new BlockCache(4 * BLOCK);
-  for (let b = 0; b < 4; b++) cache.store(b, 1, blocks(b + 1, 1), 0);
+  for (let b = 0; b < 4; b++) cache.fillFromRead(cache.generation, b, 1, blocks(b + 1, 1), 0);
   cache.copyOut(2, 0, BLOCK, Buffer.alloc(BLOCK), 0); // block 2 is read: referenced
-  cache.store(10, 3, blocks(50, 3), 0); // three new blocks push three out
+  cache.fillFromRead(cache.generation, 10, 3, blocks(50, 3), 0); // three new blocks push three out
   assert.equal(cache.usedBlocks, 4);
   assert.ok(cache.holds(2, 1), 'the referenced block stays');
   assert.ok(cache.holds(10, 3));
@@ -131,12 +131,22 @@ test('transfers of more than 32 blocks go around the cache: no fill, a store dro
   cache.fillFromRead(cache.generation, 0, 32, blocks(1, 32), 0);
   assert.equal(cache.usedBlocks, 32);
   assert.ok(cache.holds(0, 32));
-  cache.store(100, 1, blocks(9, 1), 0);
+  cache.fillFromRead(cache.generation, 100, 1, blocks(9, 1), 0);
   assert.ok(!cache.holds(0, 33), 'a large read is not served from the cache');
   cache.store(16, 64, blocks(5, 64), 0);
   assert.equal(cache.usedBlocks, 17, 'the large store dropped blocks 16-31 and stored none');
   assert.ok(cache.holds(0, 16));
   assert.ok(!cache.holds(16, 1));
+});
+
+test('a store refreshes the blocks the cache holds and brings none in', () => {
+  const cache = new BlockCache(16 * BLOCK);
+  cache.fillFromRead(cache.generation, 0, 2, blocks(1, 2), 0);
+  cache.store(1, 3, blocks(40, 3), 0);
+  assert.equal(cache.usedBlocks, 2);
+  const out = Buffer.alloc(2 * BLOCK);
+  cache.copyOut(0, 0, 2 * BLOCK, out, 0);
+  assert.ok(out.equals(Buffer.concat([blocks(1, 1), blocks(40, 1)])));
 });
 
 test('a cache of size 0 holds nothing; a negative size is refused', () => {
