@@ -38,7 +38,7 @@ export interface BlockCacheStats {
 
 export class BlockCache {
   readonly capacityBlocks: number;
-  private readonly slabs: Buffer[] = [];
+  private readonly slabs: Uint8Array[] = [];
   private readonly slotOf = new Map<number, number>();
   // Per slot: the LBA it holds (-1: free) and its CLOCK bit.
   private slotLba: Float64Array;
@@ -46,11 +46,18 @@ export class BlockCache {
   private slotsMade = 0;
   private readonly freeSlots: number[] = [];
   private hand = 0;
+  private readonly scratch = new Float64Array(TRANSFER_BLOCKS_MAX);
   private changes = 0;
   hits = 0;
   misses = 0;
 
-  constructor(capacityBytes: number) {
+  // allocSlab: memory for a slab of that many bytes (a volume passes
+  // huge-page memory: random blocks across gigabytes then do not miss the TLB
+  // on every copy).
+  constructor(
+    capacityBytes: number,
+    private readonly allocSlab: (bytes: number) => Uint8Array = (bytes) => Buffer.allocUnsafeSlow(bytes),
+  ) {
     if (!Number.isSafeInteger(capacityBytes) || capacityBytes < 0) throw new RangeError('the block cache size must be an integer >= 0');
     this.capacityBlocks = Math.floor(capacityBytes / BLOCK_BYTES);
     this.slotLba = new Float64Array(0);
@@ -79,39 +86,38 @@ export class BlockCache {
   }
 
   // Copies bytes [fromBytes, fromBytes + lengthBytes) of the blocks starting
-  // at `first` (all of them cached: see holds) into out at outOffset. Blocks
-  // in consecutive slots of one slab (stored together) go in one copy.
-  copyOut(first: number, fromBytes: number, lengthBytes: number, out: Uint8Array, outOffset: number): void {
-    const lastLba = first + Math.floor((fromBytes + lengthBytes - 1) / BLOCK_BYTES);
-    let lba = first + Math.floor(fromBytes / BLOCK_BYTES);
+  // at `first` into out at outOffset when every one of them is cached (and
+  // the transfer is small enough); false, copying nothing, otherwise. One
+  // lookup per block; blocks in consecutive slots of one slab (filled
+  // together) go in one copy.
+  copyOutIfHeld(first: number, fromBytes: number, lengthBytes: number, out: Uint8Array, outOffset: number): boolean {
+    const firstLba = first + Math.floor(fromBytes / BLOCK_BYTES);
+    const count = first + Math.floor((fromBytes + lengthBytes - 1) / BLOCK_BYTES) - firstLba + 1;
+    if (count > TRANSFER_BLOCKS_MAX || this.slotOf.size < count) return false;
+    const slots = this.scratch;
+    for (let i = 0; i < count; i++) {
+      const slot = this.slotOf.get(firstLba + i);
+      if (slot === undefined) return false;
+      slots[i] = slot;
+    }
     let skip = fromBytes % BLOCK_BYTES; // bytes of the first block left out
     let at = outOffset;
-    let runSlot = -1; // the run of slots being gathered: [runSlot, runSlot + runBlocks)
-    let runBlocks = 0;
-    let runSkip = 0;
-    const flush = (endTrim: number): void => {
-      const slab = this.slabs[Math.floor(runSlot / SLAB_BLOCKS)]!;
-      const start = this.slotBytes(runSlot) + runSkip;
-      const end = this.slotBytes(runSlot) + runBlocks * BLOCK_BYTES - endTrim;
-      out.set(slab.subarray(start, end), at);
+    let i = 0;
+    while (i < count) {
+      // A run of consecutive slots in one slab.
+      let n = 1;
+      while (i + n < count && slots[i + n] === slots[i]! + n && slots[i + n]! % SLAB_BLOCKS !== 0) n++;
+      const slot = slots[i]!;
+      const start = this.slotBytes(slot) + skip;
+      const end = Math.min(this.slotBytes(slot) + n * BLOCK_BYTES, start + (lengthBytes - (at - outOffset)));
+      out.set(this.slabs[Math.floor(slot / SLAB_BLOCKS)]!.subarray(start, end), at);
       at += end - start;
-    };
-    this.hits += lastLba - lba + 1;
-    for (; lba <= lastLba; lba++) {
-      const slot = this.slotOf.get(lba);
-      if (slot === undefined) throw new Error(`block ${lba} is not cached`);
-      this.referenced[slot] = 1;
-      if (runBlocks > 0 && slot === runSlot + runBlocks && slot % SLAB_BLOCKS !== 0) {
-        runBlocks++;
-        continue;
-      }
-      if (runBlocks > 0) flush(0);
-      runSlot = slot;
-      runBlocks = 1;
-      runSkip = skip;
+      for (let k = 0; k < n; k++) this.referenced[slot + k] = 1;
       skip = 0;
+      i += n;
     }
-    flush((BLOCK_BYTES - ((fromBytes + lengthBytes) % BLOCK_BYTES)) % BLOCK_BYTES);
+    this.hits += count;
+    return true;
   }
 
   // base.img gets `count` blocks at `first` from src (at srcOffset): the
@@ -185,7 +191,7 @@ export class BlockCache {
     const slot = this.slotsMade++;
     if (slot % SLAB_BLOCKS === 0) {
       const blocks = Math.min(SLAB_BLOCKS, this.capacityBlocks - slot);
-      this.slabs.push(Buffer.allocUnsafeSlow(blocks * BLOCK_BYTES));
+      this.slabs.push(this.allocSlab(blocks * BLOCK_BYTES));
       const lba = new Float64Array(slot + blocks);
       lba.set(this.slotLba);
       this.slotLba = lba;

@@ -27,6 +27,7 @@ import pino, { type Logger } from 'pino';
 import { BaseImage, BLOCK_BYTES } from '../native/base_image';
 import { BlockwalError } from '../native/errors';
 import { FileLock } from '../native/lock';
+import { allocHugePages } from '../native/memory';
 import { Ring } from '../native/ring';
 import type { DenseBitmap } from '../native/bitmap';
 import { Wal } from '../native/wal';
@@ -246,7 +247,7 @@ export class Volume {
       const dirty = new DirtyMap();
       const role = options.role ?? 'primary';
       const io = new VolumeIo(ring, ownsRing, wal, base, sb, dirty, new RangeLocks(), opened.fallbackReason, log, role);
-      const cache = new BlockCache(options.blockCacheBytes ?? BLOCK_CACHE_BYTES_DEFAULT);
+      const cache = new BlockCache(options.blockCacheBytes ?? BLOCK_CACHE_BYTES_DEFAULT, allocHugePages);
       if (cache.capacityBlocks > 0) {
         base.watcher = cache;
         io.cache = cache;

@@ -19,7 +19,7 @@ import {
   encodeControl,
   type ReplicatedState,
 } from '../statemachine/control';
-import type { BlockCache } from './block_cache';
+import { type BlockCache, TRANSFER_BLOCKS_MAX } from './block_cache';
 import type { BlockEntry, DirtyMap } from './dirty_map';
 import type { RangeLocks } from './range_locks';
 import type { Superblock } from './superblock';
@@ -447,10 +447,9 @@ export class VolumeIo {
   // Every block cached: copied out of the cache, with no disk read.
   private readBaseOnly(first: number, lengthBlocks: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     const cache = this.cache;
-    if (cache !== undefined && cache.holds(first, lengthBlocks)) {
+    if (cache !== undefined && lengthBlocks <= TRANSFER_BLOCKS_MAX) {
       const out = this.resultBuffer(lengthBytes);
-      cache.copyOut(first, offsetBytes - first * BLOCK_BYTES, lengthBytes, out, 0);
-      return Promise.resolve(out);
+      if (cache.copyOutIfHeld(first, offsetBytes - first * BLOCK_BYTES, lengthBytes, out, 0)) return Promise.resolve(out);
     }
     return this.readBaseOnlyFromDisk(first, lengthBlocks, offsetBytes, lengthBytes);
   }
@@ -559,10 +558,7 @@ export class VolumeIo {
 
   private async readBase(startBlock: number, lengthBlocks: number, view: RequestView): Promise<void> {
     const cache = this.cache;
-    if (cache !== undefined && cache.holds(startBlock, lengthBlocks)) {
-      view.copyFromCache(startBlock, lengthBlocks, cache);
-      return;
-    }
+    if (cache !== undefined && view.copyFromCache(startBlock, lengthBlocks, cache)) return;
     const slice = this.ring.allocNow(lengthBlocks * BLOCK_BYTES) ?? (await this.ring.allocWait(lengthBlocks * BLOCK_BYTES));
     try {
       const generation = cache?.generation ?? 0;
@@ -845,12 +841,12 @@ class RequestView {
     this.out.set(block.subarray(from - blockStart, to - blockStart), from - this.offsetBytes);
   }
 
-  // Blocks [first, first + count), every one cached.
-  copyFromCache(first: number, count: number, cache: BlockCache): void {
+  // Blocks [first, first + count) from the cache; false when not all are there.
+  copyFromCache(first: number, count: number, cache: BlockCache): boolean {
     const runStart = first * BLOCK_BYTES;
     const from = Math.max(this.offsetBytes, runStart);
     const to = Math.min(this.endBytes, runStart + count * BLOCK_BYTES);
-    cache.copyOut(first, from - runStart, to - from, this.out, from - this.offsetBytes);
+    return cache.copyOutIfHeld(first, from - runStart, to - from, this.out, from - this.offsetBytes);
   }
 
   fillZero(lba: number): void {

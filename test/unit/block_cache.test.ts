@@ -51,9 +51,10 @@ test('the block cache always holds what base.img holds (model)', () => {
             // A read: from the cache when it holds every block, else from
             // base.img (the model), filling the cache.
             const want = base.subarray(s.first * BLOCK, (s.first + s.count) * BLOCK);
-            if (cache.holds(s.first, s.count)) {
-              const out = Buffer.alloc(s.count * BLOCK);
-              cache.copyOut(s.first, 0, s.count * BLOCK, out, 0);
+            const out = Buffer.alloc(s.count * BLOCK);
+            const held = cache.holds(s.first, s.count);
+            assert.equal(cache.copyOutIfHeld(s.first, 0, s.count * BLOCK, out, 0), held);
+            if (held) {
               assert.ok(out.equals(want), `cached read ${s.first}+${s.count}`);
             } else {
               cache.fillFromRead(cache.generation, s.first, s.count, Buffer.from(want), 0);
@@ -83,9 +84,8 @@ test('the block cache always holds what base.img holds (model)', () => {
         }
         assert.ok(cache.usedBlocks <= capacity, `holds ${cache.usedBlocks} blocks, capacity ${capacity}`);
         for (let b = 0; b < BLOCKS; b++) {
-          if (!cache.holds(b, 1)) continue;
           const out = Buffer.alloc(BLOCK);
-          cache.copyOut(b, 0, BLOCK, out, 0);
+          if (!cache.copyOutIfHeld(b, 0, BLOCK, out, 0)) continue;
           assert.ok(out.equals(base.subarray(b * BLOCK, (b + 1) * BLOCK)), `block ${b} after ${s.t} ${s.first}+${s.count}`);
         }
       }
@@ -104,7 +104,7 @@ test('the block cache copies partial blocks at any byte offset', () => {
   for (const first of [10, 20]) {
     for (const [from, length] of [[0, 1], [4095, 2], [100, 3 * BLOCK - 100], [5000, 7000], [0, 3 * BLOCK]] as const) {
       const out = Buffer.alloc(length + 5);
-      cache.copyOut(first, from, length, out, 5);
+      assert.ok(cache.copyOutIfHeld(first, from, length, out, 5));
       assert.ok(out.subarray(5).equals(data.subarray(from, from + length)), `blocks from ${first}: ${from}+${length}`);
     }
   }
@@ -113,7 +113,7 @@ test('the block cache copies partial blocks at any byte offset', () => {
 test('a block read from the cache outlives blocks only filled (CLOCK second chance)', () => {
   const cache = new BlockCache(4 * BLOCK);
   for (let b = 0; b < 4; b++) cache.fillFromRead(cache.generation, b, 1, blocks(b + 1, 1), 0);
-  cache.copyOut(2, 0, BLOCK, Buffer.alloc(BLOCK), 0); // block 2 is read: referenced
+  assert.ok(cache.copyOutIfHeld(2, 0, BLOCK, Buffer.alloc(BLOCK), 0)); // block 2 is read: referenced
   cache.fillFromRead(cache.generation, 10, 3, blocks(50, 3), 0); // three new blocks push three out
   assert.equal(cache.usedBlocks, 4);
   assert.ok(cache.holds(2, 1), 'the referenced block stays');
@@ -145,7 +145,8 @@ test('a store refreshes the blocks the cache holds and brings none in', () => {
   cache.store(1, 3, blocks(40, 3), 0);
   assert.equal(cache.usedBlocks, 2);
   const out = Buffer.alloc(2 * BLOCK);
-  cache.copyOut(0, 0, 2 * BLOCK, out, 0);
+  assert.ok(cache.copyOutIfHeld(0, 0, 2 * BLOCK, out, 0));
+  assert.ok(!cache.copyOutIfHeld(1, 0, 2 * BLOCK, out, 0), 'block 2 is not cached');
   assert.ok(out.equals(Buffer.concat([blocks(1, 1), blocks(40, 1)])));
 });
 
