@@ -51,13 +51,7 @@ export class BlockCache {
   hits = 0;
   misses = 0;
 
-  // allocSlab: memory for a slab of that many bytes (a volume passes
-  // huge-page memory: random blocks across gigabytes then do not miss the TLB
-  // on every copy).
-  constructor(
-    capacityBytes: number,
-    private readonly allocSlab: (bytes: number) => Uint8Array = (bytes) => Buffer.allocUnsafeSlow(bytes),
-  ) {
+  constructor(capacityBytes: number) {
     if (!Number.isSafeInteger(capacityBytes) || capacityBytes < 0) throw new RangeError('the block cache size must be an integer >= 0');
     this.capacityBlocks = Math.floor(capacityBytes / BLOCK_BYTES);
     this.slotLba = new Float64Array(0);
@@ -191,7 +185,7 @@ export class BlockCache {
     const slot = this.slotsMade++;
     if (slot % SLAB_BLOCKS === 0) {
       const blocks = Math.min(SLAB_BLOCKS, this.capacityBlocks - slot);
-      this.slabs.push(this.allocSlab(blocks * BLOCK_BYTES));
+      this.slabs.push(Buffer.allocUnsafeSlow(blocks * BLOCK_BYTES));
       const lba = new Float64Array(slot + blocks);
       lba.set(this.slotLba);
       this.slotLba = lba;

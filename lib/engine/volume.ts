@@ -27,7 +27,6 @@ import pino, { type Logger } from 'pino';
 import { BaseImage, BLOCK_BYTES } from '../native/base_image';
 import { BlockwalError } from '../native/errors';
 import { FileLock } from '../native/lock';
-import { allocHugePages } from '../native/memory';
 import { Ring } from '../native/ring';
 import type { DenseBitmap } from '../native/bitmap';
 import { Wal } from '../native/wal';
@@ -247,7 +246,7 @@ export class Volume {
       const dirty = new DirtyMap();
       const role = options.role ?? 'primary';
       const io = new VolumeIo(ring, ownsRing, wal, base, sb, dirty, new RangeLocks(), opened.fallbackReason, log, role);
-      const cache = new BlockCache(options.blockCacheBytes ?? BLOCK_CACHE_BYTES_DEFAULT, allocHugePages);
+      const cache = new BlockCache(options.blockCacheBytes ?? BLOCK_CACHE_BYTES_DEFAULT);
       if (cache.capacityBlocks > 0) {
         base.watcher = cache;
         io.cache = cache;
