@@ -29,33 +29,24 @@ import { BLOCK_BYTES } from '../native/base_image';
 const SLAB_BLOCKS = 4096; // 16 MiB per slab
 export const TRANSFER_BLOCKS_MAX = 32; // 128 KiB
 
-export interface BlockCacheStats {
-  capacityBytes: number;
-  usedBytes: number;
-  hits: number; // blocks read from the cache
-  misses: number; // blocks of reads that went to base.img
-}
-
 export class BlockCache {
   readonly capacityBlocks: number;
   private readonly slabs: Uint8Array[] = [];
   private readonly slotOf = new Map<number, number>();
   // Per slot: the LBA it holds (-1: free) and its CLOCK bit.
-  private slotLba: Float64Array;
-  private referenced: Uint8Array;
+  private slotLba = new Float64Array(0);
+  private referenced = new Uint8Array(0);
   private slotsMade = 0;
   private readonly freeSlots: number[] = [];
   private hand = 0;
   private readonly scratch = new Float64Array(TRANSFER_BLOCKS_MAX);
   private changes = 0;
-  hits = 0;
-  misses = 0;
+  hits = 0; // blocks of reads answered from the cache
+  misses = 0; // blocks of reads that went to base.img
 
   constructor(capacityBytes: number) {
     if (!Number.isSafeInteger(capacityBytes) || capacityBytes < 0) throw new RangeError('the block cache size must be an integer >= 0');
     this.capacityBlocks = Math.floor(capacityBytes / BLOCK_BYTES);
-    this.slotLba = new Float64Array(0);
-    this.referenced = new Uint8Array(0);
   }
 
   // Bumped by every change of base.img's content (store, drop).
@@ -65,10 +56,6 @@ export class BlockCache {
 
   get usedBlocks(): number {
     return this.slotOf.size;
-  }
-
-  stats(): BlockCacheStats {
-    return { capacityBytes: this.capacityBlocks * BLOCK_BYTES, usedBytes: this.slotOf.size * BLOCK_BYTES, hits: this.hits, misses: this.misses };
   }
 
   // True when every block of [first, first + count) is cached (and the

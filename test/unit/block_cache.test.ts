@@ -119,9 +119,7 @@ test('a block read from the cache outlives blocks only filled (CLOCK second chan
   assert.ok(cache.holds(2, 1), 'the referenced block stays');
   assert.ok(cache.holds(10, 3));
   for (const b of [0, 1, 3]) assert.ok(!cache.holds(b, 1), `block ${b} was evicted`);
-  const stats = cache.stats();
-  assert.equal(stats.hits, 1);
-  assert.equal(stats.usedBytes, 4 * BLOCK);
+  assert.equal(cache.hits, 1);
 });
 
 test('transfers of more than 32 blocks go around the cache: no fill, a store drops what it covers', () => {
