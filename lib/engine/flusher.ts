@@ -25,6 +25,7 @@
 // WRITES_IN_FLIGHT_MAX. One allocation per extent means no hold-and-wait on
 // the arena between the flusher's own buffers.
 import { performance } from 'node:perf_hooks';
+import { setImmediate as yieldTurn } from 'node:timers/promises';
 
 import { BLOCK_BYTES } from '../native/base_image';
 import type { ArenaSlice } from '../native/ring';
@@ -356,10 +357,6 @@ export class Flusher {
     return { offsetBytes, lengthBytes, bytes: this.io.ring.arenaView(offsetBytes, lengthBytes) };
   }
 }
-function yieldTurn(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
-
 // ---- the plan (pure) ------------------------------------------------------
 
 // Consecutive blocks of one record that land on consecutive LBAs.

@@ -19,7 +19,7 @@ import {
   encodeControl,
   type ReplicatedState,
 } from '../statemachine/control';
-import { type BlockCache, TRANSFER_BLOCKS_MAX } from './block_cache';
+import type { BlockCache } from './block_cache';
 import type { BlockEntry, DirtyMap } from './dirty_map';
 import type { RangeLocks } from './range_locks';
 import type { Superblock } from './superblock';
@@ -444,17 +444,15 @@ export class VolumeIo {
 
   // Blocks [first, first + lengthBlocks), none in the dirty map: one base.img
   // read, one copy out of the arena.
-  // Every block cached: copied out of the cache, with no disk read.
+  // From the block cache when it holds every block (no disk read), else one
+  // base.img read into the same result buffer.
   private readBaseOnly(first: number, lengthBlocks: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const cache = this.cache;
-    if (cache !== undefined && lengthBlocks <= TRANSFER_BLOCKS_MAX) {
-      const out = this.resultBuffer(lengthBytes);
-      if (cache.copyOutIfHeld(first, offsetBytes - first * BLOCK_BYTES, lengthBytes, out, 0)) return Promise.resolve(out);
-    }
-    return this.readBaseOnlyFromDisk(first, lengthBlocks, offsetBytes, lengthBytes);
+    const out = this.resultBuffer(lengthBytes);
+    if (this.cache?.copyOutIfHeld(first, offsetBytes - first * BLOCK_BYTES, lengthBytes, out, 0) === true) return Promise.resolve(out);
+    return this.readBaseOnlyFromDisk(first, lengthBlocks, offsetBytes, out);
   }
 
-  private async readBaseOnlyFromDisk(first: number, lengthBlocks: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+  private async readBaseOnlyFromDisk(first: number, lengthBlocks: number, offsetBytes: number, out: Buffer): Promise<Buffer> {
     const runBytes = lengthBlocks * BLOCK_BYTES;
     const slice = this.ring.allocNow(runBytes) ?? (await this.ring.allocWait(runBytes));
     try {
@@ -462,8 +460,7 @@ export class VolumeIo {
       await this.base.readBlocks(first, lengthBlocks, slice);
       this.cache?.fillFromRead(generation, first, lengthBlocks, slice.bytes, 0);
       const from = offsetBytes - first * BLOCK_BYTES;
-      const out = this.resultBuffer(lengthBytes);
-      out.set(slice.bytes.subarray(from, from + lengthBytes));
+      out.set(slice.bytes.subarray(from, from + out.byteLength));
       return out;
     } finally {
       this.ring.free(slice);
