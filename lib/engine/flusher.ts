@@ -212,13 +212,17 @@ export class Flusher {
     // blocks): requests waiting behind it get a turn between its steps.
     await yieldTurn();
     let walTailLsn = 0;
+    let appliedMs = startedMs;
+    let syncedMs = startedMs;
     try {
       await io.wal.waitWritten(to); // base.img gets only what the WAL has written
       for (const z of zeros) await this.punch(z.startBlock, z.endBlock);
       await this.applyBlocks(blocks);
+      appliedMs = performance.now();
       // The WAL below `to` is released afterwards, and the writer recycles only
       // durable segments: make it durable alongside base.img.
       await Promise.all([io.base.fdatasync(), io.wal.waitDurable(to)]);
+      syncedMs = performance.now();
       io.beforeCheckpoint?.();
       // The floor goes into the superblock with the checkpoint, before the
       // WAL below it is released.
@@ -231,7 +235,15 @@ export class Flusher {
     if (walTailLsn > 0) io.wal.release(walTailLsn);
     this.checkpoints++;
     io.log.debug(
-      { checkpointLsn: to, walTailLsn, blocks: blocks.length, zeroRanges: zeros.length, ms: Math.round(performance.now() - startedMs) },
+      {
+        checkpointLsn: to,
+        walTailLsn,
+        blocks: blocks.length,
+        zeroRanges: zeros.length,
+        ms: Math.round(performance.now() - startedMs),
+        applyMs: Math.round(appliedMs - startedMs),
+        syncMs: Math.round(syncedMs - appliedMs),
+      },
       'checkpoint',
     );
   }
