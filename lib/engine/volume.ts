@@ -336,6 +336,25 @@ export class Volume {
     return this.io.read(offsetBytes, lengthBytes);
   }
 
+  // read() into the caller's memory: `into.byteLength` bytes at offsetBytes.
+  // Resolves with `into` (as a Buffer view of it) once every byte is there;
+  // after a rejection some bytes may still be written, so reuse `into` only
+  // after a success.
+  readInto(offsetBytes: number, into: Uint8Array): Promise<Buffer> {
+    try {
+      this.checkOpen();
+      if (!(into instanceof Uint8Array)) throw new TypeError('into must be a Uint8Array');
+      if (this.rebuild !== undefined) {
+        throw new BlockwalError('ERR_REBUILDING', `the volume is being rebuilt from its primary (session ${this.rebuild.sessionId}): its data is not whole yet`);
+      }
+      checkRange(offsetBytes, into.byteLength, this.sizeBytes, REQUEST_BYTES_MAX);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const out = Buffer.isBuffer(into) ? into : Buffer.from(into.buffer, into.byteOffset, into.byteLength);
+    return this.io.read(offsetBytes, out.byteLength, out);
+  }
+
   // write, trim and writeZeroes resolve with the LSN of their last record
   // (what replication waits on).
   write(offsetBytes: number, data: Uint8Array, options: { fua?: boolean } = {}): Promise<number> {

@@ -424,17 +424,19 @@ export class VolumeIo {
   // What the dirty map says now decides where each block comes from; the
   // common cases (every block from base.img in one run, or one block from
   // one record) skip the general path's per-block bookkeeping.
-  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+  // Into `into` when given (lengthBytes of it; the result is that view).
+  read(offsetBytes: number, lengthBytes: number, into?: Buffer): Promise<Buffer> {
     const first = Math.floor(offsetBytes / BLOCK_BYTES);
     const end = Math.ceil((offsetBytes + lengthBytes) / BLOCK_BYTES);
+    const out = into ?? this.resultBuffer(lengthBytes);
     if (end > first && end - first <= BASE_RUN_BLOCKS_MAX && this.allFromBase(first, end)) {
-      return this.readBaseOnly(first, end - first, offsetBytes, lengthBytes);
+      return this.readBaseOnly(first, end - first, offsetBytes, out);
     }
     if (end - first === 1) {
       const look = this.dirty.lookup(first);
-      if (look?.kind === 'write') return this.readRecordOnly(first, look.entry, offsetBytes, lengthBytes);
+      if (look?.kind === 'write') return this.readRecordOnly(first, look.entry, offsetBytes, out);
     }
-    return this.readMixed(first, end, offsetBytes, lengthBytes);
+    return this.readMixed(first, end, offsetBytes, out);
   }
 
   private allFromBase(first: number, end: number): boolean {
@@ -446,9 +448,8 @@ export class VolumeIo {
   // read, one copy out of the arena.
   // From the block cache when it holds every block (no disk read), else one
   // base.img read into the same result buffer.
-  private readBaseOnly(first: number, lengthBlocks: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const out = this.resultBuffer(lengthBytes);
-    if (this.cache?.copyOutIfHeld(first, offsetBytes - first * BLOCK_BYTES, lengthBytes, out, 0) === true) return Promise.resolve(out);
+  private readBaseOnly(first: number, lengthBlocks: number, offsetBytes: number, out: Buffer): Promise<Buffer> {
+    if (this.cache?.copyOutIfHeld(first, offsetBytes - first * BLOCK_BYTES, out.byteLength, out, 0) === true) return Promise.resolve(out);
     return this.readBaseOnlyFromDisk(first, lengthBlocks, offsetBytes, out);
   }
 
@@ -468,16 +469,14 @@ export class VolumeIo {
   }
 
   // One block, written by the record `entry` points to.
-  private async readRecordOnly(lba: number, entry: BlockEntry, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+  private async readRecordOnly(lba: number, entry: BlockEntry, offsetBytes: number, out: Buffer): Promise<Buffer> {
     const block = await this.readBlock(lba, entry, undefined);
     const from = offsetBytes - lba * BLOCK_BYTES;
-    const out = this.resultBuffer(lengthBytes);
-    out.set(block.subarray(from, from + lengthBytes));
+    out.set(block.subarray(from, from + out.byteLength));
     return out;
   }
 
-  private async readMixed(first: number, end: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const out = this.resultBuffer(lengthBytes);
+  private async readMixed(first: number, end: number, offsetBytes: number, out: Buffer): Promise<Buffer> {
     const view = new RequestView(out, offsetBytes);
     const records = new Map<string, Promise<Buffer>>();
     const tasks: Promise<void>[] = [];

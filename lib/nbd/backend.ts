@@ -30,6 +30,11 @@ export interface NbdBackend {
   // has been sent (large reads go to the socket by reference, after the
   // promise has settled).
   read(offsetBytes: number, lengthBytes: number): Promise<Uint8Array>;
+  // Optional: the reply carrying `data` (a read's result) has been written,
+  // or dropped with its connection; the server holds no reference to it from
+  // now on. Called at most once per result, never for a read whose reply was
+  // not sent (the result is then simply dropped).
+  readDone?(data: Uint8Array): void;
   // `data` is a view of the server's input buffer, valid only until the
   // returned promise settles: a backend that keeps it longer must copy it.
   // What the promise resolves with is not used.

@@ -46,6 +46,10 @@ export class Slot {
   startedMs = 0;
   payload: Buffer | undefined = undefined;
   payloadFilledBytes = 0;
+  // The payload came from the I/O buffer pool: back to it once the backend settles.
+  payloadPooled = false;
+  // A READ's result, handed back to the backend (readDone) once its reply is written.
+  readData: Uint8Array | undefined = undefined;
   readonly zeroOptions: ZeroOptions = { fua: false, noHole: false, fastZero: false };
   readonly onValue: (value: unknown) => void;
   readonly onError: (err: unknown) => void;
@@ -109,6 +113,8 @@ export class SlotPool {
     if (slot.state === SlotState.free) return;
     slot.state = SlotState.free;
     slot.payload = undefined;
+    slot.payloadPooled = false;
+    slot.readData = undefined;
     this.requests--;
     this.bytes -= slot.chargedBytes;
     this.counters.requestsInFlight--;

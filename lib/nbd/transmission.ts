@@ -23,6 +23,7 @@ import type { Extent, NbdBackend } from './backend';
 import type { ConnectionHost } from './host';
 import type { ChunkQueue } from '../util/chunk_queue';
 import { assertNever } from '../util/assert';
+import { ioBuffers } from '../util/buffer_pool';
 import { checkRequest, Cmd, CmdFlag, commandName, decodeRequestHeader, Errno, errnoOf, EXTENTS_MAX, mergeExtents, newRequestHeader, Payload, payloadOf, REQUEST_HEADER_BYTES, type RequestContext } from './protocol';
 import { ReplyWriter, type ReplyWriterOwner } from './reply_writer';
 import { type Slot, type SlotOwner, SlotPool, SlotState } from './slot';
@@ -139,7 +140,9 @@ export class Transmission implements SlotOwner, ReplyWriterOwner {
   abandonPayload(): void {
     const pending = this.payloadSlot;
     this.payloadSlot = undefined;
-    if (pending !== undefined) this.slots.release(pending);
+    if (pending === undefined) return;
+    this.returnPayload(pending);
+    this.slots.release(pending);
   }
 
   // ---- Requests ----
@@ -179,7 +182,9 @@ export class Transmission implements SlotOwner, ReplyWriterOwner {
       this.dispatch(slot);
       return true;
     }
-    slot.payload = Buffer.allocUnsafe(slot.lengthBytes);
+    const pooled = ioBuffers.take(slot.lengthBytes);
+    slot.payload = pooled ?? Buffer.allocUnsafe(slot.lengthBytes);
+    slot.payloadPooled = pooled !== undefined;
     slot.payloadFilledBytes = 0;
     this.payloadSlot = slot;
     this.state = RequestState.writePayload;
@@ -259,6 +264,7 @@ export class Transmission implements SlotOwner, ReplyWriterOwner {
   completed(slot: Slot, value: unknown): void {
     if (slot.state !== SlotState.backend) return;
     this.backendRequests--;
+    this.returnPayload(slot);
     this.replySuccess(slot, value);
     this.owner.maybeFinish();
   }
@@ -266,6 +272,7 @@ export class Transmission implements SlotOwner, ReplyWriterOwner {
   failed(slot: Slot, err: unknown): void {
     if (slot.state !== SlotState.backend) return;
     this.backendRequests--;
+    this.returnPayload(slot);
     const errno = errnoOf(err);
     const message = err instanceof Error ? err.message : String(err);
     if (errno === Errno.eio) this.log.warn({ err: message, command: commandName(slot.type) }, 'backend error');
@@ -290,6 +297,7 @@ export class Transmission implements SlotOwner, ReplyWriterOwner {
     }
     this.host.counters.bytesRead += slot.lengthBytes;
     this.observe(slot, true);
+    if (this.backend.readDone !== undefined && data.byteLength > 0) slot.readData = data;
     this.replies.read(slot, data);
   }
 
@@ -323,8 +331,29 @@ export class Transmission implements SlotOwner, ReplyWriterOwner {
 
   // ---- Reply writer callbacks ----
 
+  // The reply is written (or dropped with the connection): a READ's result
+  // goes back to the backend, which may reuse its memory from now on.
   release(slot: Slot): void {
+    const data = slot.readData;
     this.slots.release(slot);
+    if (data === undefined) return;
+    try {
+      this.backend.readDone!(data);
+    } catch (err) {
+      this.log.error({ err: err instanceof Error ? err.message : String(err) }, 'backend readDone threw');
+    }
+  }
+
+  // A pooled WRITE payload goes back once the backend has settled (the
+  // backend contract: it does not keep the payload beyond that). Only then:
+  // a payload never dispatched (the connection went away mid-payload) is
+  // returned by abandonPayload.
+  private returnPayload(slot: Slot): void {
+    if (!slot.payloadPooled) return;
+    slot.payloadPooled = false;
+    const payload = slot.payload!;
+    slot.payload = undefined;
+    ioBuffers.give(payload);
   }
 
   repliesWritten(): void {

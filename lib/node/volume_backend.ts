@@ -6,6 +6,7 @@
 import type { Volume } from '../engine/volume';
 import { BlockwalError } from '../native/errors';
 import type { Extent, NbdBackend, ZeroOptions } from '../nbd/backend';
+import { ioBuffers } from '../util/buffer_pool';
 
 // What the durability mode requires before a write or flush is acknowledged.
 export interface AckGate {
@@ -33,8 +34,17 @@ export class VolumeBackend implements NbdBackend {
     return this.volume.sizeBytes;
   }
 
+  // Large results go into pooled buffers, back in the pool once the reply
+  // is written (readDone). A read that fails leaves its buffer to the
+  // collector: parts of it may still be in flight.
   read(offsetBytes: number, lengthBytes: number): Promise<Uint8Array> {
-    return this.volume.read(offsetBytes, lengthBytes);
+    const into = lengthBytes > 0 && offsetBytes >= 0 && offsetBytes + lengthBytes <= this.volume.sizeBytes ? ioBuffers.take(lengthBytes) : undefined;
+    if (into === undefined) return this.volume.read(offsetBytes, lengthBytes);
+    return this.volume.readInto(offsetBytes, into);
+  }
+
+  readDone(data: Uint8Array): void {
+    ioBuffers.give(data);
   }
 
   write(offsetBytes: number, data: Uint8Array, fua: boolean): Promise<unknown> {

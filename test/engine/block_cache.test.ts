@@ -1,7 +1,8 @@
 // The block cache in a volume: checkpointed data read once is read again
 // from memory (no base.img read reaches the ring), a checkpoint's writes and
 // punches keep it equal to base.img, and a read that raced a checkpoint
-// leaves nothing stale behind.
+// leaves nothing stale behind. Also readInto (reads into the caller's
+// memory, as the NBD backend does with pooled buffers) against read.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
@@ -116,6 +117,45 @@ test('a volume opened with blockCacheBytes 0 reads base.img every time', async (
   } finally {
     await vol.close();
     await ring.close();
+    cleanup();
+  }
+});
+
+test('readInto fills the caller memory exactly as read returns, from every source: base.img, cache, WAL, zeros', async () => {
+  const { dir, cleanup } = tempDir('readinto');
+  const vol = await Volume.create(path.join(dir, 'v'), { sizeBytes: SIZE, walSegmentBytes: 1 << 20, flushIdleMs: 0 });
+  try {
+    for (let b = 0; b < 64; b++) await vol.write(b * BLOCK, block(b + 1));
+    await vol.checkpoint(); // blocks 0..63 in base.img
+    await vol.read(0, 8 * BLOCK); // 0..7 cached
+    await vol.write(10 * BLOCK + 100, Buffer.alloc(5000, 0xab)); // dirty, across blocks 10 and 11
+    await vol.trim(20 * BLOCK, 4 * BLOCK);
+    const ranges: [number, number][] = [
+      [0, 8 * BLOCK], // cached
+      [30 * BLOCK, 16 * BLOCK], // base.img only
+      [9 * BLOCK + 17, 4 * BLOCK], // base + WAL, unaligned
+      [19 * BLOCK, 6 * BLOCK], // base + trimmed
+      [10 * BLOCK + 100, 1], // one byte of a WAL record
+      [0, 64 * BLOCK], // everything
+    ];
+    for (const [offset, length] of ranges) {
+      const expected = await vol.read(offset, length);
+      const into = Buffer.alloc(length + 64, 0x5a);
+      const view = into.subarray(32, 32 + length);
+      const got = await vol.readInto(offset, view);
+      assert.ok(got.equals(expected), `readInto(${offset}, ${length}) equals read`);
+      assert.equal(got.buffer, into.buffer, 'the result is the caller memory');
+      assert.equal(got.byteOffset, 32);
+      assert.ok(into.subarray(0, 32).equals(Buffer.alloc(32, 0x5a)) && into.subarray(32 + length).equals(Buffer.alloc(32, 0x5a)), 'nothing outside the view is touched');
+    }
+    // A plain Uint8Array works too.
+    const u8 = new Uint8Array(BLOCK);
+    await vol.readInto(5 * BLOCK, u8);
+    assert.ok(Buffer.from(u8).equals(block(6)));
+    await assert.rejects(vol.readInto(SIZE - BLOCK, new Uint8Array(2 * BLOCK)), { code: 'ERR_OUT_OF_RANGE' });
+    await assert.rejects(vol.readInto(0, 'nope' as unknown as Uint8Array), TypeError);
+  } finally {
+    await vol.close();
     cleanup();
   }
 });
