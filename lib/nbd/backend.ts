@@ -30,10 +30,10 @@ export interface NbdBackend {
   // has been sent (large reads go to the socket by reference, after the
   // promise has settled).
   read(offsetBytes: number, lengthBytes: number): Promise<Uint8Array>;
-  // Optional: the reply carrying `data` (a read's result) has been written,
-  // or dropped with its connection; the server holds no reference to it from
-  // now on. Called at most once per result, never for a read whose reply was
-  // not sent (the result is then simply dropped).
+  // Optional: the server holds no reference to `data` (a read's result) any
+  // more: its reply has been written, or dropped with its connection. Called
+  // at most once per result; a result whose reply was never queued (the
+  // connection ended while the read ran) is not handed back.
   readDone?(data: Uint8Array): void;
   // `data` is a view of the server's input buffer, valid only until the
   // returned promise settles: a backend that keeps it longer must copy it.
