@@ -88,6 +88,14 @@ export class Backlog {
     };
   }
 
+  // The record at lsn as shipped (undefined when not held): a view, without
+  // the rest of an entry (what the pump needs per record).
+  recordBytes(lsn: number): Buffer | undefined {
+    if (this.count === 0 || lsn < this.lsnOldest || lsn >= this.lsnOldest + this.count) return undefined;
+    const i = (this.head + (lsn - this.lsnOldest)) & (this.capacity - 1);
+    return Buffer.from(this.buffers[i]!, this.byteOffsets[i]!, this.byteLengths[i]!);
+  }
+
   // Bytes of the record at lsn (0 when not held), without making an entry.
   bytesOf(lsn: number): number {
     if (this.count === 0 || lsn < this.lsnOldest || lsn >= this.lsnOldest + this.count) return 0;

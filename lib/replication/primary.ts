@@ -673,6 +673,9 @@ export class PrimaryReplication implements AckGate {
   backlogEntry(lsn: number): BacklogEntry | undefined {
     return this.backlog.get(lsn);
   }
+  backlogRecord(lsn: number): Buffer | undefined {
+    return this.backlog.recordBytes(lsn);
+  }
   get backlogFirst(): number {
     return this.backlog.lsnFirst;
   }
@@ -1383,14 +1386,14 @@ class ReplicaPeer {
       const records: WalRecord[] = [];
       let bytes = 0;
       for (let lsn = this.lsnSent + 1; lsn <= head && records.length < RECORDS_PER_FRAME_MAX; lsn++) {
-        const e = this.primary.backlogEntry(lsn);
-        if (e === undefined) {
+        const record = this.primary.backlogRecord(lsn);
+        if (record === undefined) {
           this.fellBehind(link);
           return;
         }
-        if (records.length > 0 && bytes + e.bytes.byteLength > WAL_GROUP_BYTES_MAX) break;
-        records.push({ lsn, bytes: e.bytes });
-        bytes += e.bytes.byteLength;
+        if (records.length > 0 && bytes + record.byteLength > WAL_GROUP_BYTES_MAX) break;
+        records.push({ lsn, bytes: record });
+        bytes += record.byteLength;
       }
       this.lsnSent = records[records.length - 1]!.lsn;
       const more = link.send({ type: 'wal_records', epoch: this.primary.epoch, lsnCommit: this.takeCommit(), records });

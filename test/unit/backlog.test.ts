@@ -64,9 +64,14 @@ test('backlog: matches a plain array model under random pushes, through growth a
         assert.equal(backlog.lsnFirst, held[0]!.lsn);
         assert.equal(backlog.lsnLast, held.at(-1)!.lsn);
         assert.equal(backlog.bytes, held.reduce((n, e) => n + e.bytes.byteLength, 0));
-        for (const e of held) assertSame(backlog.get(e.lsn), e);
+        for (const e of held) {
+          assertSame(backlog.get(e.lsn), e);
+          assert.ok(backlog.recordBytes(e.lsn)!.equals(e.bytes), `recordBytes(${e.lsn})`);
+        }
         assert.equal(backlog.get(held[0]!.lsn - 1), undefined);
         assert.equal(backlog.get(held.at(-1)!.lsn + 1), undefined);
+        assert.equal(backlog.recordBytes(held[0]!.lsn - 1), undefined);
+        assert.equal(backlog.recordBytes(held.at(-1)!.lsn + 1), undefined);
         const from = held[0]!.lsn + Math.floor(held.length / 3);
         assert.equal(
           backlog.bytesBetween(from, backlog.lsnLast),
