@@ -329,11 +329,16 @@ export class Volume {
 
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.checkOpen();
-    if (this.rebuild !== undefined) {
-      return Promise.reject(new BlockwalError('ERR_REBUILDING', `the volume is being rebuilt from its primary (session ${this.rebuild.sessionId}): its data is not whole yet`));
-    }
+    const rebuilding = this.rebuildingError();
+    if (rebuilding !== undefined) return Promise.reject(rebuilding);
     checkRange(offsetBytes, lengthBytes, this.sizeBytes, REQUEST_BYTES_MAX);
     return this.io.read(offsetBytes, lengthBytes);
+  }
+
+  // Reads are refused while a rebuild has the base image half copied.
+  private rebuildingError(): BlockwalError | undefined {
+    if (this.rebuild === undefined) return undefined;
+    return new BlockwalError('ERR_REBUILDING', `the volume is being rebuilt from its primary (session ${this.rebuild.sessionId}): its data is not whole yet`);
   }
 
   // read() into the caller's memory: `into.byteLength` bytes at offsetBytes.
@@ -344,9 +349,8 @@ export class Volume {
     try {
       this.checkOpen();
       if (!(into instanceof Uint8Array)) throw new TypeError('into must be a Uint8Array');
-      if (this.rebuild !== undefined) {
-        throw new BlockwalError('ERR_REBUILDING', `the volume is being rebuilt from its primary (session ${this.rebuild.sessionId}): its data is not whole yet`);
-      }
+      const rebuilding = this.rebuildingError();
+      if (rebuilding !== undefined) throw rebuilding;
       checkRange(offsetBytes, into.byteLength, this.sizeBytes, REQUEST_BYTES_MAX);
     } catch (err) {
       return Promise.reject(err);
