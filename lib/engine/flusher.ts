@@ -295,9 +295,10 @@ export class Flusher {
     if (failure !== undefined) throw failure.err;
   }
 
-  // One extent: a slice holding [write area | read area]; read the extent
-  // into the read area, verify and copy its pieces into the write area (one
-  // native call), free the read area, write the runs, free the write area.
+  // One extent: a slice holding [write area | read area]; copy its pieces
+  // into the write area from the WAL's memory, or else read the extent into
+  // the read area and verify and copy them from there (one native call
+  // either way), free the read area, write the runs, free the write area.
   // Holds needBytes of the budget until then and gives it back in two parts.
   private async applyExtent(extent: Extent, runs: Run[], budget: Budget, writeSlots: Budget): Promise<void> {
     const io = this.io;
@@ -313,8 +314,10 @@ export class Flusher {
     const writeArea = this.subSlice(slice, 0, writeBytes);
     const readArea = this.subSlice(slice, writeBytes, readBytes);
     try {
-      await io.wal.readSpan(extent.segmentSeq, extent.startBytes, readBytes, readArea);
-      this.gather(extent, readArea, writeArea);
+      if (!this.gatherFromMemory(extent, writeArea)) {
+        await io.wal.readSpan(extent.segmentSeq, extent.startBytes, readBytes, readArea);
+        this.gather(extent, readArea, writeArea);
+      }
     } catch (err) {
       io.ring.free(writeArea);
       budget.give(writeBytes);
@@ -338,8 +341,25 @@ export class Flusher {
     for (const r of results) if (r.status === 'rejected') throw r.reason;
   }
 
-  // Verifies every record of the extent and copies its pieces to their places
-  // in the write area, in batches of descriptors (one record's together).
+  // Copies the extent's pieces to their places in the write area straight
+  // from the WAL's memory when it still holds every record of the extent
+  // (the common case: a checkpoint follows the writes closely): no read of
+  // the span and no second hash of the payloads. False when it does not
+  // (nothing copied).
+  private gatherFromMemory(extent: Extent, writeArea: ArenaSlice): boolean {
+    const pieces = extent.records.reduce((n, r) => n + r.pieces.length, 0);
+    if (pieces > GATHER_OPS_MAX) return false;
+    const desc = new Float64Array(pieces * GATHER_FIELDS);
+    let count = 0;
+    for (const rec of extent.records) {
+      for (const piece of rec.pieces) describePiece(desc, count++, rec.offsetBytes, rec, piece, writeArea);
+    }
+    return this.io.wal.gatherFromMemory(extent.segmentSeq, desc, count);
+  }
+
+  // Verifies every record of the extent (read into readArea) and copies its
+  // pieces to their places in the write area, in batches of descriptors (one
+  // record's together).
   private gather(extent: Extent, readArea: ArenaSlice, writeArea: ArenaSlice): void {
     const pieces = extent.records.reduce((n, r) => n + r.pieces.length, 0);
     const batch = Math.min(pieces, GATHER_OPS_MAX);
@@ -350,16 +370,8 @@ export class Flusher {
         this.io.wal.gatherBlocks(desc, count);
         count = 0;
       }
-      for (const piece of rec.pieces) {
-        const d = count * GATHER_FIELDS;
-        desc[d + GATHER.src] = readArea.offsetBytes + (rec.offsetBytes - extent.startBytes);
-        desc[d + GATHER.spanBytes] = rec.spanBytes;
-        desc[d + GATHER.lsn] = rec.lsn;
-        desc[d + GATHER.firstIndex] = piece.indexInRecord;
-        desc[d + GATHER.lengthBlocks] = piece.lengthBlocks;
-        desc[d + GATHER.dst] = writeArea.offsetBytes + piece.dstBytes;
-        count++;
-      }
+      const src = readArea.offsetBytes + (rec.offsetBytes - extent.startBytes);
+      for (const piece of rec.pieces) describePiece(desc, count++, src, rec, piece, writeArea);
     }
     if (count > 0) this.io.wal.gatherBlocks(desc, count);
   }
@@ -369,6 +381,17 @@ export class Flusher {
     return { offsetBytes, lengthBytes, bytes: this.io.ring.arenaView(offsetBytes, lengthBytes) };
   }
 }
+// Gather descriptor i: the piece of rec (found at src) to its place in the write area.
+function describePiece(desc: Float64Array, i: number, src: number, rec: PlannedRecord, piece: Piece, writeArea: ArenaSlice): void {
+  const d = i * GATHER_FIELDS;
+  desc[d + GATHER.src] = src;
+  desc[d + GATHER.spanBytes] = rec.spanBytes;
+  desc[d + GATHER.lsn] = rec.lsn;
+  desc[d + GATHER.firstIndex] = piece.indexInRecord;
+  desc[d + GATHER.lengthBlocks] = piece.lengthBlocks;
+  desc[d + GATHER.dst] = writeArea.offsetBytes + piece.dstBytes;
+}
+
 // ---- the plan (pure) ------------------------------------------------------
 
 // Consecutive blocks of one record that land on consecutive LBAs.

@@ -71,7 +71,7 @@ export interface WalStatus {
   syncsSubmitted: number;
   bytesWritten: number;
   appendsWaiting: number;
-  readMemoryBytes: number; // readSpan/readRecord bytes served from memory (slots, cache)
+  readMemoryBytes: number; // readSpan/readRecord/gatherFromMemory bytes served from memory (slots, cache)
   readDiskBytes: number; // and read from the segment files
 }
 
@@ -124,6 +124,7 @@ interface RawWal {
   readRecord(seq: number, offsetBytes: number, spanBytes: number, destOffset: number, destBytes: number, tag: number): number;
   readSpan(seq: number, offsetBytes: number, lengthBytes: number, destOffset: number, tag: number): number;
   gatherBlocks(descriptors: Float64Array, count: number): void;
+  gatherFromMemory(segmentSeq: number, descriptors: Float64Array, count: number): number;
   failureMessage(): string;
   close(): void;
 }
@@ -407,6 +408,20 @@ export class Wal {
   // details.reason); malformed descriptors throw RangeError.
   gatherBlocks(descriptors: Float64Array, count: number): void {
     nativeCall(() => this.raw.gatherBlocks(descriptors, count));
+  }
+
+  // readSpan + gatherBlocks in one step, for records still in memory (the
+  // group slots or the WAL cache): descriptors as for gatherBlocks, except
+  // that a record's src is its byte offset in segment segmentSeq. Copies
+  // straight from there (no read, no second hash of the payload: these are
+  // the bytes this WAL encoded; the header is still checked) and returns
+  // true, or returns false with nothing copied when any record is no longer
+  // in memory. ERR_RECORD and RangeError as gatherBlocks.
+  gatherFromMemory(segmentSeq: number, descriptors: Float64Array, count: number): boolean {
+    if (this.closed) throw new BlockwalError('ERR_WAL_CLOSED', 'the WAL is closed');
+    const rc = nativeCall(() => this.raw.gatherFromMemory(segmentSeq, descriptors, count));
+    if (rc < 0) throw new BlockwalError('ERR_IO', `WAL gather from segment ${segmentSeq} refused (errno ${-rc})`, { errno: -rc });
+    return rc === 1;
   }
 
   // Makes everything durable, waits for every operation, and closes.

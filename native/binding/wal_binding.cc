@@ -85,6 +85,7 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
                            InstanceMethod<&WalWrap::read_record>("readRecord"),
                            InstanceMethod<&WalWrap::read_span>("readSpan"),
                            InstanceMethod<&WalWrap::gather_blocks>("gatherBlocks"),
+                           InstanceMethod<&WalWrap::gather_from_memory>("gatherFromMemory"),
                            InstanceMethod<&WalWrap::failure_message>("failureMessage"),
                            InstanceMethod<&WalWrap::close>("close"),
                        });
@@ -331,12 +332,44 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
   Napi::Value gather_blocks(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!ring_->open()) throw_error(env, "ERR_RING_CLOSED", "the ring is closed");
-    if (info.Length() < 2 || !info[0].IsTypedArray() ||
-        info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-      throw Napi::TypeError::New(env, "gatherBlocks(descriptors: Float64Array, count)");
+    uint32_t count = parse_gather_ops(info, 0, true, "gatherBlocks(descriptors: Float64Array, count)");
+    const ring::Ring& r = ring_->ring();
+    uint32_t failed = 0;
+    wal::GatherError err = wal::gather_blocks(r.arena(), r.arena_bytes(), ops_.data(), count, &failed);
+    if (err != wal::GatherError::ok) throw_gather_error(env, err, failed);
+    return env.Undefined();
+  }
+
+  // gatherFromMemory(seq, descriptors: Float64Array, count) -> 1 | 0 | -errno
+  // (wal::Writer::gather_from_memory). Descriptors as for gatherBlocks, but a
+  // record's src is its byte offset in segment seq. 1: copied; 0: some record
+  // is no longer in memory, nothing copied (readSpan + gatherBlocks). Errors
+  // as gatherBlocks.
+  Napi::Value gather_from_memory(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    wal::Writer& w = writer(env);
+    uint64_t seq = arg_u64(info, 0, "seq", wal::kSegmentSeqMax);
+    uint32_t count = parse_gather_ops(info, 1, false, "gatherFromMemory(seq, descriptors: Float64Array, count)");
+    wal::GatherError err = wal::GatherError::ok;
+    uint32_t failed = 0;
+    int rc = w.gather_from_memory(seq, ops_.data(), count, &err, &failed);
+    publish();
+    if (rc == 1 && err != wal::GatherError::ok) throw_gather_error(env, err, failed);
+    return Napi::Number::New(env, rc);
+  }
+
+  // Reads count descriptors from info[at] (a Float64Array) and info[at + 1]
+  // into ops_, checking each: sources in the JS part of the arena when
+  // src_in_arena, else a byte offset within a segment; destinations there,
+  // 4096-aligned. RangeError (nothing done) for the first bad one.
+  uint32_t parse_gather_ops(const Napi::CallbackInfo& info, size_t at, bool src_in_arena, const char* usage) {
+    Napi::Env env = info.Env();
+    if (info.Length() < at + 2 || !info[at].IsTypedArray() ||
+        info[at].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+      throw Napi::TypeError::New(env, usage);
     }
-    Napi::Float64Array desc = info[0].As<Napi::Float64Array>();
-    uint32_t count = arg_u32(info, 1, "count", std::min<uint32_t>(kGatherOpsMax, static_cast<uint32_t>(desc.ElementLength() / kGatherFields)));
+    Napi::Float64Array desc = info[at].As<Napi::Float64Array>();
+    uint32_t count = arg_u32(info, at + 1, "count", std::min<uint32_t>(kGatherOpsMax, static_cast<uint32_t>(desc.ElementLength() / kGatherFields)));
     const ring::Ring& r = ring_->ring();
     ops_.resize(count);
     for (uint32_t i = 0; i < count; i++) {
@@ -350,24 +383,35 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
       }
       wal::GatherOp op{f[kGatherSrc], static_cast<uint32_t>(f[kGatherSpan]), f[kGatherLsn],
                        static_cast<uint32_t>(f[kGatherFirstIndex]), static_cast<uint32_t>(f[kGatherBlocks]), f[kGatherDst]};
-      if (!wal::gather_op_in_bounds(op, r.reserved_bytes(), r.arena_bytes())) {
+      bool ok;
+      if (src_in_arena) {
+        ok = wal::gather_op_in_bounds(op, r.reserved_bytes(), r.arena_bytes());
+      } else {
+        const uint64_t copy_bytes = uint64_t{op.length_blocks} * kBlockBytes;
+        ok = wal::gather_op_shape_valid(op) && op.src_offset <= segment_bytes_ &&
+             op.span_bytes <= segment_bytes_ - op.src_offset && is_aligned(op.dst_offset, kDirectAlignBytes) &&
+             op.dst_offset >= r.reserved_bytes() && op.dst_offset <= r.arena_bytes() &&
+             copy_bytes <= r.arena_bytes() - op.dst_offset;
+      }
+      if (!ok) {
         throw Napi::RangeError::New(env, "gather descriptor " + std::to_string(i) +
-                                             ": ranges must lie in the JS part of the arena, disjoint, destination 4096-aligned, "
+                                             ": ranges must lie in the JS part of the arena" +
+                                             (src_in_arena ? "" : " (destination) and the segment (source)") +
+                                             ", disjoint, destination 4096-aligned, "
                                              "1-256 blocks of a record span of at most 1 MiB + 64 bytes");
       }
       ops_[i] = op;
     }
-    uint32_t failed = 0;
-    wal::GatherError err = wal::gather_blocks(r.arena(), r.arena_bytes(), ops_.data(), count, &failed);
-    if (err != wal::GatherError::ok) {
-      Napi::Error e = make_error(env, "ERR_RECORD", "WAL record for gather descriptor " + std::to_string(failed) + " (LSN " +
-                                                        std::to_string(ops_[failed].lsn) + ") failed verification: " +
-                                                        wal::gather_error_name(err));
-      e.Value().Set("index", Napi::Number::New(env, failed));
-      e.Value().Set("reason", Napi::String::New(env, wal::gather_error_name(err)));
-      throw e;
-    }
-    return env.Undefined();
+    return count;
+  }
+
+  [[noreturn]] void throw_gather_error(Napi::Env env, wal::GatherError err, uint32_t failed) {
+    Napi::Error e = make_error(env, "ERR_RECORD", "WAL record for gather descriptor " + std::to_string(failed) + " (LSN " +
+                                                      std::to_string(ops_[failed].lsn) + ") failed verification: " +
+                                                      wal::gather_error_name(err));
+    e.Value().Set("index", Napi::Number::New(env, failed));
+    e.Value().Set("reason", Napi::String::New(env, wal::gather_error_name(err)));
+    throw e;
   }
 
   Napi::Value failure_message(const Napi::CallbackInfo& info) {

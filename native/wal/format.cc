@@ -160,6 +160,17 @@ uint32_t encode_record(uint8_t* dst, const RecordFields& fields, const uint8_t* 
 }
 
 RecordError decode_record(const uint8_t* src, size_t available, RecordHeader* out) {
+  RecordHeader header;
+  const RecordError err = decode_record_header(src, available, &header);
+  if (err != RecordError::ok) return err;
+  if (record_checksum(header, src + kRecordHeaderBytes, header.payload_bytes) != header.checksum) {
+    return RecordError::bad_checksum;
+  }
+  *out = header;
+  return RecordError::ok;
+}
+
+RecordError decode_record_header(const uint8_t* src, size_t available, RecordHeader* out) {
   BW_ASSERT(src != nullptr || available == 0);  // an empty JS buffer may have no data pointer
   BW_ASSERT(out != nullptr);
   if (available < kRecordHeaderBytes) return RecordError::truncated;
@@ -175,9 +186,6 @@ RecordError decode_record(const uint8_t* src, size_t available, RecordHeader* ou
                             header.length_blocks};
   if (!record_fields_valid(fields, header.payload_bytes)) return RecordError::bad_shape;
   if (available - kRecordHeaderBytes < header.payload_bytes) return RecordError::truncated;
-  if (record_checksum(header, src + kRecordHeaderBytes, header.payload_bytes) != header.checksum) {
-    return RecordError::bad_checksum;
-  }
   *out = header;
   return RecordError::ok;
 }

@@ -144,6 +144,11 @@ uint32_t encode_record(uint8_t* dst, const RecordFields& fields, const uint8_t* 
 // the header (checksum verified) and the payload follows it at src + 64.
 RecordError decode_record(const uint8_t* src, size_t available, RecordHeader* out);
 
+// decode_record without the checksum: every header field and the length
+// against `available`. For bytes this process encoded (and checksummed) and
+// still holds in memory, where hashing them again only costs time.
+RecordError decode_record_header(const uint8_t* src, size_t available, RecordHeader* out);
+
 // Builds one frame in an aligned buffer: reset, add records, seal.
 class FrameBuilder {
  public:

@@ -38,6 +38,11 @@ const char* gather_error_name(GatherError e);
 constexpr uint32_t kGatherSpanBytesMax = record_span_bytes(kRecordPayloadMax);
 constexpr uint32_t kGatherBlocksMax = kRecordPayloadMax / kBlockBytes;
 
+// True when op's own fields are in range: a record span of a header up to a
+// maximal record, 1..kGatherBlocksMax blocks from first_index inside a
+// maximal record, an LSN in [1, kLsnMax]. Says nothing of where it points.
+bool gather_op_shape_valid(const GatherOp& op);
+
 // True when op lies inside a buffer of buffer_bytes starting at offset
 // `floor` (src and dst ranges inside, dst aligned, lengths in range, source
 // and destination disjoint).
@@ -47,5 +52,13 @@ bool gather_op_in_bounds(const GatherOp& op, uint64_t floor, uint64_t buffer_byt
 // and sets *failed_index (ops before it were copied). Asserts bounds.
 GatherError gather_blocks(uint8_t* buf, uint64_t buffer_bytes, const GatherOp* ops, uint32_t count,
                           uint32_t* failed_index);
+
+// gather_blocks with op i's record at records[i] (its src_offset unused), in
+// memory the caller vouches for: records this process encoded and
+// checksummed, still held where it wrote them (the WAL's group slots and
+// frame cache). Every header field is still checked (shape, LSN, kind, block
+// range); the payload is not hashed again. Asserts the destination bounds.
+GatherError gather_blocks_trusted(uint8_t* buf, uint64_t buffer_bytes, const GatherOp* ops,
+                                  const uint8_t* const* records, uint32_t count, uint32_t* failed_index);
 
 }  // namespace blockwal::wal

@@ -25,6 +25,7 @@
 #include "commit/pipeline.h"
 #include "ring/ring.h"
 #include "wal/format.h"
+#include "wal/gather.h"
 
 namespace blockwal::wal {
 
@@ -107,6 +108,18 @@ class Writer : public ring::Owner {
   // -EINVAL for a range outside it, -EBUSY when no read or ring slot is free
   // (retry after a drain).
   int read_span(uint64_t seq, uint64_t offset_bytes, uint32_t length_bytes, uint64_t dest_offset, uint64_t tag);
+  // The flusher's shortcut past read_span + gather_blocks: when every record
+  // the ops name (src_offset = the record's byte offset in segment seq) lies
+  // in a sealed frame still in memory (a group slot or the frame cache), its
+  // blocks are copied straight from there into the arena (wal/gather.h,
+  // gather_blocks_trusted: the header is checked, the payload not hashed
+  // again: these are the bytes this writer encoded). Returns 1 when the
+  // records were all in memory, with *err saying whether every op was copied
+  // (ok) or which one failed (*failed_index; the ops before it were copied); 0
+  // when some record is not in memory (nothing copied: read the span);
+  // -ENOENT when seq is not a segment of the log. The caller checks the
+  // destinations against the arena.
+  int gather_from_memory(uint64_t seq, const GatherOp* ops, uint32_t count, GatherError* err, uint32_t* failed_index);
 
   void on_complete(uint64_t cookie, int32_t result) override;
 
@@ -233,6 +246,7 @@ class Writer : public ring::Owner {
   uint64_t cache_head_ = 0;
   std::deque<CachedFrame> cache_frames_;
   uint64_t read_memory_bytes_ = 0;
+  std::vector<const uint8_t*> gather_records_;  // gather_from_memory's scratch
   uint64_t read_disk_bytes_ = 0;
 
   std::vector<PendingRead> reads_;

@@ -183,6 +183,35 @@ int Writer::read_span(uint64_t seq, uint64_t offset_bytes, uint32_t length_bytes
   return submit_read(seg->second.fd, seq, offset_bytes, end, dest_offset, read);
 }
 
+int Writer::gather_from_memory(uint64_t seq, const GatherOp* ops, uint32_t count, GatherError* err,
+                               uint32_t* failed_index) {
+  BW_ASSERT(err != nullptr && failed_index != nullptr);
+  if (closed_) return -EBADF;
+  auto seg = segments_.find(seq);
+  if (seg == segments_.end()) return -ENOENT;
+  const SegState state = seg->second.state;
+  if (state != SegState::chain && state != SegState::active) return -ENOENT;
+  // Every record first: either all of them are copied from memory or none.
+  gather_records_.resize(count);
+  uint64_t bytes = 0;
+  for (uint32_t i = 0; i < count; i++) {
+    const GatherOp& op = ops[i];
+    if (i > 0 && op.src_offset == ops[i - 1].src_offset && op.span_bytes == ops[i - 1].span_bytes) {
+      gather_records_[i] = gather_records_[i - 1];
+      continue;
+    }
+    uint64_t until = 0;
+    const uint8_t* record = memory_at(seq, op.src_offset, &until);
+    // A record never spans two frames; one that seems to is not ours to copy.
+    if (record == nullptr || op.span_bytes > until - op.src_offset) return 0;
+    gather_records_[i] = record;
+    bytes += op.span_bytes;
+  }
+  *err = gather_blocks_trusted(ring_.arena(), ring_.arena_bytes(), ops, gather_records_.data(), count, failed_index);
+  if (*err == GatherError::ok) read_memory_bytes_ += bytes;
+  return 1;
+}
+
 // Byte `at` of segment seq when a sealed frame in memory (a group slot, else
 // the frame cache) holds it, with *until set to the end of that frame; the
 // open group's bytes are not final and never count. nullptr otherwise.

@@ -1,6 +1,7 @@
 // The flusher on a real volume: after a checkpoint base.img holds exactly the
 // newest version of every block (large and small records, partly replaced
-// records, writes around trims); a WAL read or base.img write error in the
+// records, writes around trims), whether the records come from the WAL's
+// memory or are read back from disk; a WAL read or base.img write error in the
 // middle of applying fails the checkpoint and the volume (every write in
 // flight settles first) and recovery still has everything; an arena too small
 // for the flusher's budget only slows it down.
@@ -56,27 +57,48 @@ async function mixedWorkload(m: Model, rand: () => number, sizeBytes: number): P
   await m.write(3 * MiB + 5 * BLOCK, pattern(rand, 3 * BLOCK));
 }
 
-test('after a checkpoint base.img holds exactly the newest version of every block', async () => {
+// walCacheBytes 0 and 16 group slots of 64 KiB: most records are read back
+// from disk; the default WAL cache holds them all, so none is.
+async function checkpointExact(label: string, walCacheBytes: number | undefined, fromDisk: boolean): Promise<void> {
   const { dir, cleanup } = tempDir('flushexact');
   const sizeBytes = 16 * MiB;
-  const vol = await Volume.create(path.join(dir, 'v'), { sizeBytes, walSegmentBytes: 4 * MiB, walSegmentsMax: 16, flushIdleMs: 0, flushTriggerBytes: 2 ** 40 });
+  const vol = await Volume.create(path.join(dir, 'v'), {
+    sizeBytes,
+    walSegmentBytes: 4 * MiB,
+    walSegmentsMax: 16,
+    walCacheBytes,
+    flushIdleMs: 0,
+    flushTriggerBytes: 2 ** 40,
+  });
   try {
     const m = new Model(vol, sizeBytes);
-    console.log(`flusher exact: seed ${SEED}`);
+    console.log(`flusher exact (${label}): seed ${SEED}`);
     const rand = prng(SEED);
     await mixedWorkload(m, rand, sizeBytes);
+    const before = vol.status();
     await vol.checkpoint();
-    assert.equal(vol.status().dirtyBlocks, 0);
-    assert.ok(fs.readFileSync(path.join(dir, 'v', 'base.img')).equals(m.bytes), `base.img matches the model (seed ${SEED})`);
-    // Again over the now written image, with the records partly in memory.
+    const after = vol.status();
+    assert.equal(after.dirtyBlocks, 0);
+    assert.ok(fs.readFileSync(path.join(dir, 'v', 'base.img')).equals(m.bytes), `${label}: base.img matches the model (seed ${SEED})`);
+    const disk = after.walReadDiskBytes - before.walReadDiskBytes;
+    const memory = after.walReadMemoryBytes - before.walReadMemoryBytes;
+    if (fromDisk) assert.ok(disk > 4 * MiB, `${label}: the checkpoint read the records from disk (${disk} bytes)`);
+    else assert.ok(disk === 0 && memory > 8 * MiB, `${label}: the checkpoint took every record from memory (${memory} bytes, ${disk} from disk)`);
+    // Again over the now written image.
     for (let i = 0; i < 50; i++) await m.write(Math.floor(rand() * (sizeBytes / BLOCK - 8)) * BLOCK, pattern(rand, 8 * BLOCK));
     await vol.checkpoint();
-    assert.ok(fs.readFileSync(path.join(dir, 'v', 'base.img')).equals(m.bytes), `base.img matches after a second checkpoint (seed ${SEED})`);
+    assert.ok(fs.readFileSync(path.join(dir, 'v', 'base.img')).equals(m.bytes), `${label}: base.img matches after a second checkpoint (seed ${SEED})`);
   } finally {
     await vol.close();
     cleanup();
   }
-});
+}
+
+test('after a checkpoint base.img holds exactly the newest version of every block (records from memory)', () =>
+  checkpointExact('from memory', undefined, false));
+
+test('after a checkpoint base.img holds exactly the newest version of every block (records from disk)', () =>
+  checkpointExact('from disk', 0, true));
 
 async function failMidApply(fault: { kind: OpKind; purpose: OpPurpose; skip: number }, label: string): Promise<void> {
   const { dir, cleanup } = tempDir('flushfail');

@@ -1,7 +1,8 @@
 // The flusher's native path on the real kernel: Wal.readSpan reads a range of
 // a segment into the arena (from the group slots while they hold it, else
 // with one O_DIRECT read), and Wal.gatherBlocks verifies the records in it and
-// copies block ranges out of them. Bad arguments are TypeError/RangeError,
+// copies block ranges out of them; Wal.gatherFromMemory does both at once for
+// records still in memory, or nothing. Bad arguments are TypeError/RangeError,
 // records that fail verification ERR_RECORD with a reason, I/O errors ERR_IO.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -67,6 +68,13 @@ function descriptor(read: ArenaSlice, start: number, rec: AppendedRecord, firstI
   d[GATHER.firstIndex] = firstIndex;
   d[GATHER.lengthBlocks] = lengthBlocks;
   d[GATHER.dst] = dst;
+  return d;
+}
+
+// The same descriptor for gatherFromMemory: the source is the record's place in its segment.
+function memoryDescriptor(rec: AppendedRecord, firstIndex: number, lengthBlocks: number, dst: number): number[] {
+  const d = descriptor({ offsetBytes: 0, lengthBytes: 0, bytes: new Uint8Array(0) }, 0, rec, firstIndex, lengthBlocks, dst);
+  d[GATHER.src] = rec.offsetBytes;
   return d;
 }
 
@@ -233,6 +241,99 @@ test('more span reads than ring slots all complete (a busy addon is retried afte
       f.ring.free(out);
       f.ring.free(slice);
     }
+  } finally {
+    await f.close();
+  }
+});
+
+test('gatherFromMemory copies blocks of records still in memory with no read, and nothing once one is gone', async () => {
+  const f = await open();
+  try {
+    const records = [await appendWrite(f.wal, 1, 3), await appendWrite(f.wal, 2, 1), await appendWrite(f.wal, 3, 4)];
+    const seq = records[0]!.segmentSeq;
+    const out = f.ring.alloc(4 * BLOCK);
+    const want = Buffer.concat([blockOf(1, 1), blockOf(2, 0), blockOf(3, 2), blockOf(3, 3)]);
+    const desc = (): Float64Array =>
+      new Float64Array([
+        ...memoryDescriptor(records[0]!, 1, 1, out.offsetBytes),
+        ...memoryDescriptor(records[1]!, 0, 1, out.offsetBytes + BLOCK),
+        ...memoryDescriptor(records[2]!, 2, 2, out.offsetBytes + 2 * BLOCK),
+      ]);
+    f.ring.setTrace(true);
+    const before = f.wal.status().readMemoryBytes;
+    out.bytes.fill(0);
+    assert.equal(f.wal.gatherFromMemory(seq, desc(), 3), true, 'all three are in the group slots');
+    assert.ok(Buffer.from(out.bytes).equals(want), 'gathered blocks match what was appended');
+    assert.equal(walReads(f.ring), 0, 'no disk read');
+    const counted = f.wal.status().readMemoryBytes - before;
+    assert.equal(counted, records.reduce((n, r) => n + r.spanBytes, 0), 'counted as read from memory, each record once');
+
+    // Every group slot reused (and no WAL cache): the first records are on disk only.
+    for (let n = 10; n < 50; n++) await appendWrite(f.wal, n, 1);
+    out.bytes.fill(0xee);
+    assert.equal(f.wal.gatherFromMemory(seq, desc(), 3), false, 'not in memory any more');
+    assert.ok(out.bytes.every((b) => b === 0xee), 'nothing copied, not even for the records still held');
+    assert.equal(walReads(f.ring), 0, 'and nothing read');
+    const recent = await appendWrite(f.wal, 60, 2);
+    const mixed = new Float64Array([...memoryDescriptor(recent, 0, 1, out.offsetBytes), ...memoryDescriptor(records[0]!, 0, 1, out.offsetBytes + BLOCK)]);
+    assert.equal(f.wal.gatherFromMemory(seq, mixed, 2), false, 'one record gone: nothing');
+    assert.ok(out.bytes.every((b) => b === 0xee), 'nothing copied');
+  } finally {
+    await f.close();
+  }
+});
+
+test('gatherFromMemory checks each record against its descriptor (ERR_RECORD) and refuses bad descriptors', async () => {
+  const f = await open();
+  try {
+    const write = await appendWrite(f.wal, 1, 2);
+    const trim = await f.wal.appendLocated({ kind: 'trim', epoch: 1, lba: 0, lengthBlocks: 8, fua: true });
+    const seq = write.segmentSeq;
+    const out = f.ring.alloc(2 * BLOCK);
+    const good = memoryDescriptor(write, 0, 1, out.offsetBytes);
+    const expect = (second: number[], reason: string): void => {
+      out.bytes.fill(0);
+      assert.throws(
+        () => f.wal.gatherFromMemory(seq, new Float64Array([...good, ...second]), 2),
+        (err: unknown) => err instanceof BlockwalError && err.code === 'ERR_RECORD' && err.details.index === 1 && err.details.reason === reason,
+        reason,
+      );
+      assert.ok(Buffer.from(out.bytes.subarray(0, BLOCK)).equals(blockOf(1, 0)), `${reason}: the descriptor before it was copied`);
+    };
+    const wrongLsn = memoryDescriptor(write, 1, 1, out.offsetBytes + BLOCK);
+    wrongLsn[GATHER.lsn] = write.lsn + 1;
+    expect(wrongLsn, 'wrong_lsn');
+    expect(memoryDescriptor(write, 1, 2, out.offsetBytes + BLOCK), 'out_of_record');
+    const trimDesc = memoryDescriptor(trim, 0, 1, out.offsetBytes + BLOCK);
+    trimDesc[GATHER.spanBytes] = 64;
+    expect(trimDesc, 'wrong_kind');
+    const notRecord = memoryDescriptor(write, 0, 1, out.offsetBytes + BLOCK);
+    notRecord[GATHER.src] += 8;
+    notRecord[GATHER.spanBytes] -= 8;
+    expect(notRecord, 'bad_record');
+
+    const withField = (field: number, value: number): Float64Array => {
+      const d = [...good];
+      d[field] = value;
+      return new Float64Array(d);
+    };
+    const raw = f.wal as unknown as { gatherFromMemory(seq: unknown, d: unknown, count: unknown): boolean };
+    assert.throws(() => raw.gatherFromMemory(seq, new Uint8Array(48), 1), TypeError, 'not a Float64Array');
+    assert.throws(() => raw.gatherFromMemory('1', new Float64Array(good), 1), TypeError, 'seq not a number');
+    assert.throws(() => f.wal.gatherFromMemory(seq, new Float64Array(good), 2), RangeError, 'count beyond the descriptors');
+    assert.throws(() => f.wal.gatherFromMemory(seq, withField(GATHER.dst, out.offsetBytes + 512), 1), RangeError, 'unaligned destination');
+    assert.throws(() => f.wal.gatherFromMemory(seq, withField(GATHER.dst, 0), 1), RangeError, 'destination in the WAL part of the arena');
+    assert.throws(() => f.wal.gatherFromMemory(seq, withField(GATHER.dst, f.ring.arenaBytes), 1), RangeError, 'destination past the arena');
+    assert.throws(() => f.wal.gatherFromMemory(seq, withField(GATHER.src, SEGMENT_BYTES - 32), 1), RangeError, 'record past the segment end');
+    assert.throws(() => f.wal.gatherFromMemory(seq, withField(GATHER.lengthBlocks, 0), 1), RangeError, 'no blocks');
+    assert.throws(() => f.wal.gatherFromMemory(seq, withField(GATHER.spanBytes, 2 << 20), 1), RangeError, 'span above a record maximum');
+    assert.throws(() => f.wal.gatherFromMemory(seq, withField(GATHER.lsn, 0), 1), RangeError, 'LSN 0');
+    assert.throws(() => f.wal.gatherFromMemory(seq, withField(GATHER.src, NaN), 1), RangeError, 'NaN');
+    assert.throws(() => f.wal.gatherFromMemory(seq + 100, new Float64Array(good), 1), { code: 'ERR_IO', errno: ENOENT }, 'no such segment');
+    assert.equal(f.wal.gatherFromMemory(seq, withField(GATHER.src, SEGMENT_BYTES - 4 * BLOCK), 1), false, 'a place never written: not in memory');
+    out.bytes.fill(0);
+    assert.equal(f.wal.gatherFromMemory(seq, new Float64Array(good), 1), true, 'the good descriptor still works');
+    assert.ok(Buffer.from(out.bytes.subarray(0, BLOCK)).equals(blockOf(1, 0)));
   } finally {
     await f.close();
   }
