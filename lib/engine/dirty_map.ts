@@ -11,6 +11,8 @@
 // deletes the older block entries inside it and records arrive in LSN order.
 // So a lookup is: block entry, else covering zero range, else base.img.
 
+import type { CheckpointBlocks } from './checkpoint_plan';
+
 export interface BlockEntry {
   readonly lsn: number;
   readonly segmentSeq: number;
@@ -140,18 +142,52 @@ export class DirtyMap {
     return out;
   }
 
-  // What the flusher applies for a checkpoint at lsnMax.
-  collect(lsnMax: number): { zeros: ZeroRange[]; blocks: [number, BlockEntry][] } {
+  // What the flusher applies for a checkpoint at lsnMax: a snapshot (later
+  // writes may reuse a record's slot) of the blocks in LBA order, with each
+  // record's place copied out once (checkpoint_plan.ts).
+  collect(lsnMax: number): { zeros: ZeroRange[]; blocks: CheckpointBlocks } {
     const zeros = this.zeros.filter((r) => r.lsn <= lsnMax).map((r) => ({ ...r }));
-    const all = new Float64Array(this.blocks.size);
-    let n = 0;
-    this.blocks.forEach((value, lba) => {
-      if (this.lsn[Math.floor(value / INDEX_SPAN)]! <= lsnMax) all[n++] = lba;
+    const lba = new Float64Array(this.blocks.size);
+    let count = 0;
+    this.blocks.forEach((value, block) => {
+      if (this.lsn[Math.floor(value / INDEX_SPAN)]! <= lsnMax) lba[count++] = block;
     });
-    const lbas = all.subarray(0, n).sort(); // numeric order, no comparator
-    const blocks: [number, BlockEntry][] = new Array(lbas.length);
-    for (let i = 0; i < lbas.length; i++) blocks[i] = [lbas[i]!, this.entryOf(this.blocks.get(lbas[i]!)!)];
-    return { zeros, blocks };
+    lba.subarray(0, count).sort(); // numeric order, no comparator
+    const rec = new Uint32Array(count);
+    const index = new Uint32Array(count);
+    const recOfSlot = new Int32Array(this.slotsUsed).fill(-1);
+    const slots = new Uint32Array(count);
+    let records = 0;
+    for (let i = 0; i < count; i++) {
+      const value = this.blocks.get(lba[i]!)!;
+      const slot = Math.floor(value / INDEX_SPAN);
+      let r = recOfSlot[slot]!;
+      if (r < 0) {
+        r = recOfSlot[slot] = records;
+        slots[records++] = slot;
+      }
+      rec[i] = r;
+      index[i] = value - slot * INDEX_SPAN;
+    }
+    const column = (from: Float64Array): Float64Array => {
+      const out = new Float64Array(records);
+      for (let r = 0; r < records; r++) out[r] = from[slots[r]!]!;
+      return out;
+    };
+    return {
+      zeros,
+      blocks: {
+        count,
+        lba: lba.subarray(0, count),
+        rec,
+        index,
+        records,
+        recLsn: column(this.lsn),
+        recSegmentSeq: column(this.segmentSeq),
+        recOffsetBytes: column(this.recordOffsetBytes),
+        recSpanBytes: column(this.recordSpanBytes),
+      },
+    };
   }
 
   // After a checkpoint at lsnMax: forget what base.img now holds. Entries

@@ -11,15 +11,16 @@
 // write must land last. Newer records that arrive meanwhile keep their dirty
 // entries. A failure stops writes to the volume (io.fail) and is never retried.
 //
-// How the blocks are applied: a pure plan groups them into pieces
-// (consecutive blocks of one record on consecutive LBAs), the records in WAL
-// order into extents (nearby records of one segment, read as one span of a
-// few MiB), and each extent's pieces in LBA order into runs (base.img writes
-// of consecutive blocks). Per extent: one arena slice [write area | read
-// area]; one read of the span (served from the WAL's group slots when they
-// still hold it); one native call that verifies every record (checksum, LSN,
-// kind, block range) and copies its pieces into the write area; then the
-// runs are written. No payload byte crosses into a JS Buffer. Extents run
+// How the blocks are applied: a pure plan (checkpoint_plan.ts) groups them
+// into pieces (consecutive blocks of one record on consecutive LBAs), the
+// records in WAL order into extents (nearby records of one segment, read as
+// one span of a few MiB), and each extent's pieces in LBA order into runs
+// (base.img writes of consecutive blocks). Per extent: one arena slice
+// [write area | read area]; one native call that copies its pieces into the
+// write area straight from the WAL's memory (group slots, WAL cache) when it
+// still holds the records, else one read of the span and one native call that
+// verifies every record (checksum, LSN, kind, block range) and copies its
+// pieces; then the runs are written. No payload byte crosses into a JS Buffer. Extents run
 // concurrently within a byte budget (APPLY_BYTES_MAX, at most a share of the
 // arena's JS part, so foreground reads keep room), writes within
 // WRITES_IN_FLIGHT_MAX. One allocation per extent means no hold-and-wait on
@@ -30,7 +31,7 @@ import { setImmediate as yieldTurn } from 'node:timers/promises';
 import { BLOCK_BYTES } from '../native/base_image';
 import type { ArenaSlice } from '../native/ring';
 import { GATHER, GATHER_FIELDS, GATHER_OPS_MAX } from '../native/wal';
-import type { BlockEntry } from './dirty_map';
+import { type CheckpointBlocks, type Plan, type PlanExtent, type Run, planCheckpoint, planRuns } from './checkpoint_plan';
 import { durabilityCode } from '../statemachine/control';
 import type { VolumeIo } from './volume_io';
 import { WalRetention } from './wal_retention';
@@ -238,7 +239,7 @@ export class Flusher {
       {
         checkpointLsn: to,
         walTailLsn,
-        blocks: blocks.length,
+        blocks: blocks.count,
         zeroRanges: zeros.length,
         ms: Math.round(performance.now() - startedMs),
         applyMs: Math.round(appliedMs - startedMs),
@@ -266,19 +267,19 @@ export class Flusher {
 
   // Applies the blocks extent by extent in WAL order, several extents at once
   // within the byte budget (see the module comment).
-  private async applyBlocks(blocks: [number, BlockEntry][]): Promise<void> {
-    if (blocks.length === 0) return;
+  private async applyBlocks(blocks: CheckpointBlocks): Promise<void> {
+    if (blocks.count === 0) return;
     const io = this.io;
     const budgetBytes = Math.max(BLOCK_BYTES, Math.min(APPLY_BYTES_MAX, alignDown(io.ring.jsRegionBytes * APPLY_ARENA_SHARE, BLOCK_BYTES)));
     const readBytesMax = Math.max(BLOCK_BYTES, Math.min(EXTENT_READ_BYTES_MAX, alignDown(budgetBytes / 4, BLOCK_BYTES)));
-    const extents = planExtents(blocks, { readBytesMax, gapBytesMax: EXTENT_GAP_BYTES_MAX });
+    const plan = planCheckpoint(blocks, { readBytesMax, gapBytesMax: EXTENT_GAP_BYTES_MAX });
     await yieldTurn();
     const budget = new Budget(budgetBytes);
     const writeSlots = new Budget(WRITES_IN_FLIGHT_MAX);
     const jobs: Promise<void>[] = [];
     let failure: { err: unknown } | undefined;
-    for (const extent of extents) {
-      const runs = planRuns(extent, RUN_BLOCKS_MAX);
+    for (const extent of plan.extents) {
+      const runs = planRuns(plan, extent, RUN_BLOCKS_MAX);
       const needBytes = extent.blocks * BLOCK_BYTES + (extent.endBytes - extent.startBytes);
       await budget.take(needBytes);
       if (failure !== undefined) {
@@ -286,7 +287,7 @@ export class Flusher {
         break;
       }
       jobs.push(
-        this.applyExtent(extent, runs, budget, writeSlots).catch((err: unknown) => {
+        this.applyExtent(plan, extent, runs, budget, writeSlots).catch((err: unknown) => {
           failure ??= { err };
         }),
       );
@@ -300,7 +301,7 @@ export class Flusher {
   // the read area and verify and copy them from there (one native call
   // either way), free the read area, write the runs, free the write area.
   // Holds needBytes of the budget until then and gives it back in two parts.
-  private async applyExtent(extent: Extent, runs: Run[], budget: Budget, writeSlots: Budget): Promise<void> {
+  private async applyExtent(plan: Plan, extent: PlanExtent, runs: Run[], budget: Budget, writeSlots: Budget): Promise<void> {
     const io = this.io;
     const writeBytes = extent.blocks * BLOCK_BYTES;
     const readBytes = extent.endBytes - extent.startBytes;
@@ -314,9 +315,9 @@ export class Flusher {
     const writeArea = this.subSlice(slice, 0, writeBytes);
     const readArea = this.subSlice(slice, writeBytes, readBytes);
     try {
-      if (!this.gatherFromMemory(extent, writeArea)) {
+      if (!this.gatherFromMemory(plan, extent, writeArea)) {
         await io.wal.readSpan(extent.segmentSeq, extent.startBytes, readBytes, readArea);
-        this.gather(extent, readArea, writeArea);
+        this.gather(plan, extent, readArea, writeArea);
       }
     } catch (err) {
       io.ring.free(writeArea);
@@ -346,13 +347,15 @@ export class Flusher {
   // (the common case: a checkpoint follows the writes closely): no read of
   // the span and no second hash of the payloads. False when it does not
   // (nothing copied).
-  private gatherFromMemory(extent: Extent, writeArea: ArenaSlice): boolean {
-    const pieces = extent.records.reduce((n, r) => n + r.pieces.length, 0);
+  private gatherFromMemory(plan: Plan, extent: PlanExtent, writeArea: ArenaSlice): boolean {
+    const pieces = plan.pieceStart[extent.end]! - plan.pieceStart[extent.first]!;
     if (pieces > GATHER_OPS_MAX) return false;
     const desc = new Float64Array(pieces * GATHER_FIELDS);
     let count = 0;
-    for (const rec of extent.records) {
-      for (const piece of rec.pieces) describePiece(desc, count++, rec.offsetBytes, rec, piece, writeArea);
+    for (let p = extent.first; p < extent.end; p++) {
+      const r = plan.recOrder[p]!;
+      const src = plan.blocks.recOffsetBytes[r]!;
+      for (let j = plan.pieceStart[p]!; j < plan.pieceStart[p + 1]!; j++) describePiece(desc, count++, src, plan, r, plan.piecesOf[j]!, writeArea);
     }
     return this.io.wal.gatherFromMemory(extent.segmentSeq, desc, count);
   }
@@ -360,18 +363,21 @@ export class Flusher {
   // Verifies every record of the extent (read into readArea) and copies its
   // pieces to their places in the write area, in batches of descriptors (one
   // record's together).
-  private gather(extent: Extent, readArea: ArenaSlice, writeArea: ArenaSlice): void {
-    const pieces = extent.records.reduce((n, r) => n + r.pieces.length, 0);
+  private gather(plan: Plan, extent: PlanExtent, readArea: ArenaSlice, writeArea: ArenaSlice): void {
+    const pieces = plan.pieceStart[extent.end]! - plan.pieceStart[extent.first]!;
     const batch = Math.min(pieces, GATHER_OPS_MAX);
     const desc = new Float64Array(batch * GATHER_FIELDS);
     let count = 0;
-    for (const rec of extent.records) {
-      if (count + rec.pieces.length > batch) {
+    for (let p = extent.first; p < extent.end; p++) {
+      const r = plan.recOrder[p]!;
+      const first = plan.pieceStart[p]!;
+      const end = plan.pieceStart[p + 1]!;
+      if (count + (end - first) > batch) {
         this.io.wal.gatherBlocks(desc, count);
         count = 0;
       }
-      const src = readArea.offsetBytes + (rec.offsetBytes - extent.startBytes);
-      for (const piece of rec.pieces) describePiece(desc, count++, src, rec, piece, writeArea);
+      const src = readArea.offsetBytes + (plan.blocks.recOffsetBytes[r]! - extent.startBytes);
+      for (let j = first; j < end; j++) describePiece(desc, count++, src, plan, r, plan.piecesOf[j]!, writeArea);
     }
     if (count > 0) this.io.wal.gatherBlocks(desc, count);
   }
@@ -381,163 +387,15 @@ export class Flusher {
     return { offsetBytes, lengthBytes, bytes: this.io.ring.arenaView(offsetBytes, lengthBytes) };
   }
 }
-// Gather descriptor i: the piece of rec (found at src) to its place in the write area.
-function describePiece(desc: Float64Array, i: number, src: number, rec: PlannedRecord, piece: Piece, writeArea: ArenaSlice): void {
+// Gather descriptor i: piece k of record r (found at src) to its place in the write area.
+function describePiece(desc: Float64Array, i: number, src: number, plan: Plan, r: number, k: number, writeArea: ArenaSlice): void {
   const d = i * GATHER_FIELDS;
   desc[d + GATHER.src] = src;
-  desc[d + GATHER.spanBytes] = rec.spanBytes;
-  desc[d + GATHER.lsn] = rec.lsn;
-  desc[d + GATHER.firstIndex] = piece.indexInRecord;
-  desc[d + GATHER.lengthBlocks] = piece.lengthBlocks;
-  desc[d + GATHER.dst] = writeArea.offsetBytes + piece.dstBytes;
-}
-
-// ---- the plan (pure) ------------------------------------------------------
-
-// Consecutive blocks of one record that land on consecutive LBAs.
-export interface Piece {
-  lba: number;
-  lengthBlocks: number;
-  indexInRecord: number;
-  dstBytes: number; // where in its extent's write area (set by planRuns)
-}
-
-// A record the checkpoint needs, with the pieces of it that are newest.
-export interface PlannedRecord {
-  lsn: number;
-  segmentSeq: number;
-  offsetBytes: number;
-  spanBytes: number;
-  pieces: Piece[]; // in LBA order
-}
-
-// One read: [startBytes, endBytes) of a segment (4 KiB aligned) holding
-// records, in LSN order; blocks = the blocks their pieces carry.
-export interface Extent {
-  segmentSeq: number;
-  startBytes: number;
-  endBytes: number;
-  records: PlannedRecord[];
-  blocks: number;
-}
-
-// One base.img write: lengthBlocks blocks at lba from the write area at dstBytes.
-export interface Run {
-  lba: number;
-  lengthBlocks: number;
-  dstBytes: number;
-}
-
-// Splits the checkpoint's blocks (LBA order, one entry per block, the
-// newest version) into pieces, groups them by record, and the records, in
-// WAL order (LSN order is WAL order), into extents: records of one segment
-// whose gap is at most gapBytesMax, read as one span of at most readBytesMax
-// (a record larger than that gets an extent of its own). Every block lands in
-// exactly one piece.
-export function planExtents(blocks: [number, BlockEntry][], limits: { readBytesMax: number; gapBytesMax: number }): Extent[] {
-  const byLsn = new Map<number, PlannedRecord>();
-  for (let i = 0; i < blocks.length; ) {
-    const [lba, entry] = blocks[i]!;
-    let n = 1;
-    while (i + n < blocks.length && blocks[i + n]![0] === lba + n && sameRecordNext(entry, blocks[i + n]![1], n)) n++;
-    let rec = byLsn.get(entry.lsn);
-    if (rec === undefined) {
-      rec = { lsn: entry.lsn, segmentSeq: entry.segmentSeq, offsetBytes: entry.recordOffsetBytes, spanBytes: entry.recordSpanBytes, pieces: [] };
-      byLsn.set(entry.lsn, rec);
-    }
-    rec.pieces.push({ lba, lengthBlocks: n, indexInRecord: entry.indexInRecord, dstBytes: 0 });
-    i += n;
-  }
-  // LSN order by a numeric sort of the keys (no comparator: a checkpoint of
-  // random 4 KiB writes has tens of thousands of records).
-  const lsns = new Float64Array(byLsn.size);
-  let k = 0;
-  for (const lsn of byLsn.keys()) lsns[k++] = lsn;
-  lsns.sort();
-  const extents: Extent[] = [];
-  let ext: Extent | undefined;
-  let usedEndBytes = 0; // end of the last record in ext (unaligned)
-  for (const lsn of lsns) {
-    const rec = byLsn.get(lsn)!;
-    const recEndBytes = rec.offsetBytes + rec.spanBytes;
-    const fits =
-      ext !== undefined &&
-      rec.segmentSeq === ext.segmentSeq &&
-      rec.offsetBytes >= usedEndBytes &&
-      rec.offsetBytes - usedEndBytes <= limits.gapBytesMax &&
-      alignUp(recEndBytes, BLOCK_BYTES) - ext.startBytes <= limits.readBytesMax;
-    if (!fits) {
-      ext = { segmentSeq: rec.segmentSeq, startBytes: alignDown(rec.offsetBytes, BLOCK_BYTES), endBytes: 0, records: [], blocks: 0 };
-      extents.push(ext);
-    }
-    ext!.records.push(rec);
-    ext!.endBytes = alignUp(recEndBytes, BLOCK_BYTES);
-    for (const p of rec.pieces) ext!.blocks += p.lengthBlocks;
-    usedEndBytes = recEndBytes;
-  }
-  return extents;
-}
-
-// Lays the extent's pieces out in its write area in LBA order (setting each
-// piece's dstBytes) and returns the base.img writes: maximal runs of
-// consecutive LBAs, at most runBlocksMax blocks each.
-export function planRuns(extent: Extent, runBlocksMax: number): Run[] {
-  const pieces = piecesByLba(extent);
-  const runs: Run[] = [];
-  let dstBytes = 0;
-  for (const p of pieces) {
-    p.dstBytes = dstBytes;
-    let lba = p.lba;
-    let left = p.lengthBlocks;
-    while (left > 0) {
-      const last = runs[runs.length - 1];
-      if (last !== undefined && last.lba + last.lengthBlocks === lba && last.lengthBlocks < runBlocksMax) {
-        const n = Math.min(left, runBlocksMax - last.lengthBlocks);
-        last.lengthBlocks += n;
-        lba += n;
-        left -= n;
-      } else {
-        const n = Math.min(left, runBlocksMax);
-        runs.push({ lba, lengthBlocks: n, dstBytes: dstBytes + (lba - p.lba) * BLOCK_BYTES });
-        lba += n;
-        left -= n;
-      }
-    }
-    dstBytes += p.lengthBlocks * BLOCK_BYTES;
-  }
-  return runs;
-}
-
-// The extent's pieces in LBA order. A block is in one piece of a checkpoint,
-// so first LBAs are distinct: a numeric sort of them, then a lookup.
-function piecesByLba(extent: Extent): Piece[] {
-  if (extent.records.length === 1) return extent.records[0]!.pieces; // already in LBA order
-  const byLba = new Map<number, Piece>();
-  for (const rec of extent.records) for (const p of rec.pieces) byLba.set(p.lba, p);
-  let count = 0;
-  for (const rec of extent.records) count += rec.pieces.length;
-  if (byLba.size !== count) throw new Error(`an extent holds ${count} pieces but ${byLba.size} distinct first blocks`);
-  const lbas = new Float64Array(byLba.size);
-  let k = 0;
-  for (const lba of byLba.keys()) lbas[k++] = lba;
-  lbas.sort();
-  const pieces: Piece[] = new Array(lbas.length);
-  for (let i = 0; i < lbas.length; i++) pieces[i] = byLba.get(lbas[i]!)!;
-  return pieces;
-}
-
-// True when `next` is the block `distance` places after `first` in the same record.
-function sameRecordNext(first: BlockEntry, next: BlockEntry, distance: number): boolean {
-  return (
-    next.segmentSeq === first.segmentSeq &&
-    next.recordOffsetBytes === first.recordOffsetBytes &&
-    next.lsn === first.lsn &&
-    next.indexInRecord === first.indexInRecord + distance
-  );
-}
-
-function alignUp(value: number, multiple: number): number {
-  return Math.ceil(value / multiple) * multiple;
+  desc[d + GATHER.spanBytes] = plan.blocks.recSpanBytes[r]!;
+  desc[d + GATHER.lsn] = plan.blocks.recLsn[r]!;
+  desc[d + GATHER.firstIndex] = plan.pieceIndex[k]!;
+  desc[d + GATHER.lengthBlocks] = plan.pieceLength[k]!;
+  desc[d + GATHER.dst] = writeArea.offsetBytes + plan.pieceDstBytes[k]!;
 }
 
 function alignDown(value: number, multiple: number): number {

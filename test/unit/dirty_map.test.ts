@@ -69,8 +69,18 @@ test('dirty map: matches a per-block model through writes, zero ranges and check
           const to = Math.max(0, lsn - s.back);
           const { blocks } = map.collect(to);
           const want = model.flatMap((b, lba) => (b?.kind === 'write' && b.lsn <= to ? [lba] : []));
-          assert.deepEqual(blocks.map(([lba]) => lba), want, 'collect() takes the writes up to the checkpoint, in LBA order');
-          for (const [lba, entry] of blocks) assert.equal(entry.lsn, (model[lba] as { lsn: number }).lsn);
+          assert.deepEqual([...blocks.lba], want, 'collect() takes the writes up to the checkpoint, in LBA order');
+          assert.equal(blocks.count, want.length);
+          for (let i = 0; i < blocks.count; i++) {
+            const m = model[blocks.lba[i]!] as Extract<ModelBlock, { kind: 'write' }>;
+            const r = blocks.rec[i]!;
+            assert.deepEqual(
+              { lsn: blocks.recLsn[r], seq: blocks.recSegmentSeq[r], offset: blocks.recOffsetBytes[r], span: blocks.recSpanBytes[r], index: blocks.index[i] },
+              { lsn: m.lsn, seq: m.seq, offset: m.offset, span: m.span, index: m.index },
+              `block ${blocks.lba[i]}: its record and its index in it`,
+            );
+          }
+          assert.equal(new Set(blocks.recLsn).size, blocks.records, 'each record once');
           map.dropUpTo(to);
           for (let lba = 0; lba < BLOCKS; lba++) if (model[lba] !== undefined && model[lba]!.lsn <= to) model[lba] = undefined;
         } else {
