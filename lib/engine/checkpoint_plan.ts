@@ -13,6 +13,8 @@
 // runs (maximal consecutive LBAs, at most runBlocksMax blocks each). Every
 // block lands in exactly one piece.
 
+import { BLOCK_BYTES } from '../native/base_image';
+
 // The blocks a checkpoint applies (DirtyMap.collect): `count` blocks in LBA
 // order, each with its record (an index into the rec* columns) and its index
 // in that record's payload; `records` records, in no particular order.
@@ -69,8 +71,6 @@ export interface ExtentLimits {
   readBytesMax: number;
   gapBytesMax: number;
 }
-
-const BLOCK_BYTES = 4096;
 
 export function planCheckpoint(blocks: CheckpointBlocks, limits: ExtentLimits): Plan {
   const { count, lba, rec, index } = blocks;
@@ -202,6 +202,6 @@ function alignUp(value: number, multiple: number): number {
   return Math.ceil(value / multiple) * multiple;
 }
 
-function alignDown(value: number, multiple: number): number {
+export function alignDown(value: number, multiple: number): number {
   return Math.floor(value / multiple) * multiple;
 }

@@ -18,20 +18,20 @@
 // (base.img writes of consecutive blocks). Per extent: one arena slice
 // [write area | read area]; one native call that copies its pieces into the
 // write area straight from the WAL's memory (group slots, WAL cache) when it
-// still holds the records, else one read of the span and one native call that
-// verifies every record (checksum, LSN, kind, block range) and copies its
-// pieces; then the runs are written. No payload byte crosses into a JS Buffer. Extents run
-// concurrently within a byte budget (APPLY_BYTES_MAX, at most a share of the
-// arena's JS part, so foreground reads keep room), writes within
-// WRITES_IN_FLIGHT_MAX. One allocation per extent means no hold-and-wait on
-// the arena between the flusher's own buffers.
+// still holds the records, else one read of the span and one native call
+// that verifies every record (checksum, LSN, kind, block range) and copies
+// its pieces; then the runs are written. No payload byte crosses into a JS
+// Buffer. Extents run concurrently within a byte budget (APPLY_BYTES_MAX, at
+// most a share of the arena's JS part, so foreground reads keep room), writes
+// within WRITES_IN_FLIGHT_MAX. One allocation per extent means no
+// hold-and-wait on the arena between the flusher's own buffers.
 import { performance } from 'node:perf_hooks';
 import { setImmediate as yieldTurn } from 'node:timers/promises';
 
 import { BLOCK_BYTES } from '../native/base_image';
 import type { ArenaSlice } from '../native/ring';
 import { GATHER, GATHER_FIELDS, GATHER_OPS_MAX } from '../native/wal';
-import { type CheckpointBlocks, type Plan, type PlanExtent, type Run, planCheckpoint, planRuns } from './checkpoint_plan';
+import { type CheckpointBlocks, type Plan, type PlanExtent, type Run, alignDown, planCheckpoint, planRuns } from './checkpoint_plan';
 import { durabilityCode } from '../statemachine/control';
 import type { VolumeIo } from './volume_io';
 import { WalRetention } from './wal_retention';
@@ -396,10 +396,6 @@ function describePiece(desc: Float64Array, i: number, src: number, plan: Plan, r
   desc[d + GATHER.firstIndex] = plan.pieceIndex[k]!;
   desc[d + GATHER.lengthBlocks] = plan.pieceLength[k]!;
   desc[d + GATHER.dst] = writeArea.offsetBytes + plan.pieceDstBytes[k]!;
-}
-
-function alignDown(value: number, multiple: number): number {
-  return Math.floor(value / multiple) * multiple;
 }
 
 // A counting limit with a FIFO of waiters (bytes, or write slots). A request
