@@ -20,7 +20,13 @@ function walk(dir) {
   return out;
 }
 
+// A compiled test whose source is gone (renamed or deleted since the last
+// build: tsc leaves its output behind) is not run.
+const hasSource = (f) => fs.existsSync(path.join(root, path.relative(path.join(root, 'dist'), f)).replace(/\.js$/, '.ts'));
+const stale = walk(testRoot).filter((f) => !hasSource(f));
+for (const f of stale) console.error(`run-tests: skipping ${path.relative(root, f)}: its source is gone (a stale build output)`);
 const files = walk(testRoot)
+  .filter(hasSource)
   .sort()
   .filter((f) => filters.length === 0 || filters.some((flt) => f.includes(flt)));
 if (files.length === 0) {
