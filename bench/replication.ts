@@ -61,6 +61,7 @@ import type { Bench, BenchContext } from './lib/bench';
 import { BenchSkipped, assert } from './lib/bench';
 import { probeNbdBenchTools, blockwalArgs, createVolume } from './lib/blockwal_cli';
 import { cpuSince, cpuSnapshot, otherLoadPct } from './lib/cpu';
+import { diskSince, diskSnapshot, diskText } from './lib/disk';
 import type { NbdFioJob, NbdFioMeasurement } from './lib/fio_nbd';
 import { nbdUnixUri, runNbdFio } from './lib/fio_nbd';
 import type { BenchResult, Figure, Ratio } from './lib/report';
@@ -484,6 +485,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
   const loadavg = loadAverages();
   ctx.log(`measuring ${side.name} ${w.label} for ${ctx.measureMs / 1000} s (loadavg ${loadavg})`);
   const hostStart = cpuSnapshot();
+  const diskStart = diskSnapshot(ctx.dir);
   const frontStart = side.front.server.cpuSample();
   const replicaStart = side.replica?.server.cpuSample() ?? null;
   const raw = await runNbdFio(job, ctx.dir).catch((err: unknown) => {
@@ -493,6 +495,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
   const front = cpuBetween(frontStart, side.front.server.cpuSample());
   const replica = replicaStart === null ? null : cpuBetween(replicaStart, side.replica!.server.cpuSample());
   const host = cpuSince(hostStart);
+  const disk = diskSince(diskStart);
   let lag: ReplicaLag | null = null;
   if (side.replica !== null) {
     const { head, repl } = await primaryStatus(side);
@@ -511,6 +514,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
     windowText(side, w, raw, loadavg),
     cpuText(side.front.server.name, front, deferred[0]!, requestsInRun),
     ...(replica === null ? [] : [cpuText('replica', replica, deferred[1]!, requestsInRun)]),
+    ...(disk === null ? [] : [diskText(disk, (raw.ops * 1000) / raw.runtimeMs)]),
     ...(lag === null ? [] : [`replica ${lagText(lag)} after the window`]),
   ].join('; ');
   return {
