@@ -9,22 +9,28 @@
 // hands out a view of exactly the length asked for, give() takes back a
 // view take() returned. Idle buffers are kept up to idleBytesMax; beyond
 // that, and for anything never given back, the collector frees them as
-// before. A buffer must be given back only once nothing else uses it: the
-// pool hands it to the next taker at once.
+// before. Once nothing has been taken for idleMs, the idle buffers go too: a
+// burst of large I/O does not leave its buffers held for good. A buffer must
+// be given back only once nothing else uses it: the pool hands it to the
+// next taker at once.
 export class BufferPool {
   private readonly idle = new Map<number, ArrayBuffer[]>(); // class bytes → idle buffers
   private readonly isIdle = new WeakSet<ArrayBuffer>();
   private readonly owned = new WeakSet<ArrayBuffer>();
   private idleBytes = 0;
+  private takes = 0;
+  private trimTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly minBytes: number,
     readonly maxBytes: number,
     readonly idleBytesMax: number,
+    readonly idleMs = 10_000,
   ) {
     if (!isPowerOfTwo(minBytes) || !isPowerOfTwo(maxBytes) || minBytes > maxBytes) {
       throw new RangeError(`minBytes and maxBytes must be powers of two, minBytes <= maxBytes (got ${minBytes}, ${maxBytes})`);
     }
+    if (!(idleMs > 0)) throw new RangeError(`idleMs must be positive, got ${idleMs}`);
   }
 
   // Bytes held by idle buffers.
@@ -36,6 +42,7 @@ export class BufferPool {
   // outside [minBytes, maxBytes] (the caller allocates as it would have).
   take(lengthBytes: number): Buffer | undefined {
     if (!(lengthBytes >= this.minBytes && lengthBytes <= this.maxBytes)) return undefined;
+    this.takes++;
     const classBytes = classOf(lengthBytes);
     const ab = this.idle.get(classBytes)?.pop();
     if (ab !== undefined) {
@@ -63,7 +70,33 @@ export class BufferPool {
     list.push(ab);
     this.isIdle.add(ab);
     this.idleBytes += classBytes;
+    this.armTrim();
     return true;
+  }
+
+  // Lets every idle buffer go (the collector frees it).
+  trim(): void {
+    for (const list of this.idle.values()) {
+      for (const ab of list) {
+        this.isIdle.delete(ab);
+        this.owned.delete(ab);
+      }
+    }
+    this.idle.clear();
+    this.idleBytes = 0;
+  }
+
+  // Trims once a whole idleMs passes without a take(); the timer does not
+  // keep the process alive.
+  private armTrim(): void {
+    if (this.trimTimer !== undefined) return;
+    const takes = this.takes;
+    this.trimTimer = setTimeout(() => {
+      this.trimTimer = undefined;
+      if (this.takes === takes) this.trim();
+      else if (this.idleBytes > 0) this.armTrim();
+    }, this.idleMs);
+    this.trimTimer.unref();
   }
 }
 
@@ -77,5 +110,6 @@ function classOf(n: number): number {
 }
 
 // The process's pool for NBD payloads and large read results: 64 KiB to
-// 32 MiB (NBD's largest request), at most 64 MiB idle.
+// 32 MiB (NBD's largest request), at most 64 MiB idle, let go after 10 s
+// without large I/O.
 export const ioBuffers = new BufferPool(64 << 10, 32 << 20, 64 << 20);

@@ -1,6 +1,6 @@
 // The I/O buffer pool: power-of-two classes, exact-length views, reuse of
-// what was given back, the idle cap, and refusal of anything it did not
-// hand out or already holds.
+// what was given back, the idle cap, refusal of anything it did not hand out
+// or already holds, and letting idle buffers go once nothing is taken.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 
@@ -59,4 +59,33 @@ test('the classes must be powers of two', () => {
   assert.throws(() => new BufferPool(60 * KiB, 1024 * KiB, 0), RangeError);
   assert.throws(() => new BufferPool(64 * KiB, 1000 * KiB, 0), RangeError);
   assert.throws(() => new BufferPool(128 * KiB, 64 * KiB, 0), RangeError);
+});
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+test('idle buffers are let go once nothing has been taken for idleMs, and kept while takes go on', async () => {
+  const pool = new BufferPool(64 * KiB, 1024 * KiB, 4096 * KiB, 300);
+  const a = pool.take(128 * KiB)!;
+  const b = pool.take(256 * KiB)!;
+  pool.give(a);
+  pool.give(b);
+  assert.equal(pool.idleBytesHeld, 384 * KiB);
+  // In use: a take and a give every 20 ms for three idle periods.
+  for (let i = 0; i < 45; i++) {
+    await sleep(20);
+    const c = pool.take(128 * KiB)!;
+    assert.equal(c.buffer, a.buffer, 'the idle buffer is still there to take');
+    pool.give(c);
+  }
+  assert.equal(pool.idleBytesHeld, 384 * KiB, 'nothing let go while buffers are taken');
+  // Quiet: within two idle periods everything idle goes.
+  await sleep(800);
+  assert.equal(pool.idleBytesHeld, 0, 'all idle buffers let go');
+  const d = pool.take(128 * KiB)!;
+  assert.notEqual(d.buffer, a.buffer, 'a fresh buffer after the trim');
+  assert.equal(pool.give(a), false, 'a buffer let go is not the pool\'s any more');
+  assert.equal(pool.give(d), true);
+  pool.trim();
+  assert.equal(pool.idleBytesHeld, 0);
+  assert.throws(() => new BufferPool(64 * KiB, 1024 * KiB, 0, 0), RangeError);
 });
