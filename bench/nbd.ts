@@ -41,6 +41,7 @@ import * as path from 'node:path';
 import type { Bench, BenchContext } from './lib/bench';
 import { BenchSkipped, assert } from './lib/bench';
 import { cpuSince, cpuSnapshot, otherLoadPct } from './lib/cpu';
+import { type DiskWindow, diskSince, diskSnapshot, diskText } from './lib/disk';
 import { fioVersion } from './lib/fio';
 import type { NbdFioJob, NbdFioMeasurement } from './lib/fio_nbd';
 import { fioHasNbdEngine, nbdUnixUri, runNbdFio } from './lib/fio_nbd';
@@ -335,6 +336,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
   const loadavg = loadAverages();
   ctx.log(`measuring ${side.name} ${w.label} for ${ctx.measureMs / 1000} s (loadavg ${loadavg})`);
   const hostStart = cpuSnapshot();
+  const diskStart = diskSnapshot(ctx.dir);
   const serverStart = side.server.cpuSample();
   const raw = await runNbdFio(job, ctx.dir).catch((err: unknown) => {
     side.server.assertAlive(); // a dead server explains fio's failure better, with its stderr
@@ -342,6 +344,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
   });
   const server = cpuBetween(serverStart, side.server.cpuSample());
   const host = cpuSince(hostStart);
+  const disk = diskSince(diskStart);
   const deferred = await side.server.waitForIdle(IDLE_BUSY_PCT);
   if (!deferred.idle) ctx.log(`${side.name} still busy ${(deferred.waitedMs / 1000).toFixed(0)} s after ${w.label}`);
 
@@ -364,7 +367,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
       cpuUsPerOp: server.totalUs / requestsInRun,
       latencyUs: { mean: raw.latNs.mean / 1000, p50: raw.latNs.p50 / 1000, p99: raw.latNs.p99 / 1000 },
       otherLoadPct: otherLoadPct(host, raw.usrCpuPct + raw.sysCpuPct + serverPctOfOneCpu),
-      detail: detailText(w, raw, server, deferred.cpu, requestsInRun, loadavg),
+      detail: detailText(w, raw, server, deferred.cpu, requestsInRun, loadavg, disk),
     },
   };
 }
@@ -376,6 +379,7 @@ function detailText(
   deferred: ServerCpuDelta,
   requestsInRun: number,
   loadavg: string,
+  disk: DiskWindow | null,
 ): string {
   const perReq = (us: number): string => (us / requestsInRun).toFixed(2);
   const threads = Object.entries(server.byThreadUs)
@@ -388,7 +392,8 @@ function detailText(
   return (
     `${raw.ops} ${w.rw}s${flushes} in ${(raw.runtimeMs / 1000).toFixed(2)} s (${rate}); ` +
     `server cpu µs/req: user ${perReq(server.userUs)} sys ${perReq(server.systemUs)}; by thread: ${threads || 'none'}; ` +
-    `deferred ${perReq(deferred.totalUs)} µs/req; fio client ${fmt(raw.cpuUsPerOp)} µs/op; loadavg ${loadavg}`
+    `deferred ${perReq(deferred.totalUs)} µs/req; fio client ${fmt(raw.cpuUsPerOp)} µs/op; loadavg ${loadavg}` +
+    (disk === null ? '' : `; ${diskText(disk, (raw.ops * 1000) / raw.runtimeMs, w.rw.replace(/^rand/, ''))}`)
   );
 }
 

@@ -514,7 +514,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
     windowText(side, w, raw, loadavg),
     cpuText(side.front.server.name, front, deferred[0]!, requestsInRun),
     ...(replica === null ? [] : [cpuText('replica', replica, deferred[1]!, requestsInRun)]),
-    ...(disk === null ? [] : [diskText(disk, (raw.ops * 1000) / raw.runtimeMs)]),
+    ...(disk === null ? [] : [diskText(disk, (raw.ops * 1000) / raw.runtimeMs, 'write')]),
     ...(lag === null ? [] : [`replica ${lagText(lag)} after the window`]),
   ].join('; ');
   return {

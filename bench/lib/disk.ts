@@ -67,15 +67,16 @@ export function diskSince(start: DiskSnapshot | null): DiskWindow | null {
   };
 }
 
-// "disk vda: 37,903 writes/s (1.90 per client write), 313 MiB/s, 0 reads/s,
-// write await 0.38 ms, busy 49 %, 14.4 in flight". The window is fio's whole
-// run (warm-up included) and clientWritesPerSec its measured rate: the ratio
-// is close, not exact.
-export function diskText(d: DiskWindow, clientWritesPerSec: number): string {
-  const per = clientWritesPerSec > 0 ? ` (${(d.writesPerSec / clientWritesPerSec).toFixed(2)} per client write)` : '';
+// "disk vda: 37,903 writes/s, 0 reads/s (1.90 per client write), 313 MiB/s
+// written, write await 0.38 ms, busy 49 %, 14.4 in flight". The window is
+// fio's whole run (warm-up included) and clientOpsPerSec its measured rate
+// of `op`s: the ratio (disk reads and writes per client op) is close, not
+// exact.
+export function diskText(d: DiskWindow, clientOpsPerSec: number, op: string): string {
+  const per = clientOpsPerSec > 0 ? ` (${((d.writesPerSec + d.readsPerSec) / clientOpsPerSec).toFixed(2)} per client ${op})` : '';
   return (
-    `disk ${d.device}: ${Math.round(d.writesPerSec).toLocaleString('en-US')} writes/s${per}, ` +
-    `${Math.round(d.writeBytesPerSec / (1 << 20))} MiB/s, ${Math.round(d.readsPerSec)} reads/s, write await ${d.writeAwaitMs.toFixed(2)} ms, ` +
+    `disk ${d.device}: ${Math.round(d.writesPerSec).toLocaleString('en-US')} writes/s, ${Math.round(d.readsPerSec).toLocaleString('en-US')} reads/s${per}, ` +
+    `${Math.round(d.writeBytesPerSec / (1 << 20))} MiB/s written, write await ${d.writeAwaitMs.toFixed(2)} ms, ` +
     `busy ${Math.round(d.busyPct)} %, ${d.avgQueue.toFixed(1)} in flight`
   );
 }

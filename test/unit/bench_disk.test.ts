@@ -32,7 +32,7 @@ test('a disk window counts the writes made to the temp dir\'s device', async (t)
     assert.ok(w.writesPerSec > 0, `writes counted (${w.writesPerSec}/s)`);
     assert.ok(w.writeBytesPerSec > 0, 'bytes counted');
     assert.ok(w.busyPct >= 0 && w.avgQueue >= 0 && w.writeAwaitMs >= 0);
-    assert.match(diskText(w, w.writesPerSec), new RegExp(`^disk ${start.device}: [\\d,]+ writes/s \\(1\\.00 per client write\\)`));
+    assert.match(diskText(w, w.writesPerSec + w.readsPerSec, 'write'), new RegExp(`^disk ${start.device}: [\\d,]+ writes/s, [\\d,]+ reads/s \\(1\\.00 per client write\\)`));
   } finally {
     cleanup();
   }
