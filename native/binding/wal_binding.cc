@@ -387,11 +387,8 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
       if (src_in_arena) {
         ok = wal::gather_op_in_bounds(op, r.reserved_bytes(), r.arena_bytes());
       } else {
-        const uint64_t copy_bytes = uint64_t{op.length_blocks} * kBlockBytes;
-        ok = wal::gather_op_shape_valid(op) && op.src_offset <= segment_bytes_ &&
-             op.span_bytes <= segment_bytes_ - op.src_offset && is_aligned(op.dst_offset, kDirectAlignBytes) &&
-             op.dst_offset >= r.reserved_bytes() && op.dst_offset <= r.arena_bytes() &&
-             copy_bytes <= r.arena_bytes() - op.dst_offset;
+        ok = wal::gather_op_shape_valid(op) && wal::gather_dst_in_bounds(op, r.reserved_bytes(), r.arena_bytes()) &&
+             op.src_offset <= segment_bytes_ && op.span_bytes <= segment_bytes_ - op.src_offset;
       }
       if (!ok) {
         throw Napi::RangeError::New(env, "gather descriptor " + std::to_string(i) +

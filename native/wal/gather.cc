@@ -24,12 +24,16 @@ bool gather_op_shape_valid(const GatherOp& op) {
   return op.lsn != 0 && op.lsn <= kLsnMax;
 }
 
+bool gather_dst_in_bounds(const GatherOp& op, uint64_t floor, uint64_t buffer_bytes) {
+  const uint64_t copy_bytes = uint64_t{op.length_blocks} * kBlockBytes;
+  if (op.dst_offset < floor || op.dst_offset > buffer_bytes || copy_bytes > buffer_bytes - op.dst_offset) return false;
+  return is_aligned(op.dst_offset, kDirectAlignBytes);
+}
+
 bool gather_op_in_bounds(const GatherOp& op, uint64_t floor, uint64_t buffer_bytes) {
-  if (!gather_op_shape_valid(op)) return false;
+  if (!gather_op_shape_valid(op) || !gather_dst_in_bounds(op, floor, buffer_bytes)) return false;
   const uint64_t copy_bytes = uint64_t{op.length_blocks} * kBlockBytes;
   if (op.src_offset < floor || op.src_offset > buffer_bytes || op.span_bytes > buffer_bytes - op.src_offset) return false;
-  if (op.dst_offset < floor || op.dst_offset > buffer_bytes || copy_bytes > buffer_bytes - op.dst_offset) return false;
-  if (!is_aligned(op.dst_offset, kDirectAlignBytes)) return false;
   const bool disjoint = op.dst_offset + copy_bytes <= op.src_offset || op.src_offset + op.span_bytes <= op.dst_offset;
   return disjoint;
 }
@@ -85,11 +89,8 @@ GatherError gather_blocks_trusted(uint8_t* buf, uint64_t buffer_bytes, const Gat
   BW_ASSERT(buf != nullptr || count == 0);
   BW_ASSERT(failed_index != nullptr);
   for (uint32_t i = 0; i < count; i++) {
-    const GatherOp& op = ops[i];
     BW_ASSERT(records[i] != nullptr);
-    BW_ASSERT(op.length_blocks >= 1 && op.dst_offset <= buffer_bytes &&
-              uint64_t{op.length_blocks} * kBlockBytes <= buffer_bytes - op.dst_offset);
-    BW_ASSERT(is_aligned(op.dst_offset, kDirectAlignBytes));
+    BW_ASSERT(gather_op_shape_valid(ops[i]) && gather_dst_in_bounds(ops[i], 0, buffer_bytes));
   }
   return gather_loop(
       buf, ops, count, failed_index, [&](uint32_t i) { return records[i]; }, decode_record_header);

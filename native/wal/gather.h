@@ -43,6 +43,11 @@ constexpr uint32_t kGatherBlocksMax = kRecordPayloadMax / kBlockBytes;
 // maximal record, an LSN in [1, kLsnMax]. Says nothing of where it points.
 bool gather_op_shape_valid(const GatherOp& op);
 
+// True when op's destination lies inside a buffer of buffer_bytes starting at
+// offset `floor`, 4096-aligned, with room for its blocks. Says nothing of the
+// source.
+bool gather_dst_in_bounds(const GatherOp& op, uint64_t floor, uint64_t buffer_bytes);
+
 // True when op lies inside a buffer of buffer_bytes starting at offset
 // `floor` (src and dst ranges inside, dst aligned, lengths in range, source
 // and destination disjoint).

@@ -194,6 +194,8 @@ class Writer : public ring::Owner {
   void on_read(uint32_t read_index, int32_t result);
   bool copy_from_memory(uint64_t seq, uint64_t start, uint64_t end, uint64_t dest_offset);
   const uint8_t* memory_at(uint64_t seq, uint64_t at, uint64_t* until) const;
+  // Segment seq when it is part of the log (chain or active), else nullptr.
+  const Segment* log_segment(uint64_t seq) const;
   void cache_frame(const Slot& s);
   int submit_read(int fd, uint64_t seq, uint64_t start, uint64_t end, uint64_t dest_offset, const PendingRead& read);
   void trace_progress();

@@ -169,10 +169,8 @@ int Writer::read_span(uint64_t seq, uint64_t offset_bytes, uint32_t length_bytes
       dest_offset > ring_.arena_bytes() || length_bytes > ring_.arena_bytes() - dest_offset) {
     return -EINVAL;
   }
-  auto seg = segments_.find(seq);
-  if (seg == segments_.end()) return -ENOENT;
-  const SegState state = seg->second.state;
-  if (state != SegState::chain && state != SegState::active) return -ENOENT;
+  const Segment* seg = log_segment(seq);
+  if (seg == nullptr) return -ENOENT;
   if (offset_bytes > options_.segment_bytes || length_bytes > options_.segment_bytes - offset_bytes) return -EINVAL;
   const uint64_t end = offset_bytes + length_bytes;
   if (copy_from_memory(seq, offset_bytes, end, dest_offset)) {
@@ -180,17 +178,21 @@ int Writer::read_span(uint64_t seq, uint64_t offset_bytes, uint32_t length_bytes
     return 1;
   }
   PendingRead read{tag, dest_offset, 0, length_bytes, length_bytes, false, true};
-  return submit_read(seg->second.fd, seq, offset_bytes, end, dest_offset, read);
+  return submit_read(seg->fd, seq, offset_bytes, end, dest_offset, read);
+}
+
+const Writer::Segment* Writer::log_segment(uint64_t seq) const {
+  auto seg = segments_.find(seq);
+  if (seg == segments_.end()) return nullptr;
+  const SegState state = seg->second.state;
+  return state == SegState::chain || state == SegState::active ? &seg->second : nullptr;
 }
 
 int Writer::gather_from_memory(uint64_t seq, const GatherOp* ops, uint32_t count, GatherError* err,
                                uint32_t* failed_index) {
   BW_ASSERT(err != nullptr && failed_index != nullptr);
   if (closed_) return -EBADF;
-  auto seg = segments_.find(seq);
-  if (seg == segments_.end()) return -ENOENT;
-  const SegState state = seg->second.state;
-  if (state != SegState::chain && state != SegState::active) return -ENOENT;
+  if (log_segment(seq) == nullptr) return -ENOENT;
   // Every record first: either all of them are copied from memory or none.
   gather_records_.resize(count);
   uint64_t bytes = 0;
