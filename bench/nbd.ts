@@ -51,6 +51,7 @@ import type { ServerCpuDelta } from './lib/server_process';
 import { type VolumeServer, servedStatus, sleep } from './lib/repl_servers';
 import { ServerProcess, cpuBetween, loadAverages } from './lib/server_process';
 import { MIB } from './lib/seq_anchor';
+import { SERVER_NODE_OPTIONS } from '../lib/cli/node_options';
 
 const RANDREAD_QD32_MIN = 1.0;
 const RANDWRITE_QD32_MIN = 1.0;
@@ -259,7 +260,7 @@ async function startBlockwal(ctx: BenchContext, volumeBytes: number): Promise<Si
     command: process.execPath,
     // A block cache as large as the export: nbdkit's file plugin has the
     // page cache, which holds all of it on this machine.
-    args: [BLOCKWAL_MAIN, 'serve', dir, '--nbd', `unix:${socket}`, '--export', EXPORT_NAME, '--block-cache', String(volumeBytes)],
+    args: [...SERVER_NODE_OPTIONS, BLOCKWAL_MAIN, 'serve', dir, '--nbd', `unix:${socket}`, '--export', EXPORT_NAME, '--block-cache', String(volumeBytes)],
     ready: (stderr) => stderr.includes(`on unix:${socket}\n`),
     readyTimeoutMs: READY_TIMEOUT_MS,
   });

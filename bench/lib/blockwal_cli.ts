@@ -15,6 +15,7 @@ import { assert, BenchSkipped } from './bench';
 import { fioVersion } from './fio';
 import { fioHasNbdEngine } from './fio_nbd';
 import { MIB } from './seq_anchor';
+import { SERVER_NODE_OPTIONS } from '../../lib/cli/node_options';
 
 const execFileAsync = promisify(execFile);
 
@@ -39,13 +40,13 @@ export function assertBlockwalBuilt(): void {
   if (!fs.existsSync(BLOCKWAL_MAIN)) throw new Error(`${BLOCKWAL_MAIN} is missing; run npx tsc -p . first`);
 }
 
-/** `node [--cpu-prof ...] main.js ARGS`: the profile, when asked for, is written when the server exits. */
+/** `node SERVER_NODE_OPTIONS [--cpu-prof ...] main.js ARGS` (as the `blockwal` command runs): the profile, when asked for, is written when the server exits. */
 export function blockwalArgs(role: string, profileDir: string | null, startedAt: string, args: readonly string[]): string[] {
   const prof =
     profileDir === null
       ? []
       : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${role}-${startedAt.replace(/[:.]/g, '-')}.cpuprofile`];
-  return [...prof, BLOCKWAL_MAIN, ...args];
+  return [...SERVER_NODE_OPTIONS, ...prof, BLOCKWAL_MAIN, ...args];
 }
 
 /** Runs one blockwal command to completion; rejects with its stderr when it fails. */

@@ -17,6 +17,7 @@ import * as path from 'node:path';
 import { queryControl } from '../node/control';
 import type { NodeStatus } from '../node/storage_node';
 import type { PrimaryReplicationStatus } from '../replication/primary';
+import { SERVER_NODE_OPTIONS } from './node_options';
 
 // dist/lib/cli/demo_nodes.js -> dist/lib/cli/main.js
 export const CLI_JS = path.join(__dirname, 'main.js');
@@ -95,7 +96,7 @@ export class DemoNode {
     this.stderrText = '';
     this.exit = undefined;
     const log = fs.openSync(this.logFile, 'a');
-    const child = spawn(process.execPath, [CLI_JS, 'serve', this.relDir, ...flags], { cwd: this.root, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, [...SERVER_NODE_OPTIONS, CLI_JS, 'serve', this.relDir, ...flags], { cwd: this.root, stdio: ['ignore', 'ignore', 'pipe'] });
     this.child = child;
     live.add(child);
     this.exited = new Promise((resolve) => {

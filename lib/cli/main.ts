@@ -1,5 +1,6 @@
-#!/usr/bin/env node
-// The `blockwal` command: parses arguments and calls the library.
+#!/usr/bin/env -S node --initial-old-space-size=256
+// The `blockwal` command: parses arguments and calls the library. The
+// shebang's Node options are SERVER_NODE_OPTIONS (node_options.ts says why).
 import { runCli } from './cli';
 
 runCli(process.argv.slice(2)).then(

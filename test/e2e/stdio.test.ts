@@ -11,6 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { CLI_JS } from '../support/nbd_server_process';
+import { SERVER_NODE_OPTIONS } from '../../lib/cli/node_options';
 import {
   MiB, createVolume, mustRun, mustRunCli, scopedTempDir, skipUnlessTools, startNbdfuse, testSeed, whyFuseIsImpossible, withScope, writeSeededFile,
   xxh3File,
@@ -19,7 +20,7 @@ import {
 const VOLUME_BYTES = 8 * MiB;
 
 function serveStdio(volumeDir: string): string[] {
-  return [process.execPath, CLI_JS, 'serve', volumeDir, '--nbd', 'stdio'];
+  return [process.execPath, ...SERVER_NODE_OPTIONS, CLI_JS, 'serve', volumeDir, '--nbd', 'stdio'];
 }
 
 test('stdio mode: nbdfuse --command runs the server on its stdin/stdout; written data is the volume content', (t) =>

@@ -39,6 +39,7 @@ import type { ReplicaReplicationStatus } from '../../lib/replication/replica';
 import { RawClient } from '../nbd/raw_client';
 import { CLI_JS, describeExit, describeRun, type ExitStatus, nbdUri, runCli } from './nbd_server_process';
 import { tempDir } from './tmp';
+import { SERVER_NODE_OPTIONS } from '../../lib/cli/node_options';
 
 export const MiB = 1 << 20;
 export const EXPORT_NAME = 'vol';
@@ -173,7 +174,7 @@ export class ClusterNode {
     this.stderrText = '';
     this.exitStatus = undefined;
     this.paused = false;
-    const args = [CLI_JS, 'serve', this.dir, ...flags];
+    const args = [...SERVER_NODE_OPTIONS, CLI_JS, 'serve', this.dir, ...flags];
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     this.child = child;
     live.add(child);

@@ -15,6 +15,7 @@
 // holding a volume lock.
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as path from 'node:path';
+import { SERVER_NODE_OPTIONS } from '../../lib/cli/node_options';
 
 // dist/test/support/ -> dist/lib/cli/main.js
 export const CLI_JS = path.join(__dirname, '..', '..', 'lib', 'cli', 'main.js');
@@ -94,7 +95,7 @@ export class NbdServerProcess {
 
   static async start(options: ServeOptions): Promise<NbdServerProcess> {
     const nbd = 'path' in options.listen ? `unix:${options.listen.path}` : `${options.listen.host}:${options.listen.port}`;
-    const args = [CLI_JS, 'serve', options.volumeDir, '--nbd', nbd, '--export', options.exportName, ...(options.extraArgs ?? [])];
+    const args = [...SERVER_NODE_OPTIONS, CLI_JS, 'serve', options.volumeDir, '--nbd', nbd, '--export', options.exportName, ...(options.extraArgs ?? [])];
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: options.env ?? process.env });
     const stderr = new Tail();
     const server = new NbdServerProcess(child, track(child), stderr, options);
