@@ -206,7 +206,13 @@ export class Flusher {
     // What control records made of the volume up to `to` (the superblock
     // holds the state at its checkpoint; later records are replayed).
     const { features, sizeBytes, durability } = io.state;
-    if (to <= io.sb.fields.checkpointLsn) return;
+    if (to <= io.sb.fields.checkpointLsn) {
+      // Nothing to apply, but appends may wait for a segment that only WAL
+      // kept below the checkpoint occupies: no later checkpoint would come
+      // to release it.
+      if (io.wal.full) await this.releaseKept();
+      return;
+    }
     const { zeros, blocks } = io.dirty.collect(to);
     const startedMs = performance.now();
     // The plan is synchronous work (tens of ms for tens of thousands of
@@ -247,6 +253,23 @@ export class Flusher {
       },
       'checkpoint',
     );
+  }
+
+  // The WAL is full and everything placed is checkpointed: decide the floor
+  // at the checkpoint again (a full WAL keeps nothing for readers or the
+  // budget), record it, then release.
+  private async releaseKept(): Promise<void> {
+    const io = this.io;
+    const floorBefore = this.retention.floor;
+    const walTailLsn = this.walTailAt(io.sb.fields.checkpointLsn);
+    if (walTailLsn <= floorBefore) return;
+    try {
+      await io.sb.update({ walTailLsn });
+    } catch (err) {
+      throw io.fail(err);
+    }
+    io.wal.release(walTailLsn);
+    io.log.info({ checkpointLsn: io.sb.fields.checkpointLsn, walTailLsn, walTailBefore: floorBefore }, 'WAL full with nothing to apply: released what was kept below the checkpoint');
   }
 
   // The WAL floor for the checkpoint at `to`: up to the newest checkpoint

@@ -30,7 +30,9 @@
 //    With a retention budget, the records kept from before the restart go
 //    as the budget's bytes move past them (by the index's byte counts);
 //  - when the WAL is full (appends wait for a segment), neither a pin nor a
-//    hold keeps it: writes never wait on a lagging reader.
+//    hold nor the retention budget keeps it: writes never wait on a lagging
+//    reader. The flusher decides the floor again when the WAL fills with
+//    nothing new to apply (everything placed is checkpointed already).
 import type { Logger } from 'pino';
 
 import type { Ring } from '../native/ring';
@@ -180,6 +182,11 @@ export class WalRetention {
       }
       // Records from before the restart have no marks: keep the budget's bytes of them.
       if (this.lsnInherited !== undefined) releasable = Math.max(releasable, Math.min(this.lsnInherited, this.index.lsnKeeping(this.limits.retentionBytes)));
+      // Writes never wait for the budget either: a full WAL lets go of it.
+      if (f.walFull && releasable < f.to) {
+        this.log.warn({ lsnKept: releasable, checkpointLsn: f.to, retentionBytes: this.limits.retentionBytes }, 'WAL full: releasing WAL the retention budget keeps');
+        releasable = f.to;
+      }
     }
     if (f.pin !== undefined && f.pin - 1 < releasable) {
       const heldBytes = this.index.bytesAfter(f.pin - 1);
@@ -199,6 +206,11 @@ export class WalRetention {
     }
     this.lsnTail = Math.max(this.lsnTail, Math.min(f.to, releasable));
     if (this.lsnInherited !== undefined && this.lsnTail >= this.lsnInherited) this.lsnInherited = undefined;
+    return this.lsnTail;
+  }
+
+  // Every record after it is kept (the floor the last decide() returned).
+  get floor(): number {
     return this.lsnTail;
   }
 

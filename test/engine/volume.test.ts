@@ -221,6 +221,38 @@ test('the retention budget keeps checkpointed WAL; without it the WAL is release
   assert.ok(none.checkpoint - none.tail < kept.checkpoint - kept.tail, `released ${JSON.stringify(none)}`);
 });
 
+// With a retention budget, a checkpoint keeps the WAL back to the newest
+// earlier checkpoint at least that many bytes behind. Filled with no
+// checkpoint before, the first one (under pressure) finds no such mark, and
+// the next has nothing to apply: only the rule that a full WAL keeps nothing
+// for the budget lets the writes go on.
+test('a full WAL with a retention budget and nothing left to apply still takes writes', { timeout: 30_000 }, async () => {
+  const { dir, cleanup } = tempDir('volfullret');
+  const vol = await Volume.create(path.join(dir, 'v'), {
+    sizeBytes: 16 * MiB,
+    walSegmentBytes: MiB,
+    walSegmentsMax: 4,
+    walRetentionBytes: MiB,
+    flushIdleMs: 0,
+    flushTriggerBytes: 1 << 30,
+  });
+  try {
+    const chunk = 256 * 1024;
+    for (let i = 0; i < 40; i++) await vol.write((i * chunk) % (16 * MiB), Buffer.alloc(chunk, i + 1));
+    const s = vol.status();
+    assert.ok(s.checkpoints >= 2, `checkpoints ran under WAL pressure (${s.checkpoints})`);
+    assert.ok(s.walSegments <= 4);
+    for (let i = 0; i < 40; i++) {
+      const at = (i * chunk) % (16 * MiB);
+      if (i + 16 < 40 && at === ((i + 16) * chunk) % (16 * MiB)) continue; // overwritten later
+      assert.ok((await vol.read(at, chunk)).every((b) => b === i + 1), `chunk ${i}`);
+    }
+  } finally {
+    await vol.close();
+    cleanup();
+  }
+});
+
 test('a volume stopped while every WAL segment held live records reopens and takes writes', { timeout: 60000 }, async () => {
   const { dir, cleanup } = tempDir('volfullreopen');
   const volDir = path.join(dir, 'v');

@@ -177,6 +177,21 @@ test('WalRetention: the floor a checkpoint records, for each rule', () => {
   assert.throws(() => inherited.decide(at(40)), /floor 50 above the checkpoint 40/);
 });
 
+test('WalRetention: a full WAL keeps nothing for the retention budget; the floor it gives is the checkpoint', () => {
+  const r = retentionOver({ retentionBytes: 5000, pinBudgetBytes: 2000 }, 60, 60);
+  // Marks at each checkpoint; the floor follows the newest one 5000 WAL bytes behind.
+  assert.equal(r.decide({ to: 70, walBytes: 1000, pin: undefined, walFull: false }), 60);
+  assert.equal(r.decide({ to: 80, walBytes: 3000, pin: undefined, walFull: false }), 60, 'no mark 5000 bytes behind yet');
+  assert.equal(r.floor, 60);
+  // Full: the budget gives way, whether or not records arrived since the last checkpoint.
+  assert.equal(r.decide({ to: 80, walBytes: 3000, pin: undefined, walFull: true }), 80);
+  assert.equal(r.floor, 80);
+  assert.equal(r.decide({ to: 90, walBytes: 4000, pin: 61, walFull: true }), 90, 'nor does a pin keep a full WAL');
+  // Afterwards the budget keeps WAL again, from marks after the full one.
+  assert.equal(r.decide({ to: 100, walBytes: 5000, pin: undefined, walFull: false }), 90);
+  assert.equal(r.decide({ to: 110, walBytes: 10_000, pin: undefined, walFull: false }), 100);
+});
+
 test('a pinned WAL survives close and reopen: walTail is the floor, records below the checkpoint read back as shipped, nothing is re-applied', { timeout: 60_000 }, () =>
   withDir('wal-restart-clean', async (f) => {
     const v = await create(f);
