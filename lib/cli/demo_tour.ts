@@ -186,7 +186,18 @@ async function wipeAndRebuild(t: Tour, client: NbdClient, workload: FsWorkload):
   fs.rmSync(t.r2.dir, { recursive: true, force: true });
   await runBlockwal(['create', t.r2.relDir, ...CREATE_FLAGS], t.root);
   say(`   ${await writeSome(t, client, workload, WHILE_WIPED_BYTES)}`);
-  const s = await t.p.primaryStatus();
+  // A checkpoint recycles the start of the primary's WAL (the idle one comes
+  // 1–2 s after the writes); until then an empty replica could be caught up.
+  let tail = 0;
+  const s = await until(
+    'the primary to checkpoint and recycle the start of its WAL',
+    async () => {
+      const st = await t.p.primaryStatus();
+      tail = st.wal.lsnTail;
+      return tail > 0 ? st : undefined;
+    },
+    explainWith(t, () => `the primary's WAL still starts at LSN ${tail}`),
+  );
   say(`   the primary's WAL now starts at LSN ${s.wal.lsnTail} (head ${(await primaryVolume(t)).lsnHead}): checkpointed and recycled before that, so an`);
   say('   empty replica cannot be caught up from it');
 
