@@ -7,7 +7,7 @@
 // and a sweep. With a 256 MB initial old space, that garbage gathers first
 // and a full collection comes a few times a minute. Measured on the 2-vCPU
 // reference machine (fio 4 KiB randwrite qd32 through NBD, 8 s): server CPU
-// per write 23–24 → 15–16 µs on one node, primary + replica 66–70 →
+// per write 23–28 → 15–16 µs on one node, primary + replica 64–70 →
 // 48–49 µs; RSS about 50 MB higher.
 //
 // V8 reads this flag only when the process starts, and NODE_OPTIONS may not
