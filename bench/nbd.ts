@@ -26,6 +26,19 @@
 // ≥ 1, randwrite fsync=1 qd32 ≥ 5 (group commit must amortise flushes), and
 // at qd 1 a p50 latency at most 1.5× nbdkit's.
 //
+// Bounds from the same run, printed next to the two targets that this
+// machine puts out of reach (informational ratios, no target):
+//   qd1 write p50 floor = (blockwal's randread qd1 p50, a round trip through
+//   the same client and server with no disk, + the disk's own 4 KiB O_DIRECT
+//   write p50 at qd 1, fio io_uring on a file in the scratch dir after the
+//   servers stopped) / nbdkit's randwrite qd1 p50: a write may be answered
+//   only once its WAL write is done (DESIGN §3), so no server overhead at all
+//   would still leave blockwal here;
+//   fsync=1 ceiling = blockwal's randwrite qd32 without flushes / nbdkit's
+//   fsync=1 figure: a FLUSH after each write adds requests and makes every
+//   WAL group a durable one, so the flushed workload cannot beat the same
+//   writes unflushed.
+//
 // CPU per request answers "where does the server's CPU go": the server's
 // utime+stime from /proc/PID/stat (all threads, io_uring workers included)
 // over the fio run, divided by the NBD requests (data requests + FLUSHes) that
@@ -42,7 +55,7 @@ import type { Bench, BenchContext } from './lib/bench';
 import { BenchSkipped, assert } from './lib/bench';
 import { cpuSince, cpuSnapshot, otherLoadPct } from './lib/cpu';
 import { type DiskWindow, diskSince, diskSnapshot, diskText } from './lib/disk';
-import { fioVersion } from './lib/fio';
+import { fioVersion, prewriteFile, runFio } from './lib/fio';
 import type { NbdFioJob, NbdFioMeasurement } from './lib/fio_nbd';
 import { fioHasNbdEngine, nbdUnixUri, runNbdFio } from './lib/fio_nbd';
 import type { BenchResult, Figure, Ratio, TargetOp } from './lib/report';
@@ -63,6 +76,8 @@ const MIN_VOLUME_BYTES = 64 * MIB;
 /** The engine's default WAL can grow to 64 × 64 MiB before it must checkpoint. */
 const WAL_MAX_BYTES = 4096 * MIB;
 const FREE_SPACE_MARGIN_BYTES = 512 * MIB;
+/** The file the disk's own write latency is measured on (after the servers stop). */
+const DISK_FLOOR_FILE_BYTES = 256 * MIB;
 const EXPORT_NAME = 'bench';
 const PREFILL_BS_BYTES = MIB;
 const PREFILL_IODEPTH = 8;
@@ -153,6 +168,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
   } finally {
     for (const side of [...sides].reverse()) ctx.log(`stopped: ${await side.server.stop()}`);
   }
+  const disk = await measureDiskWrite(ctx);
   const loadavgEnd = loadAverages();
   ctx.log(`loadavg at end: ${loadavgEnd}`);
 
@@ -161,7 +177,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
     description: bench.description,
     startedAt,
     env: { fio: tools.fio, nbdkit: tools.nbdkit, exportMiB: volumeBytes / MIB, loadavgStart, loadavgEnd },
-    anchors: pairs.map((p) => p.nbdkit.figure),
+    anchors: [...pairs.map((p) => p.nbdkit.figure), disk],
     subjects: pairs.map((p) => p.blockwal.figure),
     ratios: [
       ...pairs.map((p) => ratio(`${p.w.label}: blockwal/nbdkit`, p.blockwal.figure, p.nbdkit.figure, '>=', p.w.minRatio)),
@@ -171,6 +187,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
           valueRatio(`${p.w.label} p50 latency: blockwal/nbdkit`, p, p50Us, '<=', p.w.latencyTarget ? QD1_P50_RATIO_MAX : null),
         ),
       ...pairs.map((p) => valueRatio(`${p.w.label} server cpu/request: blockwal/nbdkit`, p, (m) => m.figure.cpuUsPerOp!, '<=', null)),
+      ...bounds(pairs, disk),
     ],
     checks: [],
     notes: [
@@ -181,9 +198,82 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
       'for the fsync=1 workload the figure is write IOPS; fio issued about one FLUSH per write, so requests ≈ 2 × writes',
       'nbdkit keeps written data in the page cache and leaves write-back to the kernel; that CPU (kworker) is not in its figures',
       'nbdkit\'s reads come from the page cache (the prefilled export fits in RAM); blockwal\'s from its block cache (as large as the export) for reads of up to 128 KiB, and with O_DIRECT from base.img/WAL for larger ones',
+      'bounds (same run, no target): qd1 write p50 floor = (blockwal randread qd1 p50 + disk write qd1 p50) / nbdkit randwrite qd1 p50, what blockwal would reach with no write overhead at all, since a write is answered only after its WAL write; fsync=1 ceiling = blockwal randwrite qd32 without flushes / nbdkit fsync=1',
       cpuNote(pairs),
     ],
   };
+}
+
+// The disk's own 4 KiB O_DIRECT write latency at qd 1 (no fdatasync), on a
+// file in the scratch dir, with both servers stopped.
+async function measureDiskWrite(ctx: BenchContext): Promise<Figure> {
+  const file = path.join(ctx.dir, 'disk-floor.dat');
+  try {
+    await prewriteFile(file, DISK_FLOOR_FILE_BYTES, ctx.dir);
+    await ctx.settle();
+    ctx.log(`measuring the disk: fio io_uring randwrite 4k qd1 O_DIRECT for ${ctx.measureMs / 1000} s`);
+    const m = await runFio(
+      {
+        name: 'disk-write-qd1',
+        filename: file,
+        rw: 'randwrite',
+        bsBytes: BLOCK_BYTES,
+        sizeBytes: DISK_FLOOR_FILE_BYTES,
+        ioengine: 'io_uring',
+        iodepth: 1,
+        direct: true,
+        fdatasyncEvery: 0,
+        runtimeMs: ctx.measureMs,
+        rampMs: ctx.warmupMs,
+      },
+      ctx.dir,
+    );
+    const figure: Figure = {
+      name: 'disk randwrite 4k qd1 (fio io_uring, O_DIRECT)',
+      value: m.iops,
+      unit: 'IOPS',
+      cpuUsPerOp: m.cpuUsPerOp,
+      latencyUs: { mean: m.latNs.mean / 1000, p50: m.latNs.p50 / 1000, p99: m.latNs.p99 / 1000 },
+      detail: `the disk alone, no server: p50 ${fmt(m.latNs.p50 / 1000)} µs`,
+    };
+    ctx.log(`disk randwrite 4k qd1: p50 ${fmt(figure.latencyUs!.p50)} µs, ${fmt(m.iops)} IOPS`);
+    return figure;
+  } finally {
+    fs.rmSync(file, { force: true });
+  }
+}
+
+// The two bounds the header describes, as informational ratios.
+function bounds(pairs: readonly { w: Workload; nbdkit: Measured; blockwal: Measured }[], disk: Figure): Ratio[] {
+  const byId = (id: string) => pairs.find((p) => p.w.id === id);
+  const out: Ratio[] = [];
+  const readQd1 = byId('randread-4k-qd1');
+  const writeQd1 = byId('randwrite-4k-qd1');
+  if (readQd1 !== undefined && writeQd1 !== undefined) {
+    out.push({
+      name: 'randwrite 4k qd1 p50 floor: (blockwal randread qd1 + disk write) / nbdkit',
+      subject: `${readQd1.blockwal.figure.name} + ${disk.name}`,
+      anchor: writeQd1.nbdkit.figure.name,
+      value: (p50Us(readQd1.blockwal) + disk.latencyUs!.p50) / p50Us(writeQd1.nbdkit),
+      op: '<=',
+      target: null,
+      pass: null,
+    });
+  }
+  const writeQd32 = byId('randwrite-4k-qd32');
+  const fsync = byId('randwrite-4k-qd32-fsync1');
+  if (writeQd32 !== undefined && fsync !== undefined) {
+    out.push({
+      name: 'randwrite 4k qd32 fsync=1 ceiling: blockwal without flushes / nbdkit fsync=1',
+      subject: writeQd32.blockwal.figure.name,
+      anchor: fsync.nbdkit.figure.name,
+      value: writeQd32.blockwal.figure.value / fsync.nbdkit.figure.value,
+      op: '>=',
+      target: null,
+      pass: null,
+    });
+  }
+  return out;
 }
 
 function workload(
@@ -224,7 +314,7 @@ function volumeBytesFromEnv(env: NodeJS.ProcessEnv): number {
 function checkFreeSpace(dir: string, volumeBytes: number): void {
   const st = fs.statfsSync(dir);
   const freeBytes = st.bavail * st.bsize;
-  const neededBytes = 2 * volumeBytes + WAL_MAX_BYTES + FREE_SPACE_MARGIN_BYTES;
+  const neededBytes = 2 * volumeBytes + WAL_MAX_BYTES + DISK_FLOOR_FILE_BYTES + FREE_SPACE_MARGIN_BYTES;
   if (freeBytes < neededBytes) {
     throw new BenchSkipped(`not enough space in ${dir}: ${fmt(freeBytes / MIB)} MiB free, ${fmt(neededBytes / MIB)} MiB needed`);
   }
