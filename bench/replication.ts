@@ -54,6 +54,7 @@
 // counts as idle below IDLE_BUSY_PCT_PROFILED (the sampler's own CPU).
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 import type { PrimaryReplicationStatus } from '../lib/replication/primary';
@@ -275,6 +276,7 @@ function report(r: ReportInput): BenchResult {
       ...r.pairs.filter((p) => p.w.latencyTarget).map((p) => latencyRatio(p, r.rtt)),
       ...r.pairs.map((p) => cpuRatio(`${p.w.label} primary cpu/request: replicated/single`, p, false)),
       ...r.pairs.map((p) => cpuRatio(`${p.w.label} primary+replica cpu/request: replicated/single`, p, true)),
+      ...r.pairs.filter((p) => p.w.minRatio !== null).map((p) => cpuCeiling(p)),
     ],
     checks: [],
     notes: [
@@ -285,6 +287,7 @@ function report(r: ReportInput): BenchResult {
       'lag = the primary\'s view of its replica right after the window: head − received LSN (and bytes, seconds), and head − applied LSN',
       'for the fsync=1 workload the figure is write IOPS; fio issued about one FLUSH per write, so requests ≈ 2 × writes',
       `sanity: replica streaming and in the ack set through every window, caught up at the end, all servers exited 0, checksum of primary and replica both ${r.checksum}`,
+      `cpu ceiling (no target): the replicated IOPS this machine's ${os.availableParallelism()} CPUs could carry at the CPU one write took (primary + replica + fio, each per write: a server's µs per request × requests per write), over the single node's IOPS; below a target, that target needs less CPU per write, not only shorter waits`,
       cpuNote(r.pairs),
       ...(r.profileDir === null ? [] : [`servers ran under node --cpu-prof (profiles in ${r.profileDir}): figures carry the profiler's overhead`]),
     ],
@@ -658,6 +661,24 @@ function cpuRatio(name: string, p: Pair, withReplica: boolean): Ratio {
     anchor: p.single.figure.name,
     value: replicated / p.single.frontCpuUsPerRequest,
     op: '<=',
+    target: null,
+    pass: null,
+  };
+}
+
+// The replicated IOPS that all CPUs could carry at the CPU one replicated
+// write took (both servers and fio), over the single node's IOPS.
+function cpuCeiling(p: Pair): Ratio {
+  const r = p.replicated;
+  const requestsPerWrite = 1 + (p.w.fsyncEvery > 0 ? 1 / p.w.fsyncEvery : 0);
+  const usPerWrite = (r.frontCpuUsPerRequest + r.replicaCpuUsPerRequest!) * requestsPerWrite + r.raw.cpuUsPerOp;
+  const ceilingIops = (os.availableParallelism() * 1e6) / usPerWrite;
+  return {
+    name: `${p.w.label} cpu ceiling: (cpus / cpu per replicated write) / single`,
+    subject: r.figure.name,
+    anchor: p.single.figure.name,
+    value: ceilingIops / p.single.figure.value,
+    op: '>=',
     target: null,
     pass: null,
   };
