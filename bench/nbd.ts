@@ -27,7 +27,7 @@
 // at qd 1 a p50 latency at most 1.5× nbdkit's.
 //
 // Bounds from the same run, printed next to the two targets that this
-// machine puts out of reach (informational ratios, no target):
+// machine puts out of reach or at its edge (informational ratios, no target):
 //   qd1 write p50 floor = (blockwal's randread qd1 p50, a round trip through
 //   the same client and server with no disk, + the disk's own 4 KiB O_DIRECT
 //   write p50 at qd 1, fio io_uring on a file in the scratch dir after the
@@ -55,7 +55,8 @@ import type { Bench, BenchContext } from './lib/bench';
 import { BenchSkipped, assert } from './lib/bench';
 import { cpuSince, cpuSnapshot, otherLoadPct } from './lib/cpu';
 import { type DiskWindow, diskSince, diskSnapshot, diskText } from './lib/disk';
-import { fioVersion, prewriteFile, runFio } from './lib/fio';
+import { measureFioJob } from './lib/anchors';
+import { fioVersion, prewriteFile } from './lib/fio';
 import type { NbdFioJob, NbdFioMeasurement } from './lib/fio_nbd';
 import { fioHasNbdEngine, nbdUnixUri, runNbdFio } from './lib/fio_nbd';
 import type { BenchResult, Figure, Ratio, TargetOp } from './lib/report';
@@ -210,9 +211,8 @@ async function measureDiskWrite(ctx: BenchContext): Promise<Figure> {
   const file = path.join(ctx.dir, 'disk-floor.dat');
   try {
     await prewriteFile(file, DISK_FLOOR_FILE_BYTES, ctx.dir);
-    await ctx.settle();
-    ctx.log(`measuring the disk: fio io_uring randwrite 4k qd1 O_DIRECT for ${ctx.measureMs / 1000} s`);
-    const m = await runFio(
+    const { raw: m } = await measureFioJob(
+      ctx,
       {
         name: 'disk-write-qd1',
         filename: file,
@@ -226,7 +226,7 @@ async function measureDiskWrite(ctx: BenchContext): Promise<Figure> {
         runtimeMs: ctx.measureMs,
         rampMs: ctx.warmupMs,
       },
-      ctx.dir,
+      'the disk: fio io_uring randwrite 4k qd1 O_DIRECT',
     );
     const figure: Figure = {
       name: 'disk randwrite 4k qd1 (fio io_uring, O_DIRECT)',
