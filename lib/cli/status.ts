@@ -3,7 +3,7 @@
 import { Volume, type VolumeStatus } from '../engine/volume';
 import { queryControl } from '../node/control';
 import type { NodeStatus } from '../node/storage_node';
-import type { PrimaryReplicationStatus } from '../replication/primary';
+import type { AckWaitCounts, PrimaryReplicationStatus } from '../replication/primary';
 import type { ReplicaReplicationStatus } from '../replication/replica';
 import { bar, type Command, formatBytes, parse, progressBar } from './args';
 import { help } from './create';
@@ -92,6 +92,8 @@ function renderReplication(r: PrimaryReplicationStatus | ReplicaReplicationStatu
   const lines = [
     `  primary    ${r.durability}, ${r.mode}${r.reason === undefined ? '' : ` (${r.reason})`}, commit ${r.lsnCommit}, ack set ${r.ackSet.length} of ${r.replicas.length}`,
   ];
+  const { writes, flushes } = r.ackWait;
+  if (writes.total + flushes.total > 0) lines.push(`  acks held  for the replicas: ${ackWaitText('writes', writes)}; ${ackWaitText('flushes', flushes)}`);
   for (const p of r.replicas) {
     lines.push(
       `  replica    ${p.address}${p.nodeId === undefined ? '' : ` (${p.nodeId})`}: ${p.state}${p.reason === undefined ? '' : ` (${p.reason})`}${p.inAckSet ? '' : ', not in the ack set'}`,
@@ -123,4 +125,12 @@ function renderReplication(r: PrimaryReplicationStatus | ReplicaReplicationStatu
     lines.push(`  rebuild    base lane pace ${pace}${target}`);
   }
   return lines.join('\n') + '\n';
+}
+
+// "writes 97 % of 12345, 0.35 ms each": how many acknowledgements the
+// replicas held up and by how much on average.
+function ackWaitText(what: string, c: AckWaitCounts): string {
+  if (c.total === 0) return `${what} none yet`;
+  const share = Math.round((100 * c.held) / c.total);
+  return `${what} ${share} % of ${c.total}${c.held === 0 ? '' : `, ${((1000 * c.heldSeconds) / c.held).toFixed(2)} ms each`}`;
 }

@@ -3,7 +3,7 @@
 import { Gauge, Registry } from 'prom-client';
 
 import type { VolumeStatus } from '../engine/volume';
-import type { PrimaryReplicationStatus } from '../replication/primary';
+import type { AckWaitCounts, PrimaryReplicationStatus } from '../replication/primary';
 import type { ReplicaReplicationStatus } from '../replication/replica';
 
 export interface VolumeGaugeSource {
@@ -145,6 +145,25 @@ export class NodeMetrics {
         for (const { exportName, r } of primaries()) this.set({ export: exportName }, r.lsnCommit);
       },
     });
+    const ackWaitFields: [string, string, (c: AckWaitCounts) => number][] = [
+      ['blockwal_replication_acks', 'Primary: acknowledgements asked of the durability mode since start (kind write: received on the replicas; flush: durable there)', (c) => c.total],
+      ['blockwal_replication_acks_held', 'Primary: acknowledgements that waited for the replicas since start', (c) => c.held],
+      ['blockwal_replication_acks_held_seconds', 'Primary: seconds those acknowledgements waited in all (a write from when the local WAL had it, a flush from its start)', (c) => c.heldSeconds],
+    ];
+    for (const [name, help, pick] of ackWaitFields) {
+      new Gauge({
+        name,
+        help,
+        labelNames: ['export', 'kind'],
+        registers,
+        collect() {
+          for (const { exportName, r } of primaries()) {
+            this.set({ export: exportName, kind: 'write' }, pick(r.ackWait.writes));
+            this.set({ export: exportName, kind: 'flush' }, pick(r.ackWait.flushes));
+          }
+        },
+      });
+    }
     const replicaFields: [string, string, (p: PrimaryReplicationStatus['replicas'][number]) => number][] = [
       ['blockwal_replica_lag_lsn', 'Records the replica has not acknowledged', (p) => p.lagLsn],
       ['blockwal_replica_lag_bytes', 'Bytes of records the replica has not acknowledged', (p) => p.lagBytes],

@@ -150,7 +150,21 @@ export interface PrimaryReplicationStatus {
   wal: { lsnTail: number; retainedBytes: number; budgetBytes: number; writeBytesPerSecond: number };
   // The rebuild base lane's pace now (0: unthrottled), and the latency target steering it (0: none).
   rebuildPace: { bytesPerSecond: number; latencyTargetMs: number };
+  // Acknowledgements the durability mode made wait for the replicas since
+  // this primary started: writes (received there) and flushes and FUA
+  // writes (durable there).
+  ackWait: { writes: AckWaitCounts; flushes: AckWaitCounts };
   replicas: ReplicaPeerStatus[];
+}
+
+// total: acknowledgements asked for; held: those the replicas had not yet
+// answered; heldSeconds: how long those waited in all. A write waits from
+// when this node's WAL has it, a FLUSH from its start (the local flush runs
+// meanwhile), so heldSeconds / held is what replication adds to a write.
+export interface AckWaitCounts {
+  total: number;
+  held: number;
+  heldSeconds: number;
 }
 
 const RECORDS_PER_FRAME_MAX = 4096;
@@ -204,6 +218,10 @@ function zeroChunk(bytes: number): { zeros: Buffer; digest: bigint } {
   return z;
 }
 
+function ackWaitCounts(c: { total: number; held: number; heldMs: number }): AckWaitCounts {
+  return { total: c.total, held: c.held, heldSeconds: c.heldMs / 1000 };
+}
+
 function roundOrUndefined(x: number | undefined): number | undefined {
   return x === undefined ? undefined : Math.round(x);
 }
@@ -229,6 +247,7 @@ export class PrimaryReplication implements AckGate {
   private readonly peers: ReplicaPeer[];
   private readonly backlog: Backlog;
   private waiters: Waiter[] = [];
+  private readonly ackWait = { writes: { total: 0, held: 0, heldMs: 0 }, flushes: { total: 0, held: 0, heldMs: 0 } };
   private fenced: BlockwalError | undefined;
   private degradedReason: string | undefined;
   private lsnCommit = 0;
@@ -344,7 +363,10 @@ export class PrimaryReplication implements AckGate {
 
   private wait(lsn: number, durable: boolean): Promise<void> {
     if (this.fenced !== undefined) return Promise.reject(this.fenced);
+    const counts = durable ? this.ackWait.flushes : this.ackWait.writes;
+    counts.total++;
     if (this.satisfied(lsn, durable)) return Promise.resolve();
+    counts.held++;
     if (durable) for (const p of this.peers) p.requestSync(lsn);
     return new Promise<void>((resolve, reject) => this.waiters.push({ lsn, durable, sinceMs: performance.now(), resolve, reject }));
   }
@@ -376,9 +398,13 @@ export class PrimaryReplication implements AckGate {
       const received = this.ackedLsn(false);
       const durable = this.ackedLsn(true);
       const keep: Waiter[] = [];
+      let now = 0;
       for (const w of this.waiters) {
-        if (w.lsn <= (w.durable ? durable : received)) w.resolve();
-        else keep.push(w);
+        if (w.lsn <= (w.durable ? durable : received)) {
+          if (now === 0) now = performance.now();
+          (w.durable ? this.ackWait.flushes : this.ackWait.writes).heldMs += now - w.sinceMs;
+          w.resolve();
+        } else keep.push(w);
       }
       this.waiters = keep;
     }
@@ -720,6 +746,7 @@ export class PrimaryReplication implements AckGate {
       wal: { lsnTail: walTail, retainedBytes: this.volume.walBytesAfter(walTail), budgetBytes, writeBytesPerSecond: Math.round(this.writeBytesPerSecond) },
       recovery: this.recovery,
       rebuildPace: { bytesPerSecond: Math.round(this.rebuildRate), latencyTargetMs: this.rebuildLatencyTargetMs },
+      ackWait: { writes: ackWaitCounts(this.ackWait.writes), flushes: ackWaitCounts(this.ackWait.flushes) },
       replicas: this.peers.map((p) => {
         const oldest = this.backlog.get(p.lsnReceived + 1);
         const lagging = p.lsnReceived < head && p.state !== 'failed';

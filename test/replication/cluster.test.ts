@@ -17,6 +17,7 @@ import * as assert from 'node:assert/strict';
 
 import { Cluster, MiB, NbdSession, readMembership, settled, until, withCluster } from '../support/cluster';
 import { assertSameApplied, assertSameChecksums, checkFio, type FioWorkload, runFio, skipWithoutFioNbd, startFio } from '../support/cluster_fio';
+import { runCli } from '../support/nbd_server_process';
 
 const BLOCK_BYTES = 4096;
 
@@ -42,6 +43,12 @@ test('sync_all, one replica: fio verify over 2 connections; same apply checksum 
     const p = await cluster.waitCurrent();
     assert.equal(p.mode, 'healthy', `mode after the run: ${p.reason}`);
     assert.equal(p.durability, 'sync_all');
+    // What the replica held up: every acknowledgement fio asked for is counted.
+    const { writes, flushes } = p.ackWait;
+    assert.ok(writes.total > 0 && flushes.total > 0, `acknowledgements counted: ${JSON.stringify(p.ackWait)}`);
+    for (const c of [writes, flushes]) assert.ok(c.held <= c.total && (c.held === 0 ? c.heldSeconds === 0 : c.heldSeconds > 0), JSON.stringify(c));
+    const text = await runCli(['status', cluster.primary.dir]);
+    assert.match(text.stdout, /acks held {2}for the replicas: writes \d+ % of \d+.*; flushes \d+ % of \d+/, text.stdout);
     await assertSameApplied(cluster, (FIO_SMALL.jobs * FIO_SMALL.jobBytes) / BLOCK_BYTES);
     await cluster.stopAll();
     const sums = await assertSameChecksums(cluster);

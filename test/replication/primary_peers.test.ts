@@ -325,3 +325,76 @@ test('a rebuild latency target steers the base lane: slower while acknowledged w
     await fake.close();
   }
 });
+
+test('sync_all: the status counts the acknowledgements the replica held up, and how long; one it had already answered is not held', async () => {
+  // Answers HELLO; acknowledges records (received, and durable on a SYNC)
+  // only when the test lets it.
+  let received = 0;
+  const fake = await fakeReplica((frame, link) => {
+    if (frame.type === 'hello') link.send(replicaHello(frame));
+    if (frame.type === 'wal_records') received = frame.records[frame.records.length - 1]!.lsn;
+  });
+  const ack = (link: ReplicationLink, lsn: number, durable: number): void => {
+    link.send({ type: 'ack', epoch: 1, lsnReceived: lsn, lsnDurable: durable, lsnApplied: 0, applyChecksum: 0n, lsnCheckpoint: 0 });
+  };
+  try {
+    await withPrimary([fake.port], { durability: 'sync_all' }, async ({ volume, peer, primary }) => {
+      await until('streaming', () => peer().state === 'streaming');
+      const counts = (): { writes: unknown; flushes: unknown } => {
+        const { writes, flushes } = primary.status().ackWait;
+        return { writes: { total: writes.total, held: writes.held }, flushes: { total: flushes.total, held: flushes.held } };
+      };
+      assert.deepEqual(counts(), { writes: { total: 0, held: 0 }, flushes: { total: 0, held: 0 } });
+
+      // Held: the replica has the record but has not said so.
+      const first = await volume.write(0, Buffer.alloc(4096, 1));
+      let done = false;
+      const pending = primary.written(first, false).then(() => (done = true));
+      await until('the record reached the replica', () => received === first);
+      await new Promise((r) => setTimeout(r, 20));
+      assert.equal(done, false, 'not acknowledged before the replica answers');
+      assert.deepEqual(counts().writes, { total: 1, held: 1 });
+      assert.equal(primary.status().ackWait.writes.heldSeconds, 0, 'nothing counted while it still waits');
+      ack(fake.links[0]!, first, 0);
+      await pending;
+      const heldSeconds = primary.status().ackWait.writes.heldSeconds;
+      assert.ok(heldSeconds > 0, `the wait is counted once it ends: ${heldSeconds}`);
+
+      // Not held: the replica answered before the gate was asked.
+      const second = await volume.write(4096, Buffer.alloc(4096, 2));
+      await until('the second record reached the replica', () => received === second);
+      ack(fake.links[0]!, second, 0);
+      await until('the primary has the answer', () => peer().lsnReceived === second);
+      await primary.written(second, false);
+      assert.deepEqual(counts().writes, { total: 2, held: 1 });
+      assert.equal(primary.status().ackWait.writes.heldSeconds, heldSeconds, 'an acknowledgement that did not wait adds no time');
+
+      // A flush waits for durability there.
+      const flushed = primary.flushed(second);
+      assert.deepEqual(counts().flushes, { total: 1, held: 1 });
+      ack(fake.links[0]!, second, second);
+      await flushed;
+      assert.ok(primary.status().ackWait.flushes.heldSeconds > 0);
+    });
+  } finally {
+    await fake.close();
+  }
+});
+
+test('best_effort: acknowledgements are counted and never held', async () => {
+  const fake = await fakeReplica((frame, link) => {
+    if (frame.type === 'hello') link.send(replicaHello(frame));
+  });
+  try {
+    await withPrimary([fake.port], { durability: 'best_effort' }, async ({ volume, peer, primary }) => {
+      await until('streaming', () => peer().state === 'streaming');
+      for (let i = 0; i < 3; i++) await primary.written(await volume.write(i * 4096, Buffer.alloc(4096, i + 1)), false);
+      await primary.flushed(volume.lsnHead);
+      const { writes, flushes } = primary.status().ackWait;
+      assert.deepEqual(writes, { total: 3, held: 0, heldSeconds: 0 });
+      assert.deepEqual(flushes, { total: 1, held: 0, heldSeconds: 0 });
+    });
+  } finally {
+    await fake.close();
+  }
+});
