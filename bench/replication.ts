@@ -57,7 +57,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import type { PrimaryReplicationStatus } from '../lib/replication/primary';
+import type { AckWaitCounts, PrimaryReplicationStatus } from '../lib/replication/primary';
 import type { Bench, BenchContext } from './lib/bench';
 import { BenchSkipped, assert } from './lib/bench';
 import { probeNbdBenchTools, blockwalArgs, createVolume } from './lib/blockwal_cli';
@@ -491,6 +491,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
   const diskStart = diskSnapshot(ctx.dir);
   const frontStart = side.front.server.cpuSample();
   const replicaStart = side.replica?.server.cpuSample() ?? null;
+  const acksStart = side.replica === null ? null : (await primaryStatus(side)).repl.ackWait;
   const raw = await runNbdFio(job, ctx.dir).catch((err: unknown) => {
     for (const node of nodesOf(side)) node.server.assertAlive(); // a dead server explains fio's failure better
     throw err;
@@ -500,10 +501,12 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
   const host = cpuSince(hostStart);
   const disk = diskSince(diskStart);
   let lag: ReplicaLag | null = null;
+  let acks = '';
   if (side.replica !== null) {
     const { head, repl } = await primaryStatus(side);
     assertReplicating(repl, `after ${side.name} ${w.label}`);
     lag = lagOf(head, repl);
+    acks = acksHeldText(acksStart!, repl.ackWait);
   }
   const deferred = await waitForIdle(ctx, side);
 
@@ -518,7 +521,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
     cpuText(side.front.server.name, front, deferred[0]!, requestsInRun),
     ...(replica === null ? [] : [cpuText('replica', replica, deferred[1]!, requestsInRun)]),
     ...(disk === null ? [] : [diskText(disk, (raw.ops * 1000) / raw.runtimeMs, 'write')]),
-    ...(lag === null ? [] : [`replica ${lagText(lag)} after the window`]),
+    ...(lag === null ? [] : [`replica ${lagText(lag)} after the window`, acks]),
   ].join('; ');
   return {
     raw,
@@ -559,6 +562,19 @@ function cpuText(name: string, cpu: ServerCpuDelta, deferred: ServerCpuDelta, re
     `${name} cpu µs/req ${perReq(cpu.totalUs)} (user ${perReq(cpu.userUs)} sys ${perReq(cpu.systemUs)}; ${threads || 'no threads'}; ` +
     `deferred ${perReq(deferred.totalUs)})`
   );
+}
+
+// What the replica added to acknowledgements over the run (warm-up too):
+// the share that waited for it after the primary's own WAL write (a FLUSH:
+// after its start), and the mean wait of those.
+function acksHeldText(before: PrimaryReplicationStatus['ackWait'], after: PrimaryReplicationStatus['ackWait']): string {
+  const part = (what: string, b: AckWaitCounts, a: AckWaitCounts): string => {
+    const total = a.total - b.total;
+    const held = a.held - b.held;
+    if (total === 0) return `${what} none`;
+    return `${what} ${fmt((100 * held) / total)} % held${held === 0 ? '' : ` ${fmt((1e6 * (a.heldSeconds - b.heldSeconds)) / held)} µs each`}`;
+  };
+  return `acks waiting for the replica: ${part('writes', before.writes, after.writes)}, ${part('flushes', before.flushes, after.flushes)}`;
 }
 
 function lagText(lag: ReplicaLag): string {
