@@ -516,6 +516,13 @@ export class Volume {
     this.flusher.setWalPin(pin);
   }
 
+  // Where the encoded records handed to onRecord go: room for spanBytes,
+  // asked for synchronously before each record gets its LSN (a primary's
+  // backlog reuses its slabs); undefined for the WAL's own.
+  setRecordSpace(take: ((spanBytes: number) => Buffer) | undefined): void {
+    this.io.recordSpace = take;
+  }
+
   // The most WAL a pin may hold (the retention budget).
   get walPinBudgetBytes(): number {
     return this.flusher.pinBudgetBytes;

@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { BaseImage, BLOCK_BYTES } from '../native/base_image';
 import { BlockwalError } from '../native/errors';
 import type { Ring } from '../native/ring';
-import type { AppendedRecord, Wal } from '../native/wal';
+import type { AppendedRecord, CopyOut, Wal } from '../native/wal';
 import { decodeRecord, type DecodedRecord, type RecordKind } from '../native/wal_format';
 import { type ApplyChecksum, extendApplyChecksum, extendApplyChecksumRun } from '../replication/apply_checksum';
 import {
@@ -88,6 +88,9 @@ export class VolumeIo {
   applyChecksum: ApplyChecksum;
   // Primary: told each record, in LSN order, when it gets its LSN.
   onRecord: ((record: ShippedRecord) => void) | undefined;
+  // Where the encoded records handed to onRecord go (the WAL's own slabs
+  // when unset).
+  recordSpace: ((spanBytes: number) => Buffer) | undefined;
   // What control records have made of the volume, up to lsnApplied.
   state: ReplicatedState;
   // Told each control record as it is applied, with the outcome.
@@ -587,7 +590,7 @@ export class VolumeIo {
       let rec: AppendedRecord | undefined;
       try {
         this.checkClientWritable();
-        rec = this.wal.appendNow('write', this.sb.fields.epoch, first, end - first, data, fua, this.onRecord !== undefined);
+        rec = this.wal.appendNow('write', this.sb.fields.epoch, first, end - first, data, fua, this.copyOut());
       } catch (err) {
         return Promise.reject(this.walFailed(err));
       }
@@ -721,7 +724,7 @@ export class VolumeIo {
     appending.written = this.wal.appendLocated({
       ...r,
       epoch: this.sb.fields.epoch,
-      copyOut: this.onRecord !== undefined,
+      copyOut: this.copyOut(),
       onAssigned: (rec) => {
         appending.lsn = rec.lsn;
         this.walIndex.add(rec.lsn, rec.segmentSeq, rec.offsetBytes, rec.spanBytes);
@@ -734,6 +737,10 @@ export class VolumeIo {
     assigned.catch(() => undefined);
     if (this.wal.full) this.onPressure();
     return appending;
+  }
+
+  private copyOut(): CopyOut {
+    return this.onRecord === undefined ? false : (this.recordSpace ?? true);
   }
 
   // A primary's record has its LSN and is in the dirty map (or applied, a

@@ -30,8 +30,14 @@ export interface AppendRecord {
   // space first); from then on it is in the log's order and readable.
   onAssigned?: (record: AppendedRecord) => void;
   // Hand the encoded record (what a replica appends) to onAssigned as `bytes`.
-  copyOut?: boolean;
+  copyOut?: CopyOut;
 }
+
+// Whether an append hands back the encoded record, and where it goes: true
+// for memory the WAL carves from its own slabs, or a function that returns
+// room for spanBytes (called once per placement attempt, synchronously
+// before the record gets its LSN).
+export type CopyOut = boolean | ((spanBytes: number) => Buffer);
 
 export interface AppendedRecord {
   lsn: number;
@@ -460,7 +466,7 @@ export class Wal {
   // appendLocated). Throws when the WAL refuses it (closed, failed, a bad
   // record). The caller calls scheduleKick() once it has done what should
   // go first (a primary ships the record before this node submits it).
-  appendNow(kind: RecordKind, epoch: number, lba: number, lengthBlocks: number, payload: Uint8Array | null, fua: boolean, copyOut: boolean): AppendedRecord | undefined {
+  appendNow(kind: RecordKind, epoch: number, lba: number, lengthBlocks: number, payload: Uint8Array | null, fua: boolean, copyOut: CopyOut): AppendedRecord | undefined {
     if (this.appendQueue.length > 0) return undefined;
     if (this.closed) throw new BlockwalError('ERR_WAL_CLOSED', 'the WAL is closed');
     if (this.fatal !== undefined) throw this.fatal;
@@ -484,7 +490,7 @@ export class Wal {
     const r = q.record;
     let placed: AppendedRecord | undefined;
     try {
-      placed = this.place(r.kind, r.epoch, r.lba, r.lengthBlocks, r.payload ?? null, r.fua === true, r.copyOut === true);
+      placed = this.place(r.kind, r.epoch, r.lba, r.lengthBlocks, r.payload ?? null, r.fua === true, r.copyOut ?? false);
     } catch (err) {
       q.reject(err as Error);
       return true;
@@ -506,13 +512,13 @@ export class Wal {
     lengthBlocks: number,
     payload: Uint8Array | null,
     fua: boolean,
-    copyOut: boolean,
+    copyOut: CopyOut,
   ): AppendedRecord | undefined {
     const kind = KIND_CODE[kindName];
     if (kind === undefined) throw new TypeError(`unknown record kind '${String(kindName)}'`);
     const payloadBytes = payload === null ? 0 : payload.byteLength;
     const spanBytes = Math.ceil((RECORD_HEADER_BYTES + payloadBytes) / 8) * 8;
-    const bytes = copyOut ? this.copyOutBuffer(spanBytes) : undefined;
+    const bytes = copyOut === false ? undefined : copyOut === true ? this.copyOutBuffer(spanBytes) : copyOut(spanBytes);
     const args = this.appendArgs;
     args[0] = kind;
     args[1] = epoch;

@@ -18,12 +18,34 @@ export interface BacklogEntry {
 
 const KIND_CODES: readonly ShippedRecord['kind'][] = ['write', 'trim', 'zero', 'control'];
 const BACKLOG_CAPACITY_MIN = 1024;
+// The records' memory: slabs of this size, each carved into many records
+// (the largest record, 1 MiB of payload, fits); larger records get a buffer
+// of their own.
+const SLAB_BYTES = 4 << 20;
+const SLAB_RECORD_BYTES_MAX = SLAB_BYTES / 2;
+// Slabs kept for reuse beyond what the byte budget can hold at once.
+const SLABS_SPARE = 4;
+
+interface Slab {
+  readonly buffer: Buffer;
+  live: number; // entries held in it
+  sealed: boolean; // no more records are carved from it
+}
 
 // Contiguous LSNs, oldest first; bounded by bytes. Held in typed arrays
 // (a ring that doubles when full), not an object per record: tens of
 // thousands of long-lived entries would each be old-generation garbage
 // for the collector once dropped. An entry's bytes stay where the WAL
-// encoded them (its copy-out slab); get() makes a view and an object.
+// encoded them; get() makes a view and an object.
+//
+// Where the WAL encodes them (take): slabs the backlog reuses. A slab held
+// for seconds is old-generation memory, and fresh ones at the write rate
+// (100 MB/s and more) made V8 run a full mark-compact for external memory
+// pressure twice a second. A slab is reused once it is sealed, no entry is
+// held in it, and no link has output queued (outputIdle: a socket write
+// that did not complete at once still refers to the bytes it was given);
+// until then, or beyond the spare budget, a new slab is allocated and the
+// old one left to the collector.
 export class Backlog {
   private capacity = BACKLOG_CAPACITY_MIN;
   private head = 0; // ring index of the oldest entry
@@ -38,8 +60,75 @@ export class Backlog {
   private lbas = new Float64Array(BACKLOG_CAPACITY_MIN);
   private lengthBlocks = new Uint32Array(BACKLOG_CAPACITY_MIN);
   bytes = 0;
+  private readonly slabs = new Map<ArrayBufferLike, Slab>();
+  private slab: Slab | undefined; // the one records are carved from
+  private slabUsed = 0;
+  private released: Slab[] = []; // sealed and empty, maybe still referenced by a socket
+  private readonly spare: Slab[] = []; // free to reuse
+  private readonly slabsMax: number;
+  slabsReused = 0;
 
-  constructor(readonly bytesMax: number) {}
+  // Slabs the backlog refers to: holding records, the one being carved,
+  // released or spare.
+  get slabsKept(): number {
+    return this.slabs.size;
+  }
+
+  constructor(
+    readonly bytesMax: number,
+    private readonly outputIdle: () => boolean = () => false,
+  ) {
+    this.slabsMax = Math.ceil(bytesMax / SLAB_BYTES) + SLABS_SPARE;
+  }
+
+  // Room for one encoded record of spanBytes (a multiple of 8), to be pushed
+  // in the same synchronous step (a slab in use is never reused, and one
+  // carved but never pushed only wastes its room).
+  take(spanBytes: number): Buffer {
+    if (spanBytes > SLAB_RECORD_BYTES_MAX) return Buffer.allocUnsafeSlow(spanBytes);
+    if (this.slab === undefined || this.slabUsed + spanBytes > SLAB_BYTES) {
+      if (this.slab !== undefined) {
+        this.slab.sealed = true;
+        if (this.slab.live === 0) this.released.push(this.slab);
+      }
+      this.slab = this.nextSlab();
+      this.slabUsed = 0;
+    }
+    const out = this.slab.buffer.subarray(this.slabUsed, this.slabUsed + spanBytes);
+    this.slabUsed += spanBytes;
+    return out;
+  }
+
+  private nextSlab(): Slab {
+    if (this.released.length > 0 && this.outputIdle()) {
+      for (const slab of this.released) {
+        if (this.slabs.size > this.slabsMax) this.slabs.delete(slab.buffer.buffer);
+        else this.spare.push(slab);
+      }
+      this.released = [];
+    }
+    // Output never idle (a replica that reads slowly): the oldest released
+    // slabs are left to the collector, which frees each once its socket
+    // lets go of it; only reusing one would be unsafe.
+    while (this.released.length > SLABS_SPARE) this.slabs.delete(this.released.shift()!.buffer.buffer);
+    const reused = this.spare.pop();
+    if (reused !== undefined) {
+      reused.sealed = false;
+      this.slabsReused++;
+      return reused;
+    }
+    const slab: Slab = { buffer: Buffer.allocUnsafeSlow(SLAB_BYTES), live: 0, sealed: false };
+    this.slabs.set(slab.buffer.buffer, slab);
+    return slab;
+  }
+
+  // An entry no longer held: its slab may be released.
+  private drop(buffer: ArrayBufferLike | undefined): void {
+    const slab = buffer === undefined ? undefined : this.slabs.get(buffer);
+    if (slab === undefined) return;
+    slab.live--;
+    if (slab.live === 0 && slab.sealed) this.released.push(slab);
+  }
 
   get lsnFirst(): number {
     return this.count > 0 ? this.lsnOldest : 0;
@@ -56,6 +145,8 @@ export class Backlog {
     if (this.count === 0) this.lsnOldest = entry.lsn;
     const i = (this.head + this.count) & (this.capacity - 1);
     this.buffers[i] = entry.bytes.buffer;
+    const slab = this.slabs.get(entry.bytes.buffer);
+    if (slab !== undefined) slab.live++;
     this.byteOffsets[i] = entry.bytes.byteOffset;
     this.byteLengths[i] = entry.bytes.byteLength;
     this.applyChecksums[i] = entry.applyChecksum;
@@ -67,6 +158,7 @@ export class Backlog {
     this.bytes += entry.bytes.byteLength;
     while (this.bytes > this.bytesMax && this.count > 1) {
       this.bytes -= this.byteLengths[this.head]!;
+      this.drop(this.buffers[this.head]);
       this.buffers[this.head] = undefined;
       this.head = (this.head + 1) & (this.capacity - 1);
       this.count--;
@@ -116,6 +208,7 @@ export class Backlog {
   }
 
   private clear(): void {
+    for (let n = 0; n < this.count; n++) this.drop(this.buffers[(this.head + n) & (this.capacity - 1)]);
     this.buffers.fill(undefined);
     this.head = 0;
     this.count = 0;

@@ -115,6 +115,18 @@ export class ReplicationLink {
   private bytesReceived = 0;
   private bytesSent = 0;
 
+  // Every link whose socket is not yet closed may hold queued output that
+  // refers to the memory it was written from (see outputIdle).
+  private static readonly open = new Set<ReplicationLink>();
+
+  // True when no link of this process has output queued: memory that frames
+  // were written from is no longer referenced by any socket (the kernel has
+  // copied it), so the backlog may reuse it.
+  static outputIdle(): boolean {
+    for (const link of ReplicationLink.open) if (link.socket.writableLength > 0) return false;
+    return true;
+  }
+
   constructor(socket: net.Socket, options: LinkOptions) {
     if (!(socket instanceof net.Socket)) throw new TypeError('socket must be a net.Socket');
     this.settings = checkOptions(options);
@@ -131,6 +143,7 @@ export class ReplicationLink {
     socket.on('error', this.handleError);
     socket.on('close', this.handleSocketClose);
     socket.on('drain', this.handleDrain);
+    if (!socket.destroyed) ReplicationLink.open.add(this);
     this.heartbeatTimer = later(this.heartbeatDue, this.settings.heartbeatIntervalMs);
     this.idleTimer = later(this.idleDue, this.settings.idleTimeoutMs);
     this.log.debug(this.settings, 'link open');
@@ -371,6 +384,7 @@ export class ReplicationLink {
   };
 
   private readonly handleSocketClose = (): void => {
+    ReplicationLink.open.delete(this);
     clearTimeout(this.lingerTimer);
     this.lingerTimer = undefined;
     this.shutdown({ kind: 'peer_closed', message: 'the socket closed' });

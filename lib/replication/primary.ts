@@ -280,7 +280,7 @@ export class PrimaryReplication implements AckGate {
     this.ackTimeoutMs = options.ackTimeoutMs ?? 5000;
     this.rebuildLatencyTargetMs = options.rebuildLatencyTargetMs ?? 0;
     this.rebuildRate = options.rebuildBytesPerSecond ?? 0;
-    this.backlog = new Backlog(options.backlogBytes ?? 256 << 20);
+    this.backlog = new Backlog(options.backlogBytes ?? 256 << 20, ReplicationLink.outputIdle);
     this.membershipPath = path.join(this.volume.dir, 'replication.json');
     this.lsnCommit = this.volume.lsnDurable;
     this.peers = options.replicas.map((a) => new ReplicaPeer(this, a, this.log));
@@ -303,6 +303,7 @@ export class PrimaryReplication implements AckGate {
     for (const p of r.peers) p.openDirty();
     if (r.backlog.lsnLast !== 0) r.log.info({ lsnFirst: r.backlog.lsnFirst, lsnLast: r.backlog.lsnLast, bytes: r.backlog.bytes }, 'backlog seeded from the WAL');
     options.volume.setWalPin(() => r.walPinLsn());
+    options.volume.setRecordSpace((spanBytes) => r.backlog.take(spanBytes));
     r.protocol({ type: 'assignment', epoch: r.epoch, role: 'primary', replicas: r.peers.map((p) => p.address) });
     r.protocol({ type: 'barrier', epoch: r.epoch, lsn: options.volume.lsnDurable });
     for (const p of r.peers) p.connect();
@@ -770,6 +771,7 @@ export class PrimaryReplication implements AckGate {
     this.closed = true;
     clearInterval(this.timer);
     this.volume.setWalPin(undefined);
+    this.volume.setRecordSpace(undefined);
     // What is written locally is acknowledged by then or refused.
     const err = new BlockwalError('ERR_CLOSED', 'replication closed');
     for (const w of this.waiters.splice(0)) w.reject(err);

@@ -134,3 +134,94 @@ test('backlog: grows while its oldest record is not at the start of the ring', (
   assert.equal(backlog.lsnFirst, held[0]!.lsn);
   for (const e of held) assertSame(backlog.get(e.lsn), e);
 });
+
+// ---- Slabs: where records are encoded (take), reused once nothing refers to them ----
+
+const SLAB = 4 << 20; // SLAB_BYTES in backlog.ts
+
+// Takes room for a record of spanBytes, fills it with a pattern of its LSN
+// (as the WAL encodes a record there) and pushes it.
+function takeAndPush(b: Backlog, lsn: number, spanBytes: number): Buffer {
+  const room = b.take(spanBytes);
+  assert.equal(room.byteLength, spanBytes);
+  room.fill(lsn & 0xff);
+  room.writeUInt32LE(lsn, 0);
+  b.push(entry(lsn, room));
+  return room;
+}
+
+function assertIntact(b: Backlog, lsn: number, spanBytes: number): void {
+  const bytes = b.get(lsn)?.bytes;
+  assert.ok(bytes !== undefined, `LSN ${lsn} is held`);
+  assert.equal(bytes.byteLength, spanBytes);
+  assert.equal(bytes.readUInt32LE(0), lsn, `LSN ${lsn}: its own bytes, not a later record's`);
+  for (let i = 4; i < spanBytes; i += 509) assert.equal(bytes[i], lsn & 0xff, `LSN ${lsn} byte ${i}`);
+}
+
+test('backlog slabs: records taken from reused slabs never overwrite a record still held', () => {
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 24 }).map((mib) => mib << 20),
+      fc.array(fc.oneof(fc.constant(4160), fc.constant(8256), fc.integer({ min: 1, max: 70_000 }).map((n) => Math.ceil(n / 8) * 8), fc.constant(SLAB / 2 + 8)), { minLength: 1, maxLength: 3000 }),
+      fc.array(fc.boolean(), { minLength: 1, maxLength: 50 }),
+      (bytesMax, spans, idleBits) => {
+        let calls = 0;
+        const b = new Backlog(bytesMax, () => idleBits[calls++ % idleBits.length]!);
+        const pushed: { lsn: number; span: number }[] = [];
+        spans.forEach((span, i) => {
+          takeAndPush(b, i + 1, span);
+          pushed.push({ lsn: i + 1, span });
+        });
+        for (const { lsn, span } of pushed) if (lsn >= b.lsnFirst) assertIntact(b, lsn, span);
+      },
+    ),
+    { numRuns: 40 },
+  );
+});
+
+test('backlog slabs: a slab comes back only once sealed, empty of held records and with no socket output queued', () => {
+  let idle = false;
+  const b = new Backlog(SLAB, () => idle); // one slab's worth of records held at most
+  const span = 64 * 1024;
+  const perSlab = SLAB / span;
+  const first = takeAndPush(b, 1, span);
+  for (let lsn = 2; lsn <= perSlab; lsn++) takeAndPush(b, lsn, span);
+  // The first slab is full; the next record seals it, and pushes out its first records.
+  const second = takeAndPush(b, perSlab + 1, span);
+  assert.notEqual(second.buffer, first.buffer, 'a new slab once the first is full');
+  // Fill the second slab: the first one's records all leave the budget.
+  for (let lsn = perSlab + 2; lsn <= 2 * perSlab; lsn++) takeAndPush(b, lsn, span);
+  assert.ok(b.lsnFirst > perSlab, `nothing of the first slab is held (first LSN ${b.lsnFirst})`);
+  // Output is queued on a link: the first slab may still be in a socket's hands.
+  const third = takeAndPush(b, 2 * perSlab + 1, span);
+  assert.notEqual(third.buffer, first.buffer, 'not reused while output is queued');
+  assert.equal(b.slabsReused, 0);
+  for (let lsn = 2 * perSlab + 2; lsn <= 3 * perSlab; lsn++) takeAndPush(b, lsn, span);
+  // Output drained: the first slab (and the second, empty too) come back.
+  idle = true;
+  const fourth = takeAndPush(b, 3 * perSlab + 1, span);
+  assert.ok(fourth.buffer === first.buffer || fourth.buffer === second.buffer, 'an empty, sealed slab is reused');
+  assert.equal(b.slabsReused, 1);
+  for (let lsn = b.lsnFirst; lsn <= 3 * perSlab + 1; lsn++) assertIntact(b, lsn, span);
+});
+
+test('backlog slabs: a record too large to share a slab gets memory of its own', () => {
+  const b = new Backlog(64 << 20, () => true);
+  const big = takeAndPush(b, 1, SLAB / 2 + 8);
+  const small = takeAndPush(b, 2, 4160);
+  assert.notEqual(big.buffer, small.buffer);
+  assert.equal(big.buffer.byteLength, SLAB / 2 + 8);
+  assertIntact(b, 1, SLAB / 2 + 8);
+  assertIntact(b, 2, 4160);
+});
+
+test('backlog slabs: with output never idle, the slabs it keeps stay bounded (the rest go to the collector)', () => {
+  const bytesMax = 8 << 20;
+  const b = new Backlog(bytesMax, () => false);
+  const span = 64 * 1024;
+  for (let lsn = 1; lsn <= (200 << 20) / span; lsn++) takeAndPush(b, lsn, span);
+  assert.equal(b.slabsReused, 0, 'nothing reused while output is queued');
+  // The slabs holding records, the one being carved, and a few released.
+  assert.ok(b.slabsKept <= bytesMax / SLAB + 2 + 4, `slabs kept: ${b.slabsKept}`);
+  for (let lsn = b.lsnFirst; lsn <= b.lsnLast; lsn++) assertIntact(b, lsn, span);
+});
