@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import pino from 'pino';
 
 import { Volume } from '../../lib/engine/volume';
+import { decodeRecord } from '../../lib/native/wal_format';
 import type { Frame, HelloFrame } from '../../lib/replication/frames';
 import { ReplicationLink } from '../../lib/replication/link';
 import { type DurabilityMode, PrimaryReplication, type ReplicaPeerStatus } from '../../lib/replication/primary';
@@ -393,6 +394,61 @@ test('best_effort: acknowledgements are counted and never held', async () => {
       const { writes, flushes } = primary.status().ackWait;
       assert.deepEqual(writes, { total: 3, held: 0, heldSeconds: 0 });
       assert.deepEqual(flushes, { total: 1, held: 0, heldSeconds: 0 });
+    });
+  } finally {
+    await fake.close();
+  }
+});
+
+test('a backlog that reuses its record slabs ships every record intact: each one verifies and holds what was written', async () => {
+  // A replica that verifies each record (its own XXH3 over header and
+  // payload) and the payload's first bytes, then acknowledges it.
+  let next = 1;
+  let bad: string | undefined;
+  const fake = await fakeReplica((frame, link) => {
+    if (frame.type === 'hello') link.send(replicaHello(frame));
+    if (frame.type !== 'wal_records') return;
+    for (const r of frame.records) {
+      try {
+        const rec = decodeRecord(r.bytes);
+        if (rec.lsn !== next) throw new Error(`LSN ${rec.lsn}, expected ${next}`);
+        if (rec.kind === 'write' && Buffer.from(r.bytes.buffer, r.bytes.byteOffset + 64, 8).readUInt32LE(0) !== rec.lsn) throw new Error(`LSN ${rec.lsn}: another write's payload`);
+      } catch (err) {
+        bad ??= (err as Error).message;
+      }
+      next = r.lsn + 1;
+    }
+    const last = frame.records[frame.records.length - 1]!.lsn;
+    link.send({ type: 'ack', epoch: 1, lsnReceived: last, lsnDurable: last, lsnApplied: 0, applyChecksum: 0n, lsnCheckpoint: 0 });
+  });
+  try {
+    // An 8 MiB backlog and 48 MiB written: its 4 MiB slabs come round again.
+    await withPrimary([fake.port], { durability: 'sync_all', backlogBytes: 8 * MiB }, async ({ volume, peer, primary }) => {
+      await until('streaming', () => peer().state === 'streaming');
+      const size = 64 * 1024;
+      let lsn = volume.lsnHead;
+      // 16 writes at once: their records wait in the backlog's slabs
+      // together until the pump sends them.
+      for (let i = 0; i < (48 * MiB) / size; i += 16) {
+        const batch: Promise<void>[] = [];
+        for (let j = i; j < i + 16; j++) {
+          // Each payload starts with the LSN its record gets (they are
+          // numbered in the order the writes are made).
+          const data = Buffer.alloc(size, j & 0xff);
+          const want = ++lsn;
+          data.writeUInt32LE(want, 0);
+          batch.push(
+            volume.write((j * size) % (8 * MiB), data).then((written) => {
+              assert.equal(written, want);
+              return primary.written(written, false);
+            }),
+          );
+        }
+        await Promise.all(batch);
+      }
+      await until('the replica has every record', () => next === lsn + 1);
+      assert.equal(bad, undefined, bad);
+      assert.ok(primary.status().backlog.slabsReused > 0, `slabs reused: ${primary.status().backlog.slabsReused}`);
     });
   } finally {
     await fake.close();
