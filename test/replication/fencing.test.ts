@@ -315,9 +315,12 @@ test('kill -9 of the primary under sync_all FUA/FLUSH writes: the replica, promo
     const sessions = [await NbdSession.open(p.nbd), await NbdSession.open(p.nbd)];
     let killAtMs = NaN;
     let killed: Promise<ExitStatus> | undefined;
+    // Armed once the primary was seen healthy: a fast pair may reach
+    // KILL_AFTER_DURABLE while that status is still being read.
+    let armed = false;
     // The SIGKILL goes out from the bookkeeping itself, while acknowledgements stream in.
     writer.onDurable = (count) => {
-      if (count < KILL_AFTER_DURABLE || killed !== undefined) return;
+      if (!armed || count < KILL_AFTER_DURABLE || killed !== undefined) return;
       killAtMs = performance.now();
       killed = p.kill('SIGKILL');
     };
@@ -327,6 +330,7 @@ test('kill -9 of the primary under sync_all FUA/FLUSH writes: the replica, promo
       const healthy = await p.primaryStatus();
       assert.equal(healthy.mode, 'healthy', `the primary is healthy before the kill: ${healthy.reason}`);
       assert.ok(healthy.ackSet.includes(r.replAddress), 'the replica is in the ack set');
+      armed = true;
       await until(`the SIGKILL after ${KILL_AFTER_DURABLE} durable writes`, async () => killed);
       assert.equal((await killed!).signal, 'SIGKILL');
     } finally {
