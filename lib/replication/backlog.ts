@@ -23,7 +23,8 @@ const BACKLOG_CAPACITY_MIN = 1024;
 // of their own.
 const SLAB_BYTES = 4 << 20;
 const SLAB_RECORD_BYTES_MAX = SLAB_BYTES / 2;
-// Slabs kept for reuse beyond what the byte budget can hold at once.
+// Slabs kept for reuse beyond what the byte budget can hold at once, and
+// the most released ones kept while output stays queued.
 const SLABS_SPARE = 4;
 
 interface Slab {

@@ -13,7 +13,7 @@ import pino from 'pino';
 
 import { Volume } from '../../lib/engine/volume';
 import { decodeRecord } from '../../lib/native/wal_format';
-import type { Frame, HelloFrame } from '../../lib/replication/frames';
+import { type Frame, type HelloFrame, WAL_RECORD_HEADER_BYTES } from '../../lib/replication/frames';
 import { ReplicationLink } from '../../lib/replication/link';
 import { type DurabilityMode, PrimaryReplication, type ReplicaPeerStatus } from '../../lib/replication/primary';
 import { tempDir } from '../support/tmp';
@@ -412,7 +412,7 @@ test('a backlog that reuses its record slabs ships every record intact: each one
       try {
         const rec = decodeRecord(r.bytes);
         if (rec.lsn !== next) throw new Error(`LSN ${rec.lsn}, expected ${next}`);
-        if (rec.kind === 'write' && Buffer.from(r.bytes.buffer, r.bytes.byteOffset + 64, 8).readUInt32LE(0) !== rec.lsn) throw new Error(`LSN ${rec.lsn}: another write's payload`);
+        if (rec.kind === 'write' && Buffer.from(r.bytes.buffer, r.bytes.byteOffset + WAL_RECORD_HEADER_BYTES, 4).readUInt32LE(0) !== rec.lsn) throw new Error(`LSN ${rec.lsn}: another write's payload`);
       } catch (err) {
         bad ??= (err as Error).message;
       }
