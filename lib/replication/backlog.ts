@@ -23,14 +23,34 @@ const BACKLOG_CAPACITY_MIN = 1024;
 // of their own.
 const SLAB_BYTES = 4 << 20;
 const SLAB_RECORD_BYTES_MAX = SLAB_BYTES / 2;
-// Slabs kept for reuse beyond what the byte budget can hold at once, and
-// the most released ones kept while output stays queued.
+// Slabs kept free for reuse at most, and the most released ones kept while
+// output stays queued.
 const SLABS_SPARE = 4;
 
 interface Slab {
   readonly buffer: Buffer;
   live: number; // entries held in it
   sealed: boolean; // no more records are carved from it
+}
+
+// What the output taken when a slab was released looked like; opaque here.
+export type OutputMark = unknown;
+
+// Whether the sockets that frames go out on still refer to memory they were
+// given (a write that did not complete at once refers to its bytes until it
+// does): mark() notes the output handed to them so far, passed(m) says
+// whether all of it has completed since (ReplicationLink.outputFence).
+export interface OutputFence {
+  mark(): OutputMark;
+  passed(mark: OutputMark): boolean;
+}
+
+// No sockets known: a released slab is never reused.
+const NEVER_PASSED: OutputFence = { mark: () => undefined, passed: () => false };
+
+interface Released {
+  readonly slab: Slab;
+  readonly mark: OutputMark; // the output that may still refer to it
 }
 
 // Contiguous LSNs, oldest first; bounded by bytes. Held in typed arrays
@@ -43,9 +63,10 @@ interface Slab {
 // for seconds is old-generation memory, and fresh ones at the write rate
 // (100 MB/s and more) made V8 run a full mark-compact for external memory
 // pressure twice a second. A slab is reused once it is sealed, no entry is
-// held in it, and no link has output queued (outputIdle: a socket write
-// that did not complete at once still refers to the bytes it was given);
-// until then, or beyond the spare budget, a new slab is allocated and the
+// held in it, and the output written before it was released has completed
+// (the fence: a socket write that did not complete at once still refers to
+// the bytes it was given; output written later cannot refer to the slab).
+// Until then, or beyond the spare budget, a new slab is allocated and the
 // old one left to the collector.
 export class Backlog {
   private capacity = BACKLOG_CAPACITY_MIN;
@@ -64,9 +85,8 @@ export class Backlog {
   private readonly slabs = new Map<ArrayBufferLike, Slab>();
   private slab: Slab | undefined; // the one records are carved from
   private slabUsed = 0;
-  private released: Slab[] = []; // sealed and empty, maybe still referenced by a socket
+  private released: Released[] = []; // sealed and empty, maybe still referenced by a socket, oldest first
   private readonly spare: Slab[] = []; // free to reuse
-  private readonly slabsMax: number;
   slabsReused = 0;
 
   // Slabs the backlog refers to: holding records, the one being carved,
@@ -77,10 +97,8 @@ export class Backlog {
 
   constructor(
     readonly bytesMax: number,
-    private readonly outputIdle: () => boolean = () => false,
-  ) {
-    this.slabsMax = Math.ceil(bytesMax / SLAB_BYTES) + SLABS_SPARE;
-  }
+    private readonly output: OutputFence = NEVER_PASSED,
+  ) {}
 
   // Room for one encoded record of spanBytes (a multiple of 8), to be pushed
   // in the same synchronous step (a slab in use is never reused, and one
@@ -90,7 +108,7 @@ export class Backlog {
     if (this.slab === undefined || this.slabUsed + spanBytes > SLAB_BYTES) {
       if (this.slab !== undefined) {
         this.slab.sealed = true;
-        if (this.slab.live === 0) this.released.push(this.slab);
+        if (this.slab.live === 0) this.release(this.slab);
       }
       this.slab = this.nextSlab();
       this.slabUsed = 0;
@@ -100,18 +118,27 @@ export class Backlog {
     return out;
   }
 
+  private release(slab: Slab): void {
+    this.released.push({ slab, mark: this.output.mark() });
+  }
+
   private nextSlab(): Slab {
-    if (this.released.length > 0 && this.outputIdle()) {
-      for (const slab of this.released) {
-        if (this.slabs.size > this.slabsMax) this.slabs.delete(slab.buffer.buffer);
-        else this.spare.push(slab);
-      }
-      this.released = [];
+    // Released slabs whose output has completed are free. Marks are taken in
+    // order and output completes in order, so the first one not passed ends
+    // the look.
+    let free = 0;
+    while (free < this.released.length && this.output.passed(this.released[free]!.mark)) free++;
+    for (const { slab } of this.released.splice(0, free)) {
+      // Beyond a few spares, the collector has it: how many slabs the
+      // budget's records fill depends on their sizes (three records of
+      // 1 MiB fill a slab), not on the budget alone.
+      if (this.spare.length >= SLABS_SPARE) this.slabs.delete(slab.buffer.buffer);
+      else this.spare.push(slab);
     }
-    // Output never idle (a replica that reads slowly): the oldest released
-    // slabs are left to the collector, which frees each once its socket
-    // lets go of it; only reusing one would be unsafe.
-    while (this.released.length > SLABS_SPARE) this.slabs.delete(this.released.shift()!.buffer.buffer);
+    // Output not completing (a replica that reads slowly): the oldest
+    // released slabs are left to the collector, which frees each once its
+    // socket lets go of it; only reusing one would be unsafe.
+    while (this.released.length > SLABS_SPARE) this.slabs.delete(this.released.shift()!.slab.buffer.buffer);
     const reused = this.spare.pop();
     if (reused !== undefined) {
       reused.sealed = false;
@@ -128,7 +155,7 @@ export class Backlog {
     const slab = buffer === undefined ? undefined : this.slabs.get(buffer);
     if (slab === undefined) return;
     slab.live--;
-    if (slab.live === 0 && slab.sealed) this.released.push(slab);
+    if (slab.live === 0 && slab.sealed) this.release(slab);
   }
 
   get lsnFirst(): number {

@@ -32,6 +32,7 @@ import * as net from 'node:net';
 import pino, { type Logger } from 'pino';
 
 import { assert, assertNever } from '../util/assert';
+import type { OutputFence, OutputMark } from './backlog';
 import { FrameDecoder } from './frame_decoder';
 import {
   CLOSE_CODES,
@@ -116,16 +117,30 @@ export class ReplicationLink {
   private bytesSent = 0;
 
   // Every link whose socket is not yet closed may hold queued output that
-  // refers to the memory it was written from (see outputIdle).
+  // refers to the memory it was written from (see outputFence).
   private static readonly open = new Set<ReplicationLink>();
 
-  // True when no link of this process has output queued: memory that frames
-  // were written from is no longer referenced by any socket (the kernel has
-  // copied it), so the backlog may reuse it.
-  static outputIdle(): boolean {
-    for (const link of ReplicationLink.open) if (link.socket.writableLength > 0) return false;
-    return true;
-  }
+  // Whether the sockets of this process have let go of the memory frames
+  // were written from. A socket write that did not complete at once refers
+  // to its bytes until it does; writes complete in order, so once a link's
+  // completed bytes (handed to the socket − still queued there) reach what
+  // had been handed to it at a mark, nothing written before the mark is
+  // referenced any more. A destroyed socket counts as holding everything
+  // until it closes (its cancelled writes are done by then).
+  static readonly outputFence: OutputFence = {
+    mark(): OutputMark {
+      const queued: [ReplicationLink, number][] = [];
+      for (const link of ReplicationLink.open) if (link.socket.writableLength > 0 || link.socket.destroyed) queued.push([link, link.bytesSent]);
+      return queued;
+    },
+    passed(mark: OutputMark): boolean {
+      for (const [link, bytes] of mark as [ReplicationLink, number][]) {
+        if (!ReplicationLink.open.has(link)) continue;
+        if (link.socket.destroyed || link.bytesSent - link.socket.writableLength < bytes) return false;
+      }
+      return true;
+    },
+  };
 
   constructor(socket: net.Socket, options: LinkOptions) {
     if (!(socket instanceof net.Socket)) throw new TypeError('socket must be a net.Socket');

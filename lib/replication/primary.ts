@@ -281,7 +281,7 @@ export class PrimaryReplication implements AckGate {
     this.ackTimeoutMs = options.ackTimeoutMs ?? 5000;
     this.rebuildLatencyTargetMs = options.rebuildLatencyTargetMs ?? 0;
     this.rebuildRate = options.rebuildBytesPerSecond ?? 0;
-    this.backlog = new Backlog(options.backlogBytes ?? 256 << 20, ReplicationLink.outputIdle);
+    this.backlog = new Backlog(options.backlogBytes ?? 256 << 20, ReplicationLink.outputFence);
     this.membershipPath = path.join(this.volume.dir, 'replication.json');
     this.lsnCommit = this.volume.lsnDurable;
     this.peers = options.replicas.map((a) => new ReplicaPeer(this, a, this.log));

@@ -8,7 +8,7 @@ import * as assert from 'node:assert/strict';
 
 import fc from 'fast-check';
 
-import { Backlog, type BacklogEntry } from '../../lib/replication/backlog';
+import { Backlog, type BacklogEntry, type OutputFence, type OutputMark } from '../../lib/replication/backlog';
 
 const KINDS = ['write', 'trim', 'zero', 'control'] as const;
 
@@ -153,38 +153,89 @@ function takeAndPush(b: Backlog, lsn: number, spanBytes: number): Buffer {
 function assertIntact(b: Backlog, lsn: number, spanBytes: number): void {
   const bytes = b.get(lsn)?.bytes;
   assert.ok(bytes !== undefined, `LSN ${lsn} is held`);
-  assert.equal(bytes.byteLength, spanBytes);
-  assert.equal(bytes.readUInt32LE(0), lsn, `LSN ${lsn}: its own bytes, not a later record's`);
-  for (let i = 4; i < spanBytes; i += 509) assert.equal(bytes[i], lsn & 0xff, `LSN ${lsn} byte ${i}`);
+  assertRecord(bytes, lsn, spanBytes, 'held');
 }
 
-test('backlog slabs: records taken from reused slabs never overwrite a record still held', () => {
+// The sockets' output as the backlog's fence sees it: frames handed to a
+// socket refer to their record bytes until the write completes, in order.
+// complete() checks, as the kernel's copy would, that each record's bytes
+// are still its own when its write completes.
+class FakeOutput implements OutputFence {
+  private handed = 0;
+  private completed = 0;
+  private readonly queued: { bytes: Buffer; lsn: number; span: number }[] = [];
+  checked = 0;
+
+  mark(): OutputMark {
+    return this.handed;
+  }
+  passed(mark: OutputMark): boolean {
+    return this.completed >= (mark as number);
+  }
+  write(b: Backlog, lsn: number, span: number): void {
+    const bytes = b.recordBytes(lsn);
+    assert.ok(bytes !== undefined, `LSN ${lsn} is held when written`);
+    this.queued.push({ bytes, lsn, span });
+    this.handed++;
+  }
+  complete(n = this.queued.length): void {
+    for (const w of this.queued.splice(0, n)) {
+      assertRecord(w.bytes, w.lsn, w.span, 'in a socket write');
+      this.completed++;
+      this.checked++;
+    }
+  }
+  get pending(): number {
+    return this.queued.length;
+  }
+}
+
+function assertRecord(bytes: Buffer, lsn: number, spanBytes: number, where: string): void {
+  assert.equal(bytes.byteLength, spanBytes);
+  assert.equal(bytes.readUInt32LE(0), lsn, `LSN ${lsn} ${where}: its own bytes, not a later record's`);
+  for (let i = 4; i < spanBytes; i += 509) assert.equal(bytes[i], lsn & 0xff, `LSN ${lsn} ${where}: byte ${i}`);
+}
+
+test('backlog slabs: reused slabs never overwrite a record still held, nor one a socket write still refers to', () => {
   fc.assert(
     fc.property(
       fc.integer({ min: 1, max: 24 }).map((mib) => mib << 20),
-      fc.array(fc.oneof(fc.constant(4160), fc.constant(8256), fc.integer({ min: 1, max: 70_000 }).map((n) => Math.ceil(n / 8) * 8), fc.constant(SLAB / 2 + 8)), { minLength: 1, maxLength: 3000 }),
-      fc.array(fc.boolean(), { minLength: 1, maxLength: 50 }),
-      (bytesMax, spans, idleBits) => {
-        let calls = 0;
-        const b = new Backlog(bytesMax, () => idleBits[calls++ % idleBits.length]!);
+      fc.array(
+        fc.record({
+          span: fc.oneof(fc.constant(4160), fc.constant(8256), fc.integer({ min: 1, max: 70_000 }).map((n) => Math.ceil(n / 8) * 8), fc.constant(SLAB / 2 + 8)),
+          // Shipped at once, and how many queued writes complete when the socket next moves.
+          shipped: fc.boolean(),
+          complete: fc.integer({ min: 1, max: 3000 }),
+        }),
+        { minLength: 1, maxLength: 3000, size: 'max' },
+      ),
+      // The socket moves every so many records: stalls from none to the whole run.
+      fc.integer({ min: 1, max: 3000 }),
+      (bytesMax, steps, stallSteps) => {
+        const out = new FakeOutput();
+        const b = new Backlog(bytesMax, out);
         const pushed: { lsn: number; span: number }[] = [];
-        spans.forEach((span, i) => {
+        steps.forEach(({ span, shipped, complete }, i) => {
           takeAndPush(b, i + 1, span);
           pushed.push({ lsn: i + 1, span });
+          if (shipped) out.write(b, i + 1, span);
+          if (i % stallSteps === stallSteps - 1) out.complete(Math.min(complete, out.pending));
         });
         for (const { lsn, span } of pushed) if (lsn >= b.lsnFirst) assertIntact(b, lsn, span);
+        out.complete();
       },
     ),
-    { numRuns: 40 },
+    { numRuns: 30, endOnFailure: true },
   );
 });
 
-test('backlog slabs: a slab comes back only once sealed, empty of held records and with no socket output queued', () => {
-  let idle = false;
-  const b = new Backlog(SLAB, () => idle); // one slab's worth of records held at most
+test('backlog slabs: a slab comes back once sealed, empty of held records and past the output written before it was released', () => {
+  const out = new FakeOutput();
+  const b = new Backlog(SLAB, out); // one slab's worth of records held at most
   const span = 64 * 1024;
   const perSlab = SLAB / span;
   const first = takeAndPush(b, 1, span);
+  out.write(b, 1, span); // still queued when its slab is released
   for (let lsn = 2; lsn <= perSlab; lsn++) takeAndPush(b, lsn, span);
   // The first slab is full; the next record seals it, and pushes out its first records.
   const second = takeAndPush(b, perSlab + 1, span);
@@ -192,21 +243,45 @@ test('backlog slabs: a slab comes back only once sealed, empty of held records a
   // Fill the second slab: the first one's records all leave the budget.
   for (let lsn = perSlab + 2; lsn <= 2 * perSlab; lsn++) takeAndPush(b, lsn, span);
   assert.ok(b.lsnFirst > perSlab, `nothing of the first slab is held (first LSN ${b.lsnFirst})`);
-  // Output is queued on a link: the first slab may still be in a socket's hands.
+  // A write of LSN 1 is still queued: the first slab may still be in a socket's hands.
   const third = takeAndPush(b, 2 * perSlab + 1, span);
-  assert.notEqual(third.buffer, first.buffer, 'not reused while output is queued');
+  assert.notEqual(third.buffer, first.buffer, 'not reused while a write from it is queued');
   assert.equal(b.slabsReused, 0);
+  // Later output (from the third slab) stays queued; it cannot refer to the first slab.
+  out.write(b, 2 * perSlab + 1, span);
   for (let lsn = 2 * perSlab + 2; lsn <= 3 * perSlab; lsn++) takeAndPush(b, lsn, span);
-  // Output drained: the first slab (and the second, empty too) come back.
-  idle = true;
+  out.complete(1); // the write of LSN 1 completes
+  assert.equal(out.pending, 1);
   const fourth = takeAndPush(b, 3 * perSlab + 1, span);
-  assert.ok(fourth.buffer === first.buffer || fourth.buffer === second.buffer, 'an empty, sealed slab is reused');
+  assert.equal(fourth.buffer, first.buffer, 'the first slab is reused once the write from it completed, though later output is queued');
   assert.equal(b.slabsReused, 1);
   for (let lsn = b.lsnFirst; lsn <= 3 * perSlab + 1; lsn++) assertIntact(b, lsn, span);
+  out.complete();
+  assert.equal(out.checked, 2);
+});
+
+test('backlog slabs: after 1 MiB records filled the budget (three to a slab), 4 KiB records reuse every slab they release', () => {
+  const out = new FakeOutput();
+  const bytesMax = 64 << 20;
+  const b = new Backlog(bytesMax, out);
+  const big = 1048640; // a 1 MiB write's record
+  let lsn = 0;
+  for (let n = 0; n < (2 * bytesMax) / big; n++) takeAndPush(b, ++lsn, big);
+  const slabsBefore = b.slabsKept;
+  assert.ok(slabsBefore > bytesMax / SLAB + 4, `the large records fill more slabs than the budget's bytes (${slabsBefore})`);
+  // Small records until the large ones are all gone, and as much again.
+  const small = 4160;
+  for (let n = 0; n < (2 * bytesMax) / small; n++) takeAndPush(b, ++lsn, small);
+  const carved = Math.ceil((2 * bytesMax) / small / Math.floor(SLAB / small));
+  // Only the first slabs, while the large records were still held in more
+  // slabs than the budget's bytes, could not come from released ones.
+  assert.ok(b.slabsReused >= carved - 4, `slabs reused: ${b.slabsReused} of ${carved} carved`);
+  assert.ok(b.slabsKept <= Math.ceil(bytesMax / SLAB) + 1 + 4 + 4, `slabs kept: ${b.slabsKept}`);
+  for (let l = b.lsnFirst; l <= lsn; l++) assertIntact(b, l, small);
 });
 
 test('backlog slabs: a record too large to share a slab gets memory of its own', () => {
-  const b = new Backlog(64 << 20, () => true);
+  const b = new Backlog(64 << 20, new FakeOutput());
   const big = takeAndPush(b, 1, SLAB / 2 + 8);
   const small = takeAndPush(b, 2, 4160);
   assert.notEqual(big.buffer, small.buffer);
@@ -215,12 +290,16 @@ test('backlog slabs: a record too large to share a slab gets memory of its own',
   assertIntact(b, 2, 4160);
 });
 
-test('backlog slabs: with output never idle, the slabs it keeps stay bounded (the rest go to the collector)', () => {
+test('backlog slabs: with output never completing, the slabs it keeps stay bounded (the rest go to the collector)', () => {
   const bytesMax = 8 << 20;
-  const b = new Backlog(bytesMax, () => false);
+  const out = new FakeOutput();
+  const b = new Backlog(bytesMax, out);
   const span = 64 * 1024;
-  for (let lsn = 1; lsn <= (200 << 20) / span; lsn++) takeAndPush(b, lsn, span);
-  assert.equal(b.slabsReused, 0, 'nothing reused while output is queued');
+  for (let lsn = 1; lsn <= (200 << 20) / span; lsn++) {
+    takeAndPush(b, lsn, span);
+    out.write(b, lsn, span);
+  }
+  assert.equal(b.slabsReused, 0, 'nothing reused while the writes from it are queued');
   // The slabs holding records, the one being carved, and a few released.
   assert.ok(b.slabsKept <= bytesMax / SLAB + 2 + 4, `slabs kept: ${b.slabsKept}`);
   for (let lsn = b.lsnFirst; lsn <= b.lsnLast; lsn++) assertIntact(b, lsn, span);
