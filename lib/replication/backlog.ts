@@ -88,6 +88,7 @@ export class Backlog {
   private released: Released[] = []; // sealed and empty, maybe still referenced by a socket, oldest first
   private readonly spare: Slab[] = []; // free to reuse
   slabsReused = 0;
+  slabsAllocated = 0;
 
   // Slabs the backlog refers to: holding records, the one being carved,
   // released or spare.
@@ -146,6 +147,7 @@ export class Backlog {
       return reused;
     }
     const slab: Slab = { buffer: Buffer.allocUnsafeSlow(SLAB_BYTES), live: 0, sealed: false };
+    this.slabsAllocated++;
     this.slabs.set(slab.buffer.buffer, slab);
     return slab;
   }

@@ -144,8 +144,9 @@ export interface PrimaryReplicationStatus {
   epoch: number;
   lsnCommit: number;
   ackSet: string[];
-  // slabsReused: record slabs carved again (instead of allocated) since start.
-  backlog: { lsnFirst: number; lsnLast: number; bytes: number; bytesMax: number; slabsReused: number };
+  // slabsReused: record slabs carved again (instead of allocated) since
+  // start; slabsAllocated: slabs allocated since start.
+  backlog: { lsnFirst: number; lsnLast: number; bytes: number; bytesMax: number; slabsReused: number; slabsAllocated: number };
   // The protocol engine's projection: healthy, catching_up, rebuilding, needs_rebuild, degraded, ...
   recovery: Projection;
   wal: { lsnTail: number; retainedBytes: number; budgetBytes: number; writeBytesPerSecond: number };
@@ -744,7 +745,7 @@ export class PrimaryReplication implements AckGate {
       epoch: this.volume.epoch,
       lsnCommit: this.lsnCommit,
       ackSet: this.peers.filter((p) => p.inAckSet).map((p) => p.address),
-      backlog: { lsnFirst: this.backlog.lsnFirst, lsnLast: this.backlog.lsnLast, bytes: this.backlog.bytes, bytesMax: this.backlog.bytesMax, slabsReused: this.backlog.slabsReused },
+      backlog: { lsnFirst: this.backlog.lsnFirst, lsnLast: this.backlog.lsnLast, bytes: this.backlog.bytes, bytesMax: this.backlog.bytesMax, slabsReused: this.backlog.slabsReused, slabsAllocated: this.backlog.slabsAllocated },
       wal: { lsnTail: walTail, retainedBytes: this.volume.walBytesAfter(walTail), budgetBytes, writeBytesPerSecond: Math.round(this.writeBytesPerSecond) },
       recovery: this.recovery,
       rebuildPace: { bytesPerSecond: Math.round(this.rebuildRate), latencyTargetMs: this.rebuildLatencyTargetMs },

@@ -266,16 +266,26 @@ test('backlog slabs: after 1 MiB records filled the budget (three to a slab), 4 
   const b = new Backlog(bytesMax, out);
   const big = 1048640; // a 1 MiB write's record
   let lsn = 0;
-  for (let n = 0; n < (2 * bytesMax) / big; n++) takeAndPush(b, ++lsn, big);
+  // Slabs carved: each time a record lands in another slab than the one before.
+  let carvedAll = 0;
+  let last: ArrayBufferLike | undefined;
+  const push = (span: number): void => {
+    const room = takeAndPush(b, ++lsn, span);
+    if (room.buffer !== last) carvedAll++;
+    last = room.buffer;
+  };
+  for (let n = 0; n < (2 * bytesMax) / big; n++) push(big);
   const slabsBefore = b.slabsKept;
   assert.ok(slabsBefore > bytesMax / SLAB + 4, `the large records fill more slabs than the budget's bytes (${slabsBefore})`);
   // Small records until the large ones are all gone, and as much again.
   const small = 4160;
-  for (let n = 0; n < (2 * bytesMax) / small; n++) takeAndPush(b, ++lsn, small);
+  for (let n = 0; n < (2 * bytesMax) / small; n++) push(small);
   const carved = Math.ceil((2 * bytesMax) / small / Math.floor(SLAB / small));
   // Only the first slabs, while the large records were still held in more
   // slabs than the budget's bytes, could not come from released ones.
   assert.ok(b.slabsReused >= carved - 4, `slabs reused: ${b.slabsReused} of ${carved} carved`);
+  // Every slab carved was either allocated or reused.
+  assert.equal(b.slabsAllocated + b.slabsReused, carvedAll);
   assert.ok(b.slabsKept <= Math.ceil(bytesMax / SLAB) + 1 + 4 + 4, `slabs kept: ${b.slabsKept}`);
   for (let l = b.lsnFirst; l <= lsn; l++) assertIntact(b, l, small);
 });
