@@ -2,8 +2,9 @@
 // replica (a listening socket and a ReplicationLink) answers the primary's
 // HELLO as the test says. Checks the peer lifecycle (reconnecting with a
 // bounded backoff, catching_up from the WAL, needs_rebuild, failed), what bad answers do (an ACK for
-// records never sent, a divergent apply checksum, a higher epoch) and that
-// close() in the middle of any of it leaves nothing running.
+// records never sent, a divergent apply checksum, a higher epoch), that
+// close() in the middle of any of it leaves nothing running, and that the
+// backlog's reused slabs never change bytes a replica is still to receive.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as net from 'node:net';

@@ -2,7 +2,8 @@
 // typed arrays that holds the newest records within a byte budget. Checked
 // against a plain array model under random pushes, and at its edges: growth
 // past its first capacity, the budget keeping at least one record, a skipped
-// LSN, and views that show the bytes pushed.
+// LSN, and views that show the bytes pushed. Its record slabs: reused only
+// once no held record and no socket write still refers to them.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 
