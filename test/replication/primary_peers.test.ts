@@ -15,7 +15,7 @@ import pino from 'pino';
 
 import { Volume } from '../../lib/engine/volume';
 import { decodeRecord } from '../../lib/native/wal_format';
-import { type Frame, type HelloFrame, WAL_RECORD_HEADER_BYTES } from '../../lib/replication/frames';
+import { type Frame, type HelloFrame, WAL_RECORD_HEADER_BYTES, type WalRecord } from '../../lib/replication/frames';
 import { describeClose, ReplicationLink } from '../../lib/replication/link';
 import { type DurabilityMode, PrimaryReplication, type ReplicaPeerStatus } from '../../lib/replication/primary';
 import { tempDir } from '../support/tmp';
@@ -406,14 +406,60 @@ test('best_effort: acknowledgements are counted and never held', async () => {
   }
 });
 
+// What a fake replica checks of each record it receives: it verifies (its
+// own XXH3 over header and payload), follows the one before (from lsnFirst;
+// 0: from whichever comes first), and a write's payload starts with its LSN.
+class RecordChecker {
+  next: number;
+  records = 0;
+  bad: string | undefined;
+
+  constructor(lsnFirst: number) {
+    this.next = lsnFirst;
+  }
+
+  check(records: readonly WalRecord[]): void {
+    for (const r of records) {
+      try {
+        const rec = decodeRecord(r.bytes);
+        if (this.next !== 0 && rec.lsn !== this.next) throw new Error(`LSN ${rec.lsn}, expected ${this.next}`);
+        if (rec.kind === 'write' && Buffer.from(r.bytes.buffer, r.bytes.byteOffset + WAL_RECORD_HEADER_BYTES, 4).readUInt32LE(0) !== rec.lsn) throw new Error(`LSN ${rec.lsn}: another write's payload`);
+      } catch (err) {
+        this.bad ??= (err as Error).message;
+      }
+      this.next = r.lsn + 1;
+      this.records++;
+    }
+  }
+}
+
+// totalBytes in 64 KiB writes over the 8 MiB volume, 16 at once (their
+// records wait in the backlog's slabs together until the pump sends them).
+// Each payload starts with the LSN its record gets (they are numbered in the
+// order the writes are made); then(lsn) runs as each is written. Resolves
+// with the last LSN.
+async function writeNumbered(volume: Volume, totalBytes: number, then: (lsn: number, want: number) => Promise<void> | void = () => undefined): Promise<number> {
+  const size = 64 * 1024;
+  let lsn = volume.lsnHead;
+  for (let i = 0; i < totalBytes / size; i += 16) {
+    const batch: Promise<void>[] = [];
+    for (let j = i; j < i + 16; j++) {
+      const data = Buffer.alloc(size, j & 0xff);
+      const want = ++lsn;
+      data.writeUInt32LE(want, 0);
+      batch.push(volume.write((j * size) % (8 * MiB), data).then((written) => then(written, want)));
+    }
+    await Promise.all(batch);
+  }
+  return lsn;
+}
+
 test('a replica that stops reading: frames queued in the socket keep their bytes while the backlog reuses its slabs', async () => {
   // The replica reads nothing for a while (best_effort: writes go on). The
   // kernel's buffers fill, frames queue in the socket, and their records'
   // slabs leave the 8 MiB backlog. Reusing a slab before the socket let go
   // of it would send other records' bytes once the replica reads again.
-  let next = 0;
-  let records = 0;
-  let bad: string | undefined;
+  const checker = new RecordChecker(0);
   let closedWith: string | undefined;
   let paused = false;
   const fake = await fakeReplica((frame, link) => {
@@ -423,18 +469,7 @@ test('a replica that stops reading: frames queued in the socket keep their bytes
       paused = true;
       return;
     }
-    if (frame.type !== 'wal_records') return;
-    for (const r of frame.records) {
-      try {
-        const rec = decodeRecord(r.bytes);
-        if (next !== 0 && rec.lsn !== next) throw new Error(`LSN ${rec.lsn}, expected ${next}`);
-        if (rec.kind === 'write' && Buffer.from(r.bytes.buffer, r.bytes.byteOffset + WAL_RECORD_HEADER_BYTES, 4).readUInt32LE(0) !== rec.lsn) throw new Error(`LSN ${rec.lsn}: another write's payload`);
-      } catch (err) {
-        bad ??= (err as Error).message;
-      }
-      next = r.lsn + 1;
-      records++;
-    }
+    if (frame.type === 'wal_records') checker.check(frame.records);
   });
   try {
     await withPrimary([fake.port], { durability: 'best_effort', backlogBytes: 8 * MiB }, async ({ volume, peer }) => {
@@ -443,30 +478,20 @@ test('a replica that stops reading: frames queued in the socket keep their bytes
       link.onClose = (reason) => {
         closedWith = describeClose(reason);
       };
-      const size = 64 * 1024;
-      let lsn = volume.lsnHead;
-      for (let i = 0; i < (64 * MiB) / size; i += 16) {
-        const batch: Promise<number>[] = [];
-        for (let j = i; j < i + 16; j++) {
-          const data = Buffer.alloc(size, j & 0xff);
-          data.writeUInt32LE(++lsn, 0);
-          batch.push(volume.write((j * size) % (8 * MiB), data));
-        }
-        await Promise.all(batch);
-      }
+      await writeNumbered(volume, 64 * MiB);
       link.resumeInput();
       // Read what the socket held; the primary may also have moved on to a
       // catch-up or dropped the replica meanwhile: only what arrives counts.
       let seen = -1;
-      while (records !== seen) {
-        seen = records;
+      while (checker.records !== seen) {
+        seen = checker.records;
         await sleep(300);
       }
-      assert.equal(bad, undefined, bad);
+      assert.equal(checker.bad, undefined, checker.bad);
       assert.ok(closedWith === undefined || !/checksum|bad.frame|decode/i.test(closedWith), `link closed: ${closedWith}`);
       // The test saw what it is about: more than the kernel holds was queued
-      // behind the paused reader, and arrived.
-      assert.ok(records * size > 24 * MiB, `records received after the pause: ${records}`);
+      // behind the paused reader, and arrived (64 KiB writes).
+      assert.ok(checker.records * 64 * 1024 > 24 * MiB, `records received after the pause: ${checker.records}`);
     });
   } finally {
     await fake.close();
@@ -476,21 +501,11 @@ test('a replica that stops reading: frames queued in the socket keep their bytes
 test('a backlog that reuses its record slabs ships every record intact: each one verifies and holds what was written', async () => {
   // A replica that verifies each record (its own XXH3 over header and
   // payload) and the payload's first bytes, then acknowledges it.
-  let next = 1;
-  let bad: string | undefined;
+  const checker = new RecordChecker(1);
   const fake = await fakeReplica((frame, link) => {
     if (frame.type === 'hello') link.send(replicaHello(frame));
     if (frame.type !== 'wal_records') return;
-    for (const r of frame.records) {
-      try {
-        const rec = decodeRecord(r.bytes);
-        if (rec.lsn !== next) throw new Error(`LSN ${rec.lsn}, expected ${next}`);
-        if (rec.kind === 'write' && Buffer.from(r.bytes.buffer, r.bytes.byteOffset + WAL_RECORD_HEADER_BYTES, 4).readUInt32LE(0) !== rec.lsn) throw new Error(`LSN ${rec.lsn}: another write's payload`);
-      } catch (err) {
-        bad ??= (err as Error).message;
-      }
-      next = r.lsn + 1;
-    }
+    checker.check(frame.records);
     const last = frame.records[frame.records.length - 1]!.lsn;
     link.send({ type: 'ack', epoch: 1, lsnReceived: last, lsnDurable: last, lsnApplied: 0, applyChecksum: 0n, lsnCheckpoint: 0 });
   });
@@ -498,29 +513,12 @@ test('a backlog that reuses its record slabs ships every record intact: each one
     // An 8 MiB backlog and 48 MiB written: its 4 MiB slabs come round again.
     await withPrimary([fake.port], { durability: 'sync_all', backlogBytes: 8 * MiB }, async ({ volume, peer, primary }) => {
       await until('streaming', () => peer().state === 'streaming');
-      const size = 64 * 1024;
-      let lsn = volume.lsnHead;
-      // 16 writes at once: their records wait in the backlog's slabs
-      // together until the pump sends them.
-      for (let i = 0; i < (48 * MiB) / size; i += 16) {
-        const batch: Promise<void>[] = [];
-        for (let j = i; j < i + 16; j++) {
-          // Each payload starts with the LSN its record gets (they are
-          // numbered in the order the writes are made).
-          const data = Buffer.alloc(size, j & 0xff);
-          const want = ++lsn;
-          data.writeUInt32LE(want, 0);
-          batch.push(
-            volume.write((j * size) % (8 * MiB), data).then((written) => {
-              assert.equal(written, want);
-              return primary.written(written, false);
-            }),
-          );
-        }
-        await Promise.all(batch);
-      }
-      await until('the replica has every record', () => next === lsn + 1);
-      assert.equal(bad, undefined, bad);
+      const lsn = await writeNumbered(volume, 48 * MiB, (written, want) => {
+        assert.equal(written, want);
+        return primary.written(written, false);
+      });
+      await until('the replica has every record', () => checker.next === lsn + 1);
+      assert.equal(checker.bad, undefined, checker.bad);
       assert.ok(primary.status().backlog.slabsReused > 0, `slabs reused: ${primary.status().backlog.slabsReused}`);
     });
   } finally {
