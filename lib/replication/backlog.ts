@@ -146,7 +146,10 @@ export class Backlog {
       this.slabsReused++;
       return reused;
     }
-    const slab: Slab = { buffer: Buffer.allocUnsafeSlow(SLAB_BYTES), live: 0, sealed: false };
+    // Touched whole now: pages first written while records are carved would
+    // fault on the write path, and a slab first filled with large records
+    // (three of 1 MiB) leaves its last quarter untouched until it is reused.
+    const slab: Slab = { buffer: Buffer.allocUnsafeSlow(SLAB_BYTES).fill(0), live: 0, sealed: false };
     this.slabsAllocated++;
     this.slabs.set(slab.buffer.buffer, slab);
     return slab;

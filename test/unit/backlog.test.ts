@@ -3,7 +3,10 @@
 // against a plain array model under random pushes, and at its edges: growth
 // past its first capacity, the budget keeping at least one record, a skipped
 // LSN, and views that show the bytes pushed. Its record slabs: reused only
-// once no held record and no socket write still refers to them.
+// once no held record and no socket write still refers to them, and touched
+// whole when allocated (carving records from one takes no page faults).
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 
@@ -314,4 +317,35 @@ test('backlog slabs: with output never completing, the slabs it keeps stay bound
   // The slabs holding records, the one being carved, and a few released.
   assert.ok(b.slabsKept <= bytesMax / SLAB + 2 + 4, `slabs kept: ${b.slabsKept}`);
   for (let lsn = b.lsnFirst; lsn <= b.lsnLast; lsn++) assertIntact(b, lsn, span);
+});
+
+// In a fresh process: memory earlier tests freed may be reused already
+// touched, which would hide a slab left untouched.
+test('backlog slabs: a new slab is touched whole when allocated, so carving records from it takes no page faults', () => {
+  const script = `
+    const { Backlog } = require(${JSON.stringify(path.join(__dirname, '../../lib/replication/backlog'))});
+    const backlog = new Backlog(64 << 20);
+    const span = 4160; // a 4 KiB write's record
+    const entry = (lsn, bytes) => ({ lsn, bytes, applyChecksum: 0n, atMs: 0, kind: 'write', lba: lsn, lengthBlocks: 1 });
+    const first = backlog.take(span);
+    first.fill(1);
+    backlog.push(entry(1, first));
+    // The rest of the slab, written as records are carved.
+    const before = process.resourceUsage().minorPageFault;
+    let lsn = 2;
+    for (let carved = span; carved + span <= 4 << 20; carved += span, lsn++) {
+      const room = backlog.take(span);
+      room.fill(lsn & 0xff);
+      backlog.push(entry(lsn, room));
+    }
+    const faults = process.resourceUsage().minorPageFault - before;
+    process.stdout.write(JSON.stringify({ faults, records: lsn - 2, slabs: backlog.slabsAllocated }));
+  `;
+  const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+  assert.equal(run.status, 0, run.stderr);
+  const { faults, records, slabs } = JSON.parse(run.stdout) as { faults: number; records: number; slabs: number };
+  assert.equal(slabs, 1, 'every record came from the first slab');
+  assert.ok(records > 1000, `${records} records carved`);
+  // Left untouched until carved, each of its ~1,000 pages would fault here.
+  assert.ok(faults < 64, `carving ${records} records faulted ${faults} pages`);
 });
