@@ -333,7 +333,7 @@ test('backlog slabs: a new slab is touched whole when allocated, so carving reco
     // The rest of the slab, written as records are carved.
     const before = process.resourceUsage().minorPageFault;
     let lsn = 2;
-    for (let carved = span; carved + span <= 4 << 20; carved += span, lsn++) {
+    for (let carved = span; carved + span <= ${SLAB}; carved += span, lsn++) {
       const room = backlog.take(span);
       room.fill(lsn & 0xff);
       backlog.push(entry(lsn, room));
