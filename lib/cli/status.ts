@@ -69,6 +69,7 @@ function renderVolume(s: VolumeStatus): string {
     `  dirty      ${formatBytes(s.dirtyBytes)} in ${s.dirtyBlocks} blocks, ${s.zeroRanges} zeroed ranges`,
     `  wal        ${s.walSegments} of ${s.walSegmentsMax} segments of ${formatBytes(s.walSegmentBytes)}, retention ${formatBytes(s.walRetentionBytes)}`,
     `             cache ${formatBytes(s.walCacheBytes)}; read back ${formatBytes(s.walReadMemoryBytes)} from memory, ${formatBytes(s.walReadDiskBytes)} from the disk`,
+    `             ${s.walGroupWrites} group writes (${s.walDsyncGroupWrites} with RWF_DSYNC), ${s.walSyncs} fdatasyncs`,
     `  cache      ${formatBytes(s.blockCacheUsedBytes)} of ${formatBytes(s.blockCacheBytes)} of base.img blocks; reads: ${s.blockCacheHits} blocks from memory, ${s.blockCacheMisses} from the disk`,
   ];
   if (s.superblockFallback !== undefined) lines.push(`  warning    superblock fell back to its older slot: ${s.superblockFallback}`);

@@ -134,6 +134,11 @@ export interface VolumeStatus {
   walCacheBytes: number;
   walReadMemoryBytes: number;
   walReadDiskBytes: number;
+  // WAL group writes submitted since open, those written with RWF_DSYNC
+  // (durable when written), and fdatasyncs of WAL segments.
+  walGroupWrites: number;
+  walDsyncGroupWrites: number;
+  walSyncs: number;
   // The block cache: its size, what it holds, and the blocks of reads it
   // answered (hits) and that went to base.img (misses) since the volume opened.
   blockCacheBytes: number;
@@ -742,6 +747,14 @@ export class Volume {
     return this.io.flush();
   }
 
+  // Asks for the records up to lsn appended so far to become durable as they
+  // are written (RWF_DSYNC), without waiting: a replica told that a flush
+  // follows, before its WAL writes them.
+  requestDurable(lsn: number): void {
+    this.checkOpen();
+    this.io.requestDurable(lsn);
+  }
+
   // Applies everything written so far to base.img and advances the checkpoint.
   checkpoint(): Promise<void> {
     this.checkOpen();
@@ -778,6 +791,9 @@ export class Volume {
       walCacheBytes: this.walCacheBytes,
       walReadMemoryBytes: w.readMemoryBytes,
       walReadDiskBytes: w.readDiskBytes,
+      walGroupWrites: w.groupsSubmitted,
+      walDsyncGroupWrites: w.dsyncGroupsSubmitted,
+      walSyncs: w.syncsSubmitted,
       blockCacheBytes: (this.io.cache?.capacityBlocks ?? 0) * BLOCK_BYTES,
       blockCacheUsedBytes: (this.io.cache?.usedBlocks ?? 0) * BLOCK_BYTES,
       blockCacheHits: this.io.cache?.hits ?? 0,

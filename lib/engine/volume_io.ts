@@ -50,6 +50,9 @@ export interface ShippedRecord {
   kind: 'write' | 'trim' | 'zero' | 'control';
   lba: number;
   lengthBlocks: number;
+  // Written with FUA: durable here when acknowledged, so the replicas a
+  // durability mode waits for are asked to make it durable as it ships.
+  fua: boolean;
 }
 
 // What a replica's WAL holds beyond what it has applied (the dirty map only
@@ -601,7 +604,7 @@ export class VolumeIo {
         // submission: the replica's round trip then overlaps this node's
         // io_uring_enter rather than following it.
         try {
-          this.applied(rec, 'write', first, end - first);
+          this.applied(rec, 'write', first, end - first, fua);
         } finally {
           this.wal.scheduleKick();
         }
@@ -675,6 +678,12 @@ export class VolumeIo {
     }
   }
 
+  // The records up to lsn appended so far become durable as they are written,
+  // without waiting (Wal.requestDurable).
+  requestDurable(lsn: number): void {
+    this.wal.requestDurable(lsn);
+  }
+
   async flush(): Promise<void> {
     this.checkWritable();
     try {
@@ -729,7 +738,7 @@ export class VolumeIo {
         appending.lsn = rec.lsn;
         this.walIndex.add(rec.lsn, rec.segmentSeq, rec.offsetBytes, rec.spanBytes);
         onAssigned(rec);
-        this.applied(rec, r.kind, r.lba, r.lengthBlocks);
+        this.applied(rec, r.kind, r.lba, r.lengthBlocks, r.fua);
         assign();
       },
     });
@@ -746,10 +755,10 @@ export class VolumeIo {
   // A primary's record has its LSN and is in the dirty map (or applied, a
   // control record): it counts as applied and is shipped, in the same
   // synchronous step.
-  private applied(rec: AppendedRecord, kind: ShippedRecord['kind'], lba: number, lengthBlocks: number): void {
+  private applied(rec: AppendedRecord, kind: ShippedRecord['kind'], lba: number, lengthBlocks: number, fua: boolean): void {
     this.lsnApplied = rec.lsn;
     this.applyChecksum = extendApplyChecksum(this.applyChecksum, rec.checksum);
-    this.onRecord?.({ lsn: rec.lsn, bytes: rec.bytes!, checksum: rec.checksum, kind, lba, lengthBlocks });
+    this.onRecord?.({ lsn: rec.lsn, bytes: rec.bytes!, checksum: rec.checksum, kind, lba, lengthBlocks, fua });
   }
 
   // Releases the lock once every record has its LSN, then waits for the WAL.

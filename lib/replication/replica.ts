@@ -204,6 +204,8 @@ class PrimaryLink {
   private outstandingBytes = 0;
   private inputPaused = false;
   private lastAppend: Promise<number> | undefined;
+  // The highest LSN a SYNC frame asks for, noted as the frame arrives.
+  private lsnSyncAhead = 0;
 
   constructor(
     private readonly owner: ReplicaReplication,
@@ -224,6 +226,11 @@ class PrimaryLink {
           ? (frame.data?.byteLength ?? 0)
           : 0;
     this.outstandingBytes += bytes;
+    // A FLUSH after a write on the primary: its SYNC comes right behind the
+    // records, in the same read. Noted before they are handled, the records
+    // it covers go to the WAL with RWF_DSYNC (one write) instead of a write
+    // and then an fdatasync.
+    if (frame.type === 'sync') this.lsnSyncAhead = Math.max(this.lsnSyncAhead, frame.lsnSync);
     if (this.outstandingBytes > OUTSTANDING_BYTES_HIGH && !this.inputPaused) {
       this.inputPaused = true;
       this.link.pauseInput();
@@ -361,6 +368,7 @@ class PrimaryLink {
     // Throws (closing the link) on a record that does not verify or skips an LSN.
     const last = this.volume.appendReceivedAll(frame.records);
     if (last === undefined) return;
+    if (this.lsnSyncAhead >= frame.records[0]!.lsn) this.volume.requestDurable(this.lsnSyncAhead);
     this.lastAppend = last;
     // Received: in the WAL's order; the primary may count it now (before
     // this node's WAL submission, which waits for the turn's end).

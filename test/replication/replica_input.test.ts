@@ -2,6 +2,7 @@
 // a hand-driven ReplicationLink. Every bad frame or record closes that link
 // with a reason, leaves the volume exactly as it was, and the replica then
 // takes a good primary as if nothing had happened.
+import { once } from 'node:events';
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as net from 'node:net';
@@ -12,6 +13,7 @@ import pino from 'pino';
 import { type ShippedRecord, Volume } from '../../lib/engine/volume';
 import { encodeRecord } from '../../lib/native/wal_format';
 import { APPLY_CHECKSUM_INITIAL } from '../../lib/replication/apply_checksum';
+import { FrameDecoder } from '../../lib/replication/frame_decoder';
 import { type Frame, encodeFrame, type HelloFrame } from '../../lib/replication/frames';
 import { type LinkCloseReason, ReplicationLink } from '../../lib/replication/link';
 import { ReplicaReplication } from '../../lib/replication/replica';
@@ -176,4 +178,36 @@ test('a second primary link replaces the first; the first gets nothing more in',
     await until(() => second.frames.some((x) => x.type === 'hello'));
     second.link.close('shutdown', 'done');
     await goodPrimaryWorks(f);
+  }));
+
+test('records and the SYNC right behind them in one read go to the WAL with RWF_DSYNC, with no fdatasync after', () =>
+  withReplica(async (f) => {
+    for (let i = 0; i < 4; i++) await f.source.write(i * 4096, Buffer.alloc(4096, 5 + i));
+    const raw = net.connect(f.receiver.port, '127.0.0.1');
+    await once(raw, 'connect');
+    const decoder = new FrameDecoder();
+    const frames: Frame[] = [];
+    raw.on('data', (d: Buffer) => {
+      decoder.push(d);
+      for (let fr = decoder.next(); fr !== undefined; fr = decoder.next()) frames.push(fr);
+    });
+    raw.write(encodeFrame(hello(f.source)));
+    await until(() => frames.some((x) => x.type === 'hello'));
+    const before = f.replica.status();
+    const records = f.shipped.map((r) => ({ lsn: r.lsn, bytes: r.bytes }));
+    const last = records.at(-1)!.lsn;
+    // One write: the replica reads both frames at once, as it does a FLUSH
+    // that followed a write on the primary.
+    raw.write(Buffer.concat([
+      encodeFrame({ type: 'wal_records', epoch: f.source.epoch, records }),
+      encodeFrame({ type: 'sync', epoch: f.source.epoch, lsnSync: last }),
+    ]));
+    await until(() => frames.some((x) => x.type === 'ack' && x.lsnDurable >= last));
+    const after = f.replica.status();
+    const groups = after.walGroupWrites - before.walGroupWrites;
+    assert.ok(groups >= 1, 'the records were written');
+    assert.equal(after.walDsyncGroupWrites - before.walDsyncGroupWrites, groups, 'every group with RWF_DSYNC');
+    assert.equal(after.walSyncs - before.walSyncs, 0, 'no fdatasync');
+    assert.equal(f.replica.lsnDurable, last);
+    raw.destroy();
   }));
