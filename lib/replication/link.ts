@@ -263,6 +263,18 @@ export class ReplicationLink {
 
   // ---- Output ----
 
+  // The frames fn sends leave in one socket write: a SYNC sent right behind
+  // the records it covers reaches the peer in the same read.
+  batch(fn: () => void): void {
+    const socket = this.socket;
+    socket.cork();
+    try {
+      fn();
+    } finally {
+      socket.uncork();
+    }
+  }
+
   // The chunks in one corked write: the record bytes of a WAL_RECORDS frame
   // go to the socket as they are, never joined into one buffer.
   private writeFrame(frame: Frame): boolean {

@@ -324,9 +324,14 @@ export class PrimaryReplication implements AckGate {
       lengthBlocks: record.lengthBlocks,
     });
     this.bytesWritten += record.bytes.byteLength;
+    // A FUA write waits for the replicas' durability: its SYNC goes out right
+    // behind the records (one read on the replica, which then writes them
+    // with RWF_DSYNC), not after this node's own write completes.
+    const sync = record.fua && this.durability !== 'best_effort';
     for (const p of this.peers) {
       p.markDirty(record);
       p.schedulePump();
+      if (sync) p.requestSync(record.lsn);
     }
   }
 
@@ -1408,10 +1413,15 @@ class ReplicaPeer {
     });
   }
 
-  // Sends records after lsnSent while the link takes them.
+  // Sends records after lsnSent while the link takes them, and a SYNC behind
+  // them when one is wanted, in one socket write.
   private pump(): void {
     const link = this.link;
     if (link === undefined || link.closed || !this.feeding || this.fromDisk) return;
+    link.batch(() => this.pumpOn(link));
+  }
+
+  private pumpOn(link: ReplicationLink): void {
     const head = this.primary.head;
     while (this.lsnSent < head) {
       const records: WalRecord[] = [];

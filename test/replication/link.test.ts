@@ -176,6 +176,42 @@ test('a WAL_RECORDS frame with a 1 MiB record arrives intact, and send() reports
   await closePair(pair);
 });
 
+// The link's socket with its writes counted (each _write or _writev call is
+// one write to the kernel), chunks per write.
+function countWrites(socket: net.Socket): number[] {
+  type Hooks = { _write: (...args: unknown[]) => void; _writev: (...args: unknown[]) => void };
+  const s = socket as unknown as Hooks;
+  const counts: number[] = [];
+  const write = s._write.bind(socket);
+  const writev = s._writev.bind(socket);
+  s._write = (...args: unknown[]) => {
+    counts.push(1);
+    write(...args);
+  };
+  s._writev = (...args: unknown[]) => {
+    counts.push((args[0] as unknown[]).length);
+    writev(...args);
+  };
+  return counts;
+}
+
+test('batch(): the frames sent inside it leave in one socket write, in order', BOUNDED, async () => {
+  const peer = await rawPeer(QUIET);
+  const writes = countWrites(peer.accepted);
+  const frames: Frame[] = [
+    { type: 'wal_records', epoch: EPOCH, records: [{ lsn: 1, bytes: bytesOf(100, 1) }, { lsn: 2, bytes: bytesOf(300, 2) }] },
+    { type: 'sync', epoch: EPOCH, lsnSync: 2 },
+    { type: 'commit', epoch: EPOCH, lsnCommit: 2 },
+  ];
+  peer.link.batch(() => {
+    for (const frame of frames) peer.link.send(frame);
+  });
+  assert.equal(writes.length, 1, `one write: ${JSON.stringify(writes)}`);
+  peer.link.close('shutdown', 'done');
+  const received = await peer.received;
+  assert.deepEqual(received.slice(0, frames.length), frames);
+});
+
 test('1000 small frames pipelined both ways arrive in order', BOUNDED, async () => {
   const pair = await linkPair(QUIET);
   const frames: Frame[] = Array.from({ length: 1000 }, (_, i) => ({ type: 'commit', epoch: EPOCH, lsnCommit: i + 1 }));

@@ -26,11 +26,13 @@ const silent = pino({ level: 'silent' });
 type Script = (frame: Frame, link: ReplicationLink) => void;
 
 // A replica that answers with script; every link it accepted is kept.
-async function fakeReplica(script: Script): Promise<{ port: number; links: ReplicationLink[]; close: () => Promise<void> }> {
+// onRead: called for every chunk read from a primary, before the frames in it.
+async function fakeReplica(script: Script, onRead?: () => void): Promise<{ port: number; links: ReplicationLink[]; close: () => Promise<void> }> {
   const links: ReplicationLink[] = [];
   const sockets: net.Socket[] = [];
   const server = net.createServer((socket) => {
     sockets.push(socket);
+    if (onRead !== undefined) socket.on('data', onRead);
     const link = new ReplicationLink(socket, { epoch: () => 1, logger: silent });
     links.push(link);
     link.onFrame = (frame) => script(frame, link);
@@ -382,6 +384,61 @@ test('sync_all: the status counts the acknowledgements the replica held up, and 
       ack(fake.links[0]!, second, second);
       await flushed;
       assert.ok(primary.status().ackWait.flushes.heldSeconds > 0);
+    });
+  } finally {
+    await fake.close();
+  }
+});
+
+// What a fake replica saw: WAL_RECORDS (their last LSN) and SYNC frames, with
+// the number of the socket read each came in.
+function frameLog(): { seen: { type: 'records' | 'sync'; lsn: number; read: number }[]; script: Script; onRead: () => void } {
+  const seen: { type: 'records' | 'sync'; lsn: number; read: number }[] = [];
+  let reads = 0;
+  return {
+    seen,
+    onRead: () => reads++,
+    script: (frame, link) => {
+      if (frame.type === 'hello') link.send(replicaHello(frame));
+      if (frame.type === 'wal_records') seen.push({ type: 'records', lsn: frame.records[frame.records.length - 1]!.lsn, read: reads });
+      if (frame.type === 'sync') seen.push({ type: 'sync', lsn: frame.lsnSync, read: reads });
+    },
+  };
+}
+
+test('sync_all: a FUA write ships with a SYNC right behind its record, in the same socket write; a plain write ships none', async () => {
+  const log = frameLog();
+  const fake = await fakeReplica(log.script, log.onRead);
+  try {
+    await withPrimary([fake.port], { durability: 'sync_all' }, async ({ volume, peer }) => {
+      await until('streaming', () => peer().state === 'streaming');
+      const plain = await volume.write(0, Buffer.alloc(4096, 1));
+      await until('the plain record reached the replica', () => log.seen.some((s) => s.type === 'records' && s.lsn >= plain));
+      assert.deepEqual(log.seen.filter((s) => s.type === 'sync'), [], 'a plain write asks for no SYNC');
+      // Not through the ack gate: the SYNC leaves with the record, before
+      // this node's own write of it completes.
+      const fua = await volume.write(4096, Buffer.alloc(4096, 2), { fua: true });
+      await until('the FUA record reached the replica', () => log.seen.some((s) => s.type === 'records' && s.lsn >= fua));
+      const at = log.seen.findIndex((s) => s.type === 'records' && s.lsn >= fua);
+      const sync = log.seen[at + 1];
+      assert.ok(sync !== undefined && sync.type === 'sync', `a SYNC right behind the record: ${JSON.stringify(log.seen)}`);
+      assert.equal(sync.lsn, fua);
+      assert.equal(sync.read, log.seen[at]!.read, 'in the same read as its record');
+    });
+  } finally {
+    await fake.close();
+  }
+});
+
+test('best_effort: a FUA write ships no SYNC (the mode waits for no replica)', async () => {
+  const log = frameLog();
+  const fake = await fakeReplica(log.script, log.onRead);
+  try {
+    await withPrimary([fake.port], { durability: 'best_effort' }, async ({ volume, peer }) => {
+      await until('streaming', () => peer().state === 'streaming');
+      const fua = await volume.write(0, Buffer.alloc(4096, 3), { fua: true });
+      await until('the FUA record reached the replica', () => log.seen.some((s) => s.type === 'records' && s.lsn >= fua));
+      assert.deepEqual(log.seen.filter((s) => s.type === 'sync'), []);
     });
   } finally {
     await fake.close();
