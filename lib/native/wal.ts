@@ -311,8 +311,7 @@ export class Wal {
   waitDurable(lsn: number): Promise<void> {
     if (lsn <= this.lsnDurable) return Promise.resolve();
     if (this.fatal !== undefined) return Promise.reject(this.fatal);
-    nativeCall(() => this.raw.requestDurable(Math.min(lsn, this.lsnHead)));
-    this.ring.scheduleKick();
+    this.requestDurable(lsn);
     return new Promise<void>((resolve, reject) => insertSorted(this.durableWaiters, { lsn, resolve, value: undefined, reject }));
   }
 
@@ -584,11 +583,7 @@ export class Wal {
     }
     // A flush asked for records that were still queued (waitDurable could
     // only ask the addon up to the head then): ask again now they have LSNs.
-    const wanted = this.durableWaiters.at(-1)?.lsn ?? 0;
-    if (appended && wanted > this.lsnDurable && this.fatal === undefined) {
-      nativeCall(() => this.raw.requestDurable(Math.min(wanted, this.lsnHead)));
-      this.ring.scheduleKick();
-    }
+    if (appended) this.requestDurable(this.durableWaiters.at(-1)?.lsn ?? 0);
     settle(this.writtenWaiters, this.lsnWritten, this.fatal);
     settle(this.durableWaiters, this.lsnDurable, this.fatal);
     if (this.fatal !== undefined) {
