@@ -406,44 +406,46 @@ function frameLog(): { seen: { type: 'records' | 'sync'; lsn: number; read: numb
   };
 }
 
-test('sync_all: a FUA write ships with a SYNC right behind its record, in the same socket write; a plain write ships none', async () => {
+// A primary feeding a fake replica that logs what it reads (frameLog), once
+// the replica streams; shipped(lsn) waits until that LSN's records arrived.
+async function withLoggedReplica(
+  durability: DurabilityMode,
+  fn: (ctx: { volume: Volume; seen: ReturnType<typeof frameLog>['seen']; shipped: (lsn: number) => Promise<void> }) => Promise<void>,
+): Promise<void> {
   const log = frameLog();
   const fake = await fakeReplica(log.script, log.onRead);
   try {
-    await withPrimary([fake.port], { durability: 'sync_all' }, async ({ volume, peer }) => {
+    await withPrimary([fake.port], { durability }, async ({ volume, peer }) => {
       await until('streaming', () => peer().state === 'streaming');
-      const plain = await volume.write(0, Buffer.alloc(4096, 1));
-      await until('the plain record reached the replica', () => log.seen.some((s) => s.type === 'records' && s.lsn >= plain));
-      assert.deepEqual(log.seen.filter((s) => s.type === 'sync'), [], 'a plain write asks for no SYNC');
-      // Not through the ack gate: the SYNC leaves with the record, before
-      // this node's own write of it completes.
-      const fua = await volume.write(4096, Buffer.alloc(4096, 2), { fua: true });
-      await until('the FUA record reached the replica', () => log.seen.some((s) => s.type === 'records' && s.lsn >= fua));
-      const at = log.seen.findIndex((s) => s.type === 'records' && s.lsn >= fua);
-      const sync = log.seen[at + 1];
-      assert.ok(sync !== undefined && sync.type === 'sync', `a SYNC right behind the record: ${JSON.stringify(log.seen)}`);
-      assert.equal(sync.lsn, fua);
-      assert.equal(sync.read, log.seen[at]!.read, 'in the same read as its record');
+      const shipped = (lsn: number): Promise<void> => until(`LSN ${lsn} reached the replica`, () => log.seen.some((s) => s.type === 'records' && s.lsn >= lsn));
+      await fn({ volume, seen: log.seen, shipped });
     });
   } finally {
     await fake.close();
   }
-});
+}
 
-test('best_effort: a FUA write ships no SYNC (the mode waits for no replica)', async () => {
-  const log = frameLog();
-  const fake = await fakeReplica(log.script, log.onRead);
-  try {
-    await withPrimary([fake.port], { durability: 'best_effort' }, async ({ volume, peer }) => {
-      await until('streaming', () => peer().state === 'streaming');
-      const fua = await volume.write(0, Buffer.alloc(4096, 3), { fua: true });
-      await until('the FUA record reached the replica', () => log.seen.some((s) => s.type === 'records' && s.lsn >= fua));
-      assert.deepEqual(log.seen.filter((s) => s.type === 'sync'), []);
-    });
-  } finally {
-    await fake.close();
-  }
-});
+test('sync_all: a FUA write ships with a SYNC right behind its record, in the same socket write; a plain write ships none', () =>
+  withLoggedReplica('sync_all', async ({ volume, seen, shipped }) => {
+    const plain = await volume.write(0, Buffer.alloc(4096, 1));
+    await shipped(plain);
+    assert.deepEqual(seen.filter((s) => s.type === 'sync'), [], 'a plain write asks for no SYNC');
+    // Written on the volume, not through the ack gate: the SYNC can only
+    // have come from shipping the record.
+    const fua = await volume.write(4096, Buffer.alloc(4096, 2), { fua: true });
+    await shipped(fua);
+    const at = seen.findIndex((s) => s.type === 'records' && s.lsn >= fua);
+    const sync = seen[at + 1];
+    assert.ok(sync !== undefined && sync.type === 'sync', `a SYNC right behind the record: ${JSON.stringify(seen)}`);
+    assert.equal(sync.lsn, fua);
+    assert.equal(sync.read, seen[at]!.read, 'in the same read as its record');
+  }));
+
+test('best_effort: a FUA write ships no SYNC (the mode waits for no replica)', () =>
+  withLoggedReplica('best_effort', async ({ volume, seen, shipped }) => {
+    await shipped(await volume.write(0, Buffer.alloc(4096, 3), { fua: true }));
+    assert.deepEqual(seen.filter((s) => s.type === 'sync'), []);
+  }));
 
 test('best_effort: acknowledgements are counted and never held', async () => {
   const fake = await fakeReplica((frame, link) => {
