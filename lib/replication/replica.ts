@@ -226,10 +226,10 @@ class PrimaryLink {
           ? (frame.data?.byteLength ?? 0)
           : 0;
     this.outstandingBytes += bytes;
-    // A FLUSH after a write on the primary: its SYNC comes right behind the
-    // records, in the same read. Noted before they are handled, the records
-    // it covers go to the WAL with RWF_DSYNC (one write) instead of a write
-    // and then an fdatasync.
+    // A FUA write on the primary (or a FLUSH parsed with its write): its SYNC
+    // comes right behind the records, in the same read. Noted before they
+    // are handled, the records it covers go to the WAL with RWF_DSYNC (one
+    // write) instead of a write and then an fdatasync.
     if (frame.type === 'sync') this.lsnSyncAhead = Math.max(this.lsnSyncAhead, frame.lsnSync);
     if (this.outstandingBytes > OUTSTANDING_BYTES_HIGH && !this.inputPaused) {
       this.inputPaused = true;
