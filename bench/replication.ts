@@ -61,7 +61,7 @@ import type { AckWaitCounts, PrimaryReplicationStatus } from '../lib/replication
 import type { Bench, BenchContext } from './lib/bench';
 import { BenchSkipped, assert } from './lib/bench';
 import { probeNbdBenchTools, blockwalArgs, createVolume } from './lib/blockwal_cli';
-import { cpuSince, cpuSnapshot, otherLoadPct } from './lib/cpu';
+import { type CpuWindow, cpuSince, cpuSnapshot, otherLoadPct } from './lib/cpu';
 import { diskSince, diskSnapshot, diskText } from './lib/disk';
 import type { NbdFioJob, NbdFioMeasurement } from './lib/fio_nbd';
 import { nbdUnixUri, runNbdFio } from './lib/fio_nbd';
@@ -156,6 +156,18 @@ interface Measured {
   readonly frontCpus: number;
   readonly replicaCpus: number | null;
   readonly lag: ReplicaLag | null;
+  /** The whole machine over the fio run (/proc/stat); null without it. */
+  readonly host: HostUse | null;
+}
+
+// What every CPU of this machine did over a window: busy (the servers, fio,
+// the kernel's interrupt and softirq work, anything else) and stolen by the
+// hypervisor, as shares of all CPUs, and the busy CPU time per client write.
+interface HostUse {
+  readonly cpus: number;
+  readonly busyPct: number;
+  readonly stealPct: number;
+  readonly usPerWrite: number;
 }
 
 interface Pair {
@@ -277,6 +289,7 @@ function report(r: ReportInput): BenchResult {
       ...r.pairs.map((p) => cpuRatio(`${p.w.label} primary cpu/request: replicated/single`, p, false)),
       ...r.pairs.map((p) => cpuRatio(`${p.w.label} primary+replica cpu/request: replicated/single`, p, true)),
       ...r.pairs.filter((p) => p.w.minRatio !== null).map((p) => cpuCeiling(p)),
+      ...r.pairs.filter((p) => p.w.minRatio !== null && p.replicated.host !== null).map((p) => hostCeiling(p)),
     ],
     checks: [],
     notes: [
@@ -288,6 +301,7 @@ function report(r: ReportInput): BenchResult {
       'for the fsync=1 workload the figure is write IOPS; fio issued about one FLUSH per write, so requests ≈ 2 × writes',
       `sanity: replica streaming and in the ack set through every window, caught up at the end, all servers exited 0, checksum of primary and replica both ${r.checksum}`,
       `cpu ceiling (no target): the replicated IOPS this machine's ${os.availableParallelism()} CPUs could carry at the CPU one write took (primary + replica + fio, each per write: a server's µs per request × requests per write), over the single node's IOPS; below a target, that target needs less CPU per write, not only shorter waits`,
+      'host ceiling (no target): the same with the machine-wide CPU per write from /proc/stat (busy time of all CPUs, steal excluded, so the kernel\'s interrupt and softirq work counts too) and only the CPU the hypervisor did not steal; each window\'s detail gives its host line',
       cpuNote(r.pairs),
       ...(r.profileDir === null ? [] : [`servers ran under node --cpu-prof (profiles in ${r.profileDir}): figures carry the profiler's overhead`]),
     ],
@@ -509,6 +523,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
     acks = acksHeldText(acksStart!, repl.ackWait);
   }
   const deferred = await waitForIdle(ctx, side);
+  const hostUse = hostUseOf(host, raw);
 
   // Requests the whole run carried (start-up and warm-up too), at the window's rate.
   const requestsInRun = (raw.requests / raw.runtimeMs) * front.wallMs;
@@ -521,6 +536,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
     cpuText(side.front.server.name, front, deferred[0]!, requestsInRun),
     ...(replica === null ? [] : [cpuText('replica', replica, deferred[1]!, requestsInRun)]),
     ...(disk === null ? [] : [diskText(disk, (raw.ops * 1000) / raw.runtimeMs, 'write')]),
+    ...(hostUse === null ? [] : [hostText(hostUse)]),
     ...(lag === null ? [] : [`replica ${lagText(lag)} after the window`, acks]),
   ].join('; ');
   return {
@@ -530,6 +546,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
     frontCpus,
     replicaCpus,
     lag,
+    host: hostUse,
     figure: {
       name: `${side.name} ${w.label}`,
       value: raw.iops,
@@ -540,6 +557,20 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
       detail,
     },
   };
+}
+
+// Busy excludes steal: time the hypervisor ran something else is not ours.
+function hostUseOf(host: CpuWindow, raw: NbdFioMeasurement): HostUse | null {
+  if (host.hostBusyPct === null || host.hostStealPct === null || raw.ops === 0 || raw.runtimeMs <= 0) return null;
+  const busyPct = host.hostBusyPct - host.hostStealPct;
+  // Writes over the whole run (start-up and ramp too), at the window's rate.
+  const writes = (raw.ops / raw.runtimeMs) * host.wallMs;
+  const usPerWrite = ((busyPct / 100) * host.cpuCount * host.wallMs * 1000) / writes;
+  return { cpus: host.cpuCount, busyPct, stealPct: host.hostStealPct, usPerWrite };
+}
+
+function hostText(h: HostUse): string {
+  return `host: ${fmt(h.busyPct)} % of ${h.cpus} CPUs busy, ${fmt(h.stealPct)} % stolen, ${fmt(h.usPerWrite)} µs of CPU per write machine-wide`;
 }
 
 function windowText(side: Side, w: Workload, raw: NbdFioMeasurement, loadavg: string): string {
@@ -692,6 +723,23 @@ function cpuCeiling(p: Pair): Ratio {
   return {
     name: `${p.w.label} cpu ceiling: (cpus / cpu per replicated write) / single`,
     subject: r.figure.name,
+    anchor: p.single.figure.name,
+    value: ceilingIops / p.single.figure.value,
+    op: '>=',
+    target: null,
+    pass: null,
+  };
+}
+
+// The replicated IOPS this machine would carry with every CPU the
+// hypervisor left it busy, at the machine-wide CPU one replicated write took
+// (servers, fio and the kernel's work for them), over the single node's IOPS.
+function hostCeiling(p: Pair): Ratio {
+  const h = p.replicated.host!;
+  const ceilingIops = (h.cpus * (1 - h.stealPct / 100) * 1e6) / h.usPerWrite;
+  return {
+    name: `${p.w.label} host ceiling: (cpus not stolen / machine cpu per replicated write) / single`,
+    subject: p.replicated.figure.name,
     anchor: p.single.figure.name,
     value: ceilingIops / p.single.figure.value,
     op: '>=',
