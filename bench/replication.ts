@@ -561,11 +561,11 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
 
 // Busy excludes steal: time the hypervisor ran something else is not ours.
 function hostUseOf(host: CpuWindow, raw: NbdFioMeasurement): HostUse | null {
-  if (host.hostBusyPct === null || host.hostStealPct === null || raw.ops === 0 || raw.runtimeMs <= 0) return null;
+  if (host.hostBusyPct === null || host.hostStealPct === null || !(raw.iops > 0)) return null;
   const busyPct = host.hostBusyPct - host.hostStealPct;
-  // Writes over the whole run (start-up and ramp too), at the window's rate.
-  const writes = (raw.ops / raw.runtimeMs) * host.wallMs;
-  const usPerWrite = ((busyPct / 100) * host.cpuCount * host.wallMs * 1000) / writes;
+  if (busyPct <= 0) return null;
+  // The busy CPUs over the writes per second (the window's rate).
+  const usPerWrite = ((busyPct / 100) * host.cpuCount * 1e6) / raw.iops;
   return { cpus: host.cpuCount, busyPct, stealPct: host.hostStealPct, usPerWrite };
 }
 
@@ -733,10 +733,11 @@ function cpuCeiling(p: Pair): Ratio {
 
 // The replicated IOPS this machine would carry with every CPU the
 // hypervisor left it busy, at the machine-wide CPU one replicated write took
-// (servers, fio and the kernel's work for them), over the single node's IOPS.
+// (servers, fio and the kernel's work for them), over the single node's IOPS:
+// the window's IOPS scaled from its busy share to the share not stolen.
 function hostCeiling(p: Pair): Ratio {
   const h = p.replicated.host!;
-  const ceilingIops = (h.cpus * (1 - h.stealPct / 100) * 1e6) / h.usPerWrite;
+  const ceilingIops = (p.replicated.figure.value * (100 - h.stealPct)) / h.busyPct;
   return {
     name: `${p.w.label} host ceiling: (cpus not stolen / machine cpu per replicated write) / single`,
     subject: p.replicated.figure.name,
