@@ -4,6 +4,7 @@
 // bitmap made when a replica leaves is marked from it.
 import type { ApplyChecksum } from './apply_checksum';
 import type { ShippedRecord } from '../engine/volume';
+import { hugePageBuffer } from '../native/memory';
 
 export interface BacklogEntry {
   lsn: number;
@@ -149,7 +150,9 @@ export class Backlog {
     // Touched whole now: pages first written while records are carved would
     // fault on the write path, and a slab first filled with large records
     // (three of 1 MiB) leaves its last quarter untouched until it is reused.
-    const slab: Slab = { buffer: Buffer.allocUnsafeSlow(SLAB_BYTES).fill(0), live: 0, sealed: false };
+    // On huge pages: every shipped record is copied into a slab and read
+    // back by the socket, a new 4 KiB page (and TLB miss) per record.
+    const slab: Slab = { buffer: hugePageBuffer(SLAB_BYTES), live: 0, sealed: false };
     this.slabsAllocated++;
     this.slabs.set(slab.buffer.buffer, slab);
     return slab;

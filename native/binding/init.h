@@ -11,5 +11,6 @@ void init_wal_format(Napi::Env env, Napi::Object exports);  // wal_format_bindin
 void init_bitmap(Napi::Env env, Napi::Object exports);      // bitmap_binding.cc: Bitmap (mmap'd dense bitmap)
 void init_lock(Napi::Env env, Napi::Object exports);        // lock_binding.cc: flock for volume directories
 void init_extents(Napi::Env env, Napi::Object exports);     // extents_binding.cc: data ranges of sparse files
+void init_memory(Napi::Env env, Napi::Object exports);      // memory_binding.cc: buffers on huge pages
 
 }  // namespace blockwal::binding

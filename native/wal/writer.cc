@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -93,11 +94,16 @@ int Writer::open(const WriterOptions& options, std::string* what) {
   reads_.assign(kReadsInFlightMax, PendingRead{});
   // Pages of the cache are touched only as frames arrive.
   if (options.cache_bytes >= slot_bytes_) {
-    cache_ = static_cast<uint8_t*>(std::malloc(options.cache_bytes));
-    if (cache_ == nullptr) {
+    // On huge pages: each sealed frame is copied to the next bytes of the
+    // ring and a checkpoint gathers from all over it; on 4 KiB pages nearly
+    // every frame copied lands on a page the TLB has not seen.
+    void* mem = mmap(nullptr, options.cache_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) {
       *what = "memory for a WAL cache of " + std::to_string(options.cache_bytes) + " bytes";
       return -ENOMEM;
     }
+    madvise(mem, options.cache_bytes, MADV_HUGEPAGE);  // advice only: may be refused
+    cache_ = static_cast<uint8_t*>(mem);
   }
   return 0;
 }
@@ -346,7 +352,7 @@ void Writer::close() {
   active_fd_ = -1;
   if (arena_reserved_ > 0) ring_.unreserve(arena_first_, arena_reserved_);
   arena_reserved_ = 0;
-  std::free(cache_);
+  if (cache_ != nullptr) munmap(cache_, options_.cache_bytes);
   cache_ = nullptr;
   cache_frames_.clear();
   closed_ = true;

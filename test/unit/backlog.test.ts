@@ -13,6 +13,7 @@ import * as assert from 'node:assert/strict';
 import fc from 'fast-check';
 
 import { Backlog, type BacklogEntry, type OutputFence, type OutputMark } from '../../lib/replication/backlog';
+import { hugePageAdvisedBytes, hugePagesMissing } from '../support/huge_pages';
 
 const KINDS = ['write', 'trim', 'zero', 'control'] as const;
 
@@ -348,4 +349,18 @@ test('backlog slabs: a new slab is touched whole when allocated, so carving reco
   assert.ok(records > 1000, `${records} records carved`);
   // Left untouched until carved, each of its ~1,000 pages would fault here.
   assert.ok(faults < 64, `carving ${records} records faulted ${faults} pages`);
+});
+
+// Every shipped record is copied into a slab and read back by the socket: on
+// 4 KiB pages each lands on a page the TLB has not seen.
+test('backlog slabs: on memory advised for huge pages', (t) => {
+  const missing = hugePagesMissing();
+  if (missing !== undefined) return t.skip(`skipped: missing ${missing}`);
+  const before = hugePageAdvisedBytes();
+  const backlog = new Backlog(64 << 20);
+  const span = 1 << 20;
+  for (let lsn = 1; lsn <= 9; lsn++) backlog.push(entry(lsn, backlog.take(span).fill(lsn)));
+  assert.equal(backlog.slabsAllocated, 3, 'three 1 MiB records to a slab');
+  const advised = hugePageAdvisedBytes() - before;
+  assert.ok(advised >= 3 * SLAB, `3 slabs added ${advised} advised bytes`);
 });
