@@ -13,7 +13,7 @@ import * as assert from 'node:assert/strict';
 import fc from 'fast-check';
 
 import { Backlog, type BacklogEntry, type OutputFence, type OutputMark } from '../../lib/replication/backlog';
-import { hugePageAdvisedBytes, hugePagesMissing } from '../support/huge_pages';
+import { hugePagesMissing } from '../support/huge_pages';
 
 const KINDS = ['write', 'trim', 'zero', 'control'] as const;
 
@@ -352,15 +352,23 @@ test('backlog slabs: a new slab is touched whole when allocated, so carving reco
 });
 
 // Every shipped record is copied into a slab and read back by the socket: on
-// 4 KiB pages each lands on a page the TLB has not seen.
+// 4 KiB pages each lands on a page the TLB has not seen. In a fresh process:
+// here, slabs of earlier tests collected meanwhile would unmap advised bytes.
 test('backlog slabs: on memory advised for huge pages', (t) => {
   const missing = hugePagesMissing();
   if (missing !== undefined) return t.skip(`skipped: missing ${missing}`);
-  const before = hugePageAdvisedBytes();
-  const backlog = new Backlog(64 << 20);
-  const span = 1 << 20;
-  for (let lsn = 1; lsn <= 9; lsn++) backlog.push(entry(lsn, backlog.take(span).fill(lsn)));
-  assert.equal(backlog.slabsAllocated, 3, 'three 1 MiB records to a slab');
-  const advised = hugePageAdvisedBytes() - before;
+  const script = `
+    const { Backlog } = require(${JSON.stringify(path.join(__dirname, '../../lib/replication/backlog'))});
+    const { hugePageAdvisedBytes } = require(${JSON.stringify(path.join(__dirname, '../support/huge_pages'))});
+    const before = hugePageAdvisedBytes();
+    const backlog = new Backlog(64 << 20);
+    const entry = (lsn, bytes) => ({ lsn, bytes, applyChecksum: 0n, atMs: 0, kind: 'write', lba: lsn, lengthBlocks: 256 });
+    for (let lsn = 1; lsn <= 9; lsn++) backlog.push(entry(lsn, backlog.take(1 << 20).fill(lsn)));
+    process.stdout.write(JSON.stringify({ advised: hugePageAdvisedBytes() - before, slabs: backlog.slabsAllocated }));
+  `;
+  const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+  assert.equal(run.status, 0, run.stderr);
+  const { advised, slabs } = JSON.parse(run.stdout) as { advised: number; slabs: number };
+  assert.equal(slabs, 3, 'three 1 MiB records to a slab');
   assert.ok(advised >= 3 * SLAB, `3 slabs added ${advised} advised bytes`);
 });
