@@ -9,6 +9,7 @@
 
 #include "binding/errors.h"
 #include "binding/init.h"
+#include "util/huge_pages.h"
 
 namespace blockwal::binding {
 
@@ -29,9 +30,8 @@ Napi::Value huge_page_buffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t bytes = arg_u32(info, 0, "bytes", kHugeBufferBytesMax);
   if (bytes == 0) throw Napi::RangeError::New(env, "bytes must be positive");
-  void* mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mem == MAP_FAILED) throw_error(env, "ERR_NOMEM", "cannot map " + std::to_string(bytes) + " bytes", errno, "mmap");
-  madvise(mem, bytes, MADV_HUGEPAGE);  // advice only: may be refused
+  void* mem = map_huge_pages(bytes);
+  if (mem == nullptr) throw_error(env, "ERR_NOMEM", "cannot map " + std::to_string(bytes) + " bytes", errno, "mmap");
   std::memset(mem, 0, bytes);
   Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
   return Napi::ArrayBuffer::New(env, mem, bytes, unmap, new size_t(bytes));

@@ -70,6 +70,7 @@
 #include <cstring>
 
 #include "util/assert.h"
+#include "util/huge_pages.h"
 
 namespace blockwal::wal {
 
@@ -94,9 +95,8 @@ constexpr uint32_t kSegmentFileNameBytes = 16 + 4;  // 16 hex digits + ".wal"
 class AlignedBuffer {
  public:
   explicit AlignedBuffer(uint32_t bytes) {
-    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    BW_ASSERT(p != MAP_FAILED);
-    madvise(p, bytes, MADV_HUGEPAGE);  // advice only: may be refused
+    void* p = map_huge_pages(bytes);
+    BW_ASSERT(p != nullptr);
     data_ = static_cast<uint8_t*>(p);
     bytes_ = bytes;
     BW_ASSERT(is_aligned(reinterpret_cast<uintptr_t>(data_), kDirectAlignBytes));  // mmap gives whole pages

@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "util/assert.h"
+#include "util/huge_pages.h"
 #include "wal/scan.h"
 
 namespace blockwal::wal {
@@ -97,12 +98,11 @@ int Writer::open(const WriterOptions& options, std::string* what) {
     // On huge pages: each sealed frame is copied to the next bytes of the
     // ring and a checkpoint gathers from all over it; on 4 KiB pages nearly
     // every frame copied lands on a page the TLB has not seen.
-    void* mem = mmap(nullptr, options.cache_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED) {
+    void* mem = map_huge_pages(options.cache_bytes);
+    if (mem == nullptr) {
       *what = "memory for a WAL cache of " + std::to_string(options.cache_bytes) + " bytes";
       return -ENOMEM;
     }
-    madvise(mem, options.cache_bytes, MADV_HUGEPAGE);  // advice only: may be refused
     cache_ = static_cast<uint8_t*>(mem);
   }
   return 0;
