@@ -108,6 +108,9 @@ export interface RingInfo {
   arenaBytes: number;
   reservedBytes: number;
   buffersRegistered: boolean;
+  // Completions wait for the JS thread's next system call instead of
+  // interrupting it (IORING_SETUP_COOP_TASKRUN, Linux 5.19 and later).
+  coopTaskrun: boolean;
   recording: boolean;
   recordingBytes: number;
 }

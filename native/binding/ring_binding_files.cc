@@ -201,6 +201,7 @@ Napi::Value RingWrap::info(const Napi::CallbackInfo& info) {
   o.Set("arenaBytes", static_cast<double>(ring_.arena_bytes()));
   o.Set("reservedBytes", static_cast<double>(ring_.reserved_bytes()));
   o.Set("buffersRegistered", ring_.buffers_registered());
+  o.Set("coopTaskrun", ring_.coop_taskrun());
   o.Set("recording", ring_.recording());
   o.Set("recordingBytes", static_cast<double>(ring_.recording_bytes()));
   return o;

@@ -40,10 +40,19 @@ int Ring::init(uint32_t depth, uint64_t arena_bytes, bool register_buffers, std:
   arena_bytes_ = arena_bytes;
   reserve_limit_ = arena_bytes;
 
-  io_uring_params params{};
-  params.flags = IORING_SETUP_CQSIZE;
-  params.cq_entries = depth * 2;
-  int rc = io_uring_queue_init_params(depth, &ring_, &params);
+  // Completions are only ever reaped by this thread, which enters the kernel
+  // many times per turn anyway (socket reads and writes, epoll): cooperative
+  // task running lets a completion wait for that entry instead of an
+  // interrupt of this thread. Kernels before 5.19 refuse the flag.
+  int rc = -EINVAL;
+  for (uint32_t coop : {IORING_SETUP_COOP_TASKRUN, 0u}) {
+    io_uring_params params{};
+    params.flags = IORING_SETUP_CQSIZE | coop;
+    params.cq_entries = depth * 2;
+    rc = io_uring_queue_init_params(depth, &ring_, &params);
+    coop_taskrun_ = rc == 0 && coop != 0;
+    if (rc != -EINVAL) break;
+  }
   if (rc < 0) {
     *what = "io_uring_queue_init_params";
     munmap(arena_, arena_bytes_);

@@ -128,6 +128,9 @@ class Ring {
   uint8_t* arena() const { return arena_; }
   uint64_t arena_bytes() const { return arena_bytes_; }
   bool buffers_registered() const { return buffers_registered_; }
+  // Set up with IORING_SETUP_COOP_TASKRUN: completions run at this thread's
+  // next kernel entry rather than interrupting it.
+  bool coop_taskrun() const { return coop_taskrun_; }
   // Reserves a region of the arena at start-up (bump allocation, 4 KiB aligned).
   // Returns false when the arena is too small.
   bool reserve(uint64_t bytes, uint64_t* arena_offset);
@@ -199,6 +202,7 @@ class Ring {
   uint64_t reserved_bytes_ = 0;
   uint64_t reserve_limit_ = 0;
   bool buffers_registered_ = false;
+  bool coop_taskrun_ = false;
   uint32_t depth_ = 0;
   uint32_t in_flight_ = 0;
   uint32_t queued_ = 0;

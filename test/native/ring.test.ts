@@ -3,6 +3,7 @@
 // errors, the arena is bounded and detached on close.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { OpKind, OpPurpose, Ring } from '../../lib/native/ring';
@@ -24,6 +25,34 @@ test('more operations than ring slots are queued, not refused, and all complete'
     const back = ring.alloc(4096);
     await ring.read(file, back, 399 * 4096);
     assert.ok(back.bytes.every((b) => b === (399 & 0xff)));
+    assert.equal(ring.info().inFlight, 0);
+  } finally {
+    await ring.close();
+    cleanup();
+  }
+});
+
+// Linux 5.19 took IORING_SETUP_COOP_TASKRUN; older kernels get a ring without it.
+function kernelAtLeast(major: number, minor: number): boolean {
+  const [a = 0, b = 0] = os.release().split('.').map((n) => Number.parseInt(n, 10));
+  return a > major || (a === major && b >= minor);
+}
+
+test('completions wait for the thread to enter the kernel instead of interrupting it, and still arrive while it sleeps', async (t) => {
+  if (!kernelAtLeast(5, 19)) {
+    t.skip('skipped: missing Linux 5.19 (IORING_SETUP_COOP_TASKRUN)');
+    return;
+  }
+  const { dir, cleanup } = tempDir('ringcoop');
+  const ring = Ring.open({ depth: 32, arenaBytes: 1 << 20 });
+  try {
+    assert.equal(ring.info().coopTaskrun, true);
+    const file = ring.openFile(path.join(dir, 'f'), { write: true, create: true, direct: true });
+    const s = ring.alloc(4096);
+    s.bytes.fill(7);
+    // Nothing else is pending on the event loop: only the completion wakes it.
+    for (let i = 0; i < 8; i++) assert.equal(await ring.write(file, s, i * 4096), 4096);
+    await ring.fdatasync(file);
     assert.equal(ring.info().inFlight, 0);
   } finally {
     await ring.close();
