@@ -1,6 +1,7 @@
 // The ring on the real kernel: more operations than slots queue and all
-// complete, a malformed request fails alone, injected errors become typed
-// errors, the arena is bounded and detached on close.
+// complete, completions run cooperatively and still wake an idle loop, a
+// malformed request fails alone, injected errors become typed errors, the
+// arena is bounded and detached on close.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as os from 'node:os';
@@ -38,7 +39,7 @@ function kernelAtLeast(major: number, minor: number): boolean {
   return a > major || (a === major && b >= minor);
 }
 
-test('completions wait for the thread to enter the kernel instead of interrupting it, and still arrive while it sleeps', async (t) => {
+test('the ring is set up for cooperative task running (no IPI per completion), and completions still wake an idle loop', async (t) => {
   if (!kernelAtLeast(5, 19)) {
     t.skip('skipped: missing Linux 5.19 (IORING_SETUP_COOP_TASKRUN)');
     return;
