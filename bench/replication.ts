@@ -63,6 +63,7 @@ import { BenchSkipped, assert } from './lib/bench';
 import { probeNbdBenchTools, blockwalArgs, createVolume } from './lib/blockwal_cli';
 import { type CpuWindow, cpuSince, cpuSnapshot, otherLoadPct } from './lib/cpu';
 import { diskSince, diskSnapshot, diskText } from './lib/disk';
+import { kernelThreadsSince, kernelThreadsSnapshot, kernelThreadsText } from './lib/kthreads';
 import type { NbdFioJob, NbdFioMeasurement } from './lib/fio_nbd';
 import { nbdUnixUri, runNbdFio } from './lib/fio_nbd';
 import type { BenchResult, Figure, Ratio } from './lib/report';
@@ -503,6 +504,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
   ctx.log(`measuring ${side.name} ${w.label} for ${ctx.measureMs / 1000} s (loadavg ${loadavg})`);
   const hostStart = cpuSnapshot();
   const diskStart = diskSnapshot(ctx.dir);
+  const kthreadsStart = kernelThreadsSnapshot();
   const frontStart = side.front.server.cpuSample();
   const replicaStart = side.replica?.server.cpuSample() ?? null;
   const acksStart = side.replica === null ? null : (await primaryStatus(side)).repl.ackWait;
@@ -514,6 +516,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
   const replica = replicaStart === null ? null : cpuBetween(replicaStart, side.replica!.server.cpuSample());
   const host = cpuSince(hostStart);
   const disk = diskSince(diskStart);
+  const kthreads = kernelThreadsSince(kthreadsStart);
   let lag: ReplicaLag | null = null;
   let acks = '';
   if (side.replica !== null) {
@@ -537,6 +540,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
     ...(replica === null ? [] : [cpuText('replica', replica, deferred[1]!, requestsInRun)]),
     ...(disk === null ? [] : [diskText(disk, (raw.ops * 1000) / raw.runtimeMs, 'write')]),
     ...(hostUse === null ? [] : [hostText(hostUse)]),
+    ...(kthreads === null || !(raw.iops > 0) ? [] : [kernelThreadsText(kthreads, raw.iops, 'write')]),
     ...(lag === null ? [] : [`replica ${lagText(lag)} after the window`, acks]),
   ].join('; ');
   return {
