@@ -11,6 +11,8 @@
 // from zero.
 import * as fs from 'node:fs';
 
+import { parseProcStat } from './proc_stat';
+
 export interface KernelThreadsSnapshot {
   readonly atMs: number;
   /** Nanoseconds on a CPU so far, by pid, with the thread's kind. */
@@ -79,16 +81,13 @@ export function kernelThreadsText(w: KernelThreadsWindow, opsPerSec: number, op:
   return `kernel threads ${perOp(w.totalUs).toFixed(2)} µs per ${op}${shown.length > 0 ? ` (${shown.join(', ')})` : ''}`;
 }
 
-// comm and ppid from /proc/<pid>/stat: "pid (comm) state ppid ..."; the
-// comm may itself hold spaces and parentheses, so it ends at the last ')'.
+// comm and ppid from /proc/<pid>/stat.
 export function parseStat(text: string): { comm: string; ppid: number } | null {
-  const open = text.indexOf('(');
-  const close = text.lastIndexOf(')');
-  if (open < 0 || close < open) return null;
-  const rest = text.slice(close + 1).trim().split(/\s+/);
-  const ppid = Number(rest[1]);
+  const stat = parseProcStat(text);
+  if (stat === null) return null;
+  const ppid = Number(stat.fields[1]);
   if (!Number.isInteger(ppid)) return null;
-  return { comm: text.slice(open + 1, close), ppid };
+  return { comm: stat.comm, ppid };
 }
 
 // "kworker/1:11-dio/vda" → kworker, "ksoftirqd/0" → ksoftirqd,

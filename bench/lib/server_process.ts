@@ -19,6 +19,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 
 import { assert } from './bench';
+import { parseProcStat } from './proc_stat';
 
 export interface ServerStartOptions {
   /** Name in logs and errors. */
@@ -224,8 +225,7 @@ function readStatTicks(file: string): { cpu: CpuTicks } | null {
   return stat === null ? null : { cpu: stat.cpu };
 }
 
-// /proc/.../stat: "pid (comm) state ppid ..."; comm may hold spaces and
-// parentheses, so split after the last ')'. utime and stime are fields 14, 15.
+// A thread's name and CPU from its stat file (utime and stime: proc(5) fields 14, 15).
 function readStat(file: string): { name: string; cpu: CpuTicks } | null {
   let text: string;
   try {
@@ -233,15 +233,13 @@ function readStat(file: string): { name: string; cpu: CpuTicks } | null {
   } catch {
     return null;
   }
-  const open = text.indexOf('(');
-  const close = text.lastIndexOf(')');
-  if (open < 0 || close < open) return null;
-  const fields = text.slice(close + 2).split(' ');
-  const utime = Number(fields[11]);
-  const stime = Number(fields[12]);
+  const stat = parseProcStat(text);
+  if (stat === null) return null;
+  const utime = Number(stat.fields[11]);
+  const stime = Number(stat.fields[12]);
   if (!Number.isFinite(utime) || !Number.isFinite(stime)) return null;
   const usPerTick = 1e6 / CLOCK_TICKS_PER_SEC;
-  return { name: text.slice(open + 1, close), cpu: { userUs: utime * usPerTick, systemUs: stime * usPerTick } };
+  return { name: stat.comm, cpu: { userUs: utime * usPerTick, systemUs: stime * usPerTick } };
 }
 
 function clockTicksPerSec(): number {
