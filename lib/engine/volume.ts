@@ -153,6 +153,7 @@ export interface VolumeStatus {
 
 export class Volume {
   private closed = false;
+  private walGroupHoldUs = 0;
   // The unfinished rebuild (replica), from rebuild.json.
   private rebuild: RebuildSaved | undefined;
 
@@ -521,6 +522,17 @@ export class Volume {
     this.flusher.setWalPin(pin);
   }
 
+  // How long (µs) the WAL keeps its open group open for more records when
+  // nothing waits for them to be written or durable (wal.ts setGroupHold): a
+  // replica's acknowledgements do not wait for its WAL writes, so it makes
+  // fewer, larger ones. 0 (the default) writes each group as soon as the
+  // pipeline is idle. Kept across a WAL replaced by a rebuild or a truncation.
+  setWalGroupHold(us: number): void {
+    if (this.closed) return;
+    this.io.wal.setGroupHold(us);
+    this.walGroupHoldUs = us;
+  }
+
   // Where the encoded records handed to onRecord go: room for spanBytes,
   // asked for synchronously before each record gets its LSN (a primary's
   // backlog reuses its slabs); undefined for the WAL's own.
@@ -591,6 +603,7 @@ export class Volume {
       for (const name of fs.readdirSync(walDir).sort().reverse()) fs.rmSync(path.join(walDir, name), { force: true });
       fsyncDir(walDir);
       const reopened = await Wal.open(io.ring, { dir: walDir, segmentBytes: io.sb.fields.walSegmentBytes, segmentsMax: this.walSegmentsMax, cacheBytes: this.walCacheBytes, lsnFrom: saved.lsnBase + 1 });
+      reopened.wal.setGroupHold(this.walGroupHoldUs);
       const sizeBlocks = base.state.sizeBytes / BLOCK_BYTES;
       if (io.base.sizeBlocks < sizeBlocks) io.base.grow(sizeBlocks);
       io.resetForRebuild(reopened.wal, saved.lsnBase, base.applyChecksum, base.state);
@@ -721,6 +734,7 @@ export class Volume {
       for (const name of fs.readdirSync(walDir).sort().reverse()) fs.rmSync(path.join(walDir, name), { force: true });
       fsyncDir(walDir);
       const reopened = await Wal.open(io.ring, { dir: walDir, segmentBytes: io.sb.fields.walSegmentBytes, segmentsMax: this.walSegmentsMax, cacheBytes: this.walCacheBytes, lsnFrom });
+      reopened.wal.setGroupHold(this.walGroupHoldUs);
       io.resetReceived(reopened.wal);
       io.log.warn({ dropped, lsnApplied: io.lsnApplied }, 'dropped received records beyond the applied LSN (an uncommitted suffix)');
       return dropped;

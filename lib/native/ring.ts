@@ -119,7 +119,7 @@ interface RawRing {
   arena: ArrayBuffer;
   completions: Int32Array;
   submit(descriptors: Float64Array, count: number): number;
-  kick(): void;
+  kick(): number; // microseconds the attached WAL still holds its open group
   openFile(path: string, flags: number): number;
   closeFile(fileId: number): void;
   adoptFd(fd: number): number;
@@ -177,6 +177,8 @@ export class Ring {
   private readonly freeTags: number[] = [];
   private readonly queued: PendingOp[] = [];
   private kickScheduled = false;
+  // Kicks again when the attached WAL's hold on its open group runs out.
+  private holdTimer: NodeJS.Timeout | undefined;
   private drainListeners: (() => void)[] = [];
   private allocator: ArenaAllocator | undefined;
   private jsBaseBytes = 0;
@@ -442,11 +444,20 @@ export class Ring {
     this.kickScheduled = false;
     if (this.closed) return;
     this.submitQueued();
+    let heldUs: number;
     try {
-      this.raw.kick();
+      heldUs = this.raw.kick();
     } catch (err) {
       throw toBlockwalError(err);
     }
+    if (heldUs > 0 && this.holdTimer === undefined) {
+      this.holdTimer = setTimeout(this.onHoldTimer, Math.max(1, Math.ceil(heldUs / 1000)));
+    }
+  };
+
+  private readonly onHoldTimer = (): void => {
+    this.holdTimer = undefined;
+    this.scheduleKick();
   };
 
   private submitQueued(): void {
@@ -588,6 +599,7 @@ export class Ring {
     if (this.closed) return;
     await this.settle();
     this.closed = true;
+    if (this.holdTimer !== undefined) clearTimeout(this.holdTimer);
     for (const w of this.allocWaiters.splice(0)) w.reject(new BlockwalError('ERR_RING_CLOSED', 'the ring was closed'));
     nativeCall(() => this.raw.close());
   }

@@ -83,6 +83,8 @@ export interface WalStatus {
 
 const KIND_CODE: Record<RecordKind, number> = { write: 1, trim: 2, zero: 3, control: 4 };
 const EBUSY = 16;
+// The longest setGroupHold may hold a group (kGroupHoldUsMax in the addon).
+export const GROUP_HOLD_US_MAX = 60_000_000;
 // The largest readSpan (native/wal/writer.h kReadSpanBytesMax).
 export const READ_SPAN_BYTES_MAX = 64 << 20;
 // A gatherBlocks descriptor: six numbers (native/binding/wal_binding.cc).
@@ -126,6 +128,7 @@ interface RawWal {
   appendChecksum: BigUint64Array; // the last appended record's checksum
   append(payload: Uint8Array | null, copyOut?: Uint8Array): number;
   requestDurable(lsn: number): void;
+  setGroupHold(us: number): void;
   release(lsn: number): void;
   readRecord(seq: number, offsetBytes: number, spanBytes: number, destOffset: number, destBytes: number, tag: number): number;
   readSpan(seq: number, offsetBytes: number, lengthBytes: number, destOffset: number, tag: number): number;
@@ -290,6 +293,16 @@ export class Wal {
       const queued: QueuedAppend = { record, located, resolve, reject };
       if (this.appendQueue.length > 0 || !this.tryAppend(queued)) this.appendQueue.push(queued);
     });
+  }
+
+  // How long (µs) an idle pipeline keeps the open group open for more
+  // records, unless it carries a FUA record or a durability request reaches
+  // it: fewer, larger group writes where no acknowledgement waits for them
+  // (a replica). 0 turns it off.
+  setGroupHold(us: number): void {
+    if (!Number.isInteger(us) || us < 0 || us > GROUP_HOLD_US_MAX) throw new RangeError(`a WAL group hold must be an integer from 0 to ${GROUP_HOLD_US_MAX} µs`);
+    nativeCall(() => this.raw.setGroupHold(us));
+    this.ring.scheduleKick();
   }
 
   // Asks for the records up to lsn that are appended to become durable,

@@ -64,7 +64,7 @@ export type ReplicationOptions =
       idleTimeoutMs?: number;
       heartbeatIntervalMs?: number;
     }
-  | { role: 'replica'; listen: { host: string; port: number }; idleTimeoutMs?: number; heartbeatIntervalMs?: number };
+  | { role: 'replica'; listen: { host: string; port: number }; idleTimeoutMs?: number; heartbeatIntervalMs?: number; walGroupHoldUs?: number };
 
 
 export interface ServedVolumeStatus extends VolumeStatus {
@@ -191,6 +191,7 @@ export class StorageNode extends EventEmitter {
           logger: this.log.child({ exportName }),
           idleTimeoutMs: repl.idleTimeoutMs,
           heartbeatIntervalMs: repl.heartbeatIntervalMs,
+          walGroupHoldUs: repl.walGroupHoldUs,
         });
       }
       // A primary opens its epoch with a barrier record and records a new

@@ -34,6 +34,11 @@ const OUTSTANDING_BYTES_LOW = 16 << 20;
 // An ACK that only reports progress nobody waits for (applied, durable
 // without a SYNC) waits this long for the next ACK to carry it.
 const ACK_LINGER_MS = 1;
+// How long the replica's WAL keeps its open group open for more records
+// (Volume.setWalGroupHold): its acknowledgements wait for no WAL write, a SYNC
+// or a FUA record ends the hold at once, and each group write costs a
+// submission whatever its size (README: the replica's WAL group hold).
+export const WAL_GROUP_HOLD_US_DEFAULT = 2000;
 
 export interface ReplicaReplicationOptions {
   volume: Volume;
@@ -42,6 +47,8 @@ export interface ReplicaReplicationOptions {
   logger: Logger;
   heartbeatIntervalMs?: number;
   idleTimeoutMs?: number;
+  // WAL_GROUP_HOLD_US_DEFAULT unless set; 0 writes each group at once.
+  walGroupHoldUs?: number;
 }
 
 export type ReplicaLinkState = 'waiting' | 'streaming';
@@ -91,6 +98,7 @@ export class ReplicaReplication {
 
   static async start(options: ReplicaReplicationOptions): Promise<ReplicaReplication> {
     const r = new ReplicaReplication(options);
+    options.volume.setWalGroupHold(options.walGroupHoldUs ?? WAL_GROUP_HOLD_US_DEFAULT);
     r.rebuild.restore();
     await new Promise<void>((resolve, reject) => {
       r.server.once('error', reject);
@@ -187,6 +195,7 @@ export class ReplicaReplication {
     for (const link of this.links) link.close('shutdown', 'replica stopping', 'goodbye');
     await closing;
     await this.rebuild.close();
+    this.options.volume.setWalGroupHold(0);
   }
 }
 

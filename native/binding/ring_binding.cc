@@ -188,17 +188,18 @@ Napi::Value RingWrap::submit(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, count);
 }
 
-// kick(): submits what JS and the attached writer queued this turn.
+// kick(): submits what JS and the attached writer queued this turn. Returns
+// the microseconds the writer still holds its open group (0: none held).
 Napi::Value RingWrap::kick(const Napi::CallbackInfo& info) {
-  if (!open_) return info.Env().Undefined();
-  if (writer_ != nullptr) writer_->kick();
+  if (!open_) return Napi::Number::New(info.Env(), 0);
+  uint32_t held_us = writer_ != nullptr ? writer_->kick() : 0;
   int rc = ring_.submit();
   update_ref();
   if (publish_) publish_();
   if (rc < 0 && rc != -EAGAIN && rc != -EBUSY && rc != -EINTR) {
     throw_error(info.Env(), "ERR_IO", "io_uring_submit failed", -rc, "io_uring_enter");
   }
-  return info.Env().Undefined();
+  return Napi::Number::New(info.Env(), held_us);
 }
 
 void init_ring(Napi::Env env, Napi::Object exports) { exports.Set("Ring", RingWrap::define(env)); }

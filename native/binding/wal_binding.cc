@@ -82,6 +82,7 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
                        {
                            InstanceMethod<&WalWrap::request_durable>("requestDurable"),
                            InstanceMethod<&WalWrap::release>("release"),
+                           InstanceMethod<&WalWrap::set_group_hold>("setGroupHold"),
                            InstanceMethod<&WalWrap::read_record>("readRecord"),
                            InstanceMethod<&WalWrap::read_span>("readSpan"),
                            InstanceMethod<&WalWrap::gather_blocks>("gatherBlocks"),
@@ -280,6 +281,13 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
 
   Napi::Value request_durable(const Napi::CallbackInfo& info) {
     writer(info.Env()).request_durable(arg_u64(info, 0, "lsn", UINT64_MAX));
+    return info.Env().Undefined();
+  }
+
+  // setGroupHold(us): how long an idle pipeline keeps the open group open
+  // for more records (0 = not at all; at most a minute).
+  Napi::Value set_group_hold(const Napi::CallbackInfo& info) {
+    writer(info.Env()).set_group_hold_us(static_cast<uint32_t>(arg_u64(info, 0, "us", kGroupHoldUsMax)));
     return info.Env().Undefined();
   }
 

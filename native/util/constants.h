@@ -28,6 +28,8 @@ constexpr uint32_t kGroupBytesDefault = 1u << 20;
 constexpr uint32_t kGroupBytesMax = 4u << 20;
 constexpr uint32_t kGroupsInFlightMin = 1;
 constexpr uint32_t kGroupsInFlightDefault = 4;
+// The longest a writer may hold its open group for more records (setGroupHold).
+constexpr uint64_t kGroupHoldUsMax = 60000000;
 constexpr uint32_t kGroupsInFlightMax = 8;
 
 // A single record's payload. Larger writes are split into several records by

@@ -172,6 +172,7 @@ bool Writer::open_group(uint32_t span_bytes) {
   uint64_t room = align_down(std::min<uint64_t>(slot_bytes_, options_.segment_bytes - cursor_), kBlockBytes);
   s.builder.reset(ring_.arena() + s.arena_offset, static_cast<uint32_t>(room), active_seq_, lsn_next_);
   open_slot_ = static_cast<int32_t>(next_slot_);
+  open_ns_ = ring::Ring::now_ns();
   next_slot_ = (next_slot_ + 1) % static_cast<uint32_t>(slots_.size());
   return true;
 }
@@ -221,17 +222,35 @@ void Writer::request_durable(uint64_t lsn) {
   pipeline_.request_durable(std::min(lsn, lsn_next_ - 1));
 }
 
-void Writer::kick() {
-  if (closed_) return;
+uint32_t Writer::kick() {
+  if (closed_) return 0;
+  uint32_t held_us = 0;
   if (!failed()) {
     bool pipeline_room = pipeline_.groups_in_flight() < options_.groups_in_flight;
-    if (open_slot_ >= 0 && sealed_.empty() && pipeline_room) seal_open_group();
+    if (open_slot_ >= 0 && sealed_.empty() && pipeline_room) {
+      held_us = hold_left_us();
+      if (held_us == 0) seal_open_group();
+    }
     submit_sealed();
     submit_syncs();
     prepare_step();
   }
   int rc = ring_.submit();
   if (rc < 0 && rc != -EAGAIN && rc != -EBUSY && rc != -EINTR) fail_prepare(-rc, "io_uring_submit");
+  return held_us;
+}
+
+// How much longer the open group may wait for more records: 0 when it must
+// go now (no hold, a FUA record in it, a durability request reaching past
+// what is submitted, or the hold used up).
+uint32_t Writer::hold_left_us() const {
+  if (group_hold_us_ == 0) return 0;
+  const Slot& s = slots_[static_cast<uint32_t>(open_slot_)];
+  if (s.has_fua || pipeline_.lsn_durable_target() > pipeline_.lsn_submitted()) return 0;
+  uint64_t hold_ns = uint64_t{group_hold_us_} * 1000;
+  uint64_t age_ns = ring::Ring::now_ns() - open_ns_;
+  if (age_ns >= hold_ns) return 0;
+  return static_cast<uint32_t>((hold_ns - age_ns + 999) / 1000);
 }
 
 void Writer::submit_sealed() {

@@ -7,7 +7,12 @@
 // Group commit: records join the open group; an idle pipeline submits at once
 // (kick() at the end of every JS turn and after every drain); up to
 // groups_in_flight groups are in flight; a group carrying a FUA record or
-// covered by a durability request is written with RWF_DSYNC. What is written
+// covered by a durability request is written with RWF_DSYNC. With a group
+// hold set (a replica, whose acknowledgements do not wait for its own WAL
+// writes), an idle pipeline keeps the open group open for more records up to
+// the hold, unless it carries a FUA record or a durability request reaches
+// it: fewer, larger writes, each of which costs a submission on this kind of
+// machine whatever its size. What is written
 // and durable is decided by commit::Pipeline alone (one owner of the durable
 // LSN). Any write or sync error, including segment preparation, is fatal: no
 // later append is accepted and nothing further is acknowledged.
@@ -89,7 +94,12 @@ class Writer : public ring::Owner {
   // Segments whose records are all <= lsn may be recycled (checkpoint/retention).
   void release(uint64_t lsn);
   // Submits what can go now. Call at the end of each JS turn and after drains.
-  void kick();
+  // Returns how many microseconds the open group is still held (0 when none
+  // is): the caller kicks again by then.
+  uint32_t kick();
+  // The group hold (microseconds, 0 = none); takes effect at the next kick.
+  void set_group_hold_us(uint32_t us) { group_hold_us_ = us; }
+  uint32_t group_hold_us() const { return group_hold_us_; }
 
   // Reads the record at (seq, offset) of span_bytes into the arena at
   // dest_offset (capacity dest_bytes). Returns 1 when served from memory (the
@@ -181,6 +191,7 @@ class Writer : public ring::Owner {
   static uint64_t cookie(OpType type, uint64_t index) { return (static_cast<uint64_t>(type) << 56) | index; }
   bool open_group(uint32_t span_bytes);
   void seal_open_group();
+  uint32_t hold_left_us() const;
   void submit_sealed();
   void submit_syncs();
   void prepare_step();
@@ -213,6 +224,8 @@ class Writer : public ring::Owner {
   uint32_t slot_bytes_ = 0;
   uint32_t next_slot_ = 0;
   int32_t open_slot_ = -1;
+  uint64_t open_ns_ = 0;  // CLOCK_MONOTONIC when the open group was opened
+  uint32_t group_hold_us_ = 0;
   std::vector<uint32_t> sealed_;  // FIFO in LSN order
   uint64_t zero_offset_ = 0;      // arena: a zeroed buffer for segment creation
   uint64_t arena_first_ = 0;      // start of everything this writer reserved
