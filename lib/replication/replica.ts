@@ -306,6 +306,9 @@ class PrimaryLink {
         this.lazyAck();
         return;
       case 'sync':
+        // At once for what is appended: it ends the WAL's group hold, so a
+        // FLUSH on the primary never waits for it.
+        this.volume.requestDurable(frame.lsnSync);
         this.makeDurable();
         return;
       case 'rebuild_start':

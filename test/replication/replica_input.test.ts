@@ -30,13 +30,13 @@ interface Fixture {
   receiver: ReplicaReplication;
 }
 
-async function withReplica(fn: (f: Fixture) => Promise<void>): Promise<void> {
+async function withReplica(fn: (f: Fixture) => Promise<void>, walGroupHoldUs?: number): Promise<void> {
   const { dir, cleanup } = tempDir('repl-input');
   const shipped: ShippedRecord[] = [];
   const source = await Volume.create(path.join(dir, 'p'), { ...VOLUME, onRecord: (r) => shipped.push(r) });
   await (await Volume.create(path.join(dir, 'r'), VOLUME)).close();
   const replica = await Volume.open(path.join(dir, 'r'), { role: 'replica', flushIdleMs: 0 });
-  const receiver = await ReplicaReplication.start({ volume: replica, nodeId: 'r', listen: { host: '127.0.0.1', port: 0 }, logger: silent });
+  const receiver = await ReplicaReplication.start({ volume: replica, nodeId: 'r', listen: { host: '127.0.0.1', port: 0 }, logger: silent, walGroupHoldUs });
   try {
     await fn({ source, shipped, replica, receiver });
   } finally {
@@ -211,3 +211,28 @@ test('records and the SYNC right behind them in one read go to the WAL with RWF_
     assert.equal(f.replica.lsnDurable, last);
     raw.destroy();
   }));
+
+// The WAL group hold: records nobody waits on stay in one open group; the
+// SYNC a FLUSH sends ends the hold at once. The hold here is a minute and
+// the test's timeout half that, so a SYNC that waited for it fails the test.
+test('a replica holds records nobody waits on in one open WAL group, and a SYNC in a later read ends the hold at once', { timeout: 30_000 }, () =>
+  withReplica(async (f) => {
+    for (let i = 0; i < 4; i++) await f.source.write(i * 4096, Buffer.alloc(4096, 9 + i));
+    const { link, frames } = await connect(f.receiver);
+    link.send(hello(f.source));
+    await until(() => frames.some((x) => x.type === 'hello'));
+    const before = f.replica.status();
+    const records = f.shipped.map((r) => ({ lsn: r.lsn, bytes: r.bytes }));
+    const last = records.at(-1)!.lsn;
+    link.send({ type: 'wal_records', epoch: f.source.epoch, records });
+    await until(() => frames.some((x) => x.type === 'ack' && x.lsnReceived >= last));
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(f.replica.status().walGroupWrites, before.walGroupWrites, 'received and acknowledged, and still held');
+    link.send({ type: 'sync', epoch: f.source.epoch, lsnSync: last });
+    await until(() => frames.some((x) => x.type === 'ack' && x.lsnDurable >= last));
+    const after = f.replica.status();
+    assert.equal(after.walGroupWrites - before.walGroupWrites, 1, 'the four records went as one group');
+    assert.equal(after.walDsyncGroupWrites - before.walDsyncGroupWrites, 1, 'with RWF_DSYNC');
+    assert.equal(f.replica.lsnDurable, last);
+    link.close('shutdown', 'done');
+  }, 60_000_000));
