@@ -227,10 +227,10 @@ uint32_t Writer::kick() {
   uint32_t held_us = 0;
   if (!failed()) {
     bool pipeline_room = pipeline_.groups_in_flight() < options_.groups_in_flight;
-    if (open_slot_ >= 0 && sealed_.empty() && pipeline_room) {
-      held_us = hold_left_us();
-      if (held_us == 0) seal_open_group();
-    }
+    // The hold is reported even while the pipeline has no room, so the
+    // caller's kick comes when it runs out whichever kick finds the room.
+    if (open_slot_ >= 0) held_us = hold_left_us();
+    if (open_slot_ >= 0 && held_us == 0 && sealed_.empty() && pipeline_room) seal_open_group();
     submit_sealed();
     submit_syncs();
     prepare_step();
