@@ -7,10 +7,10 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
 
-import { Ring, type TraceEvent } from '../../lib/native/ring';
+import { Ring } from '../../lib/native/ring';
 import { GROUP_HOLD_US_MAX, Wal } from '../../lib/native/wal';
-import { checkWalTrace } from '../support/durability_model';
-import { prng, tempDir } from '../support/tmp';
+import { tempDir } from '../support/tmp';
+import { runWalModel } from '../support/wal_model_run';
 
 const SEGMENT_BYTES = 1 << 20;
 
@@ -80,28 +80,7 @@ test('group hold: a held group is written once the hold runs out, with no furthe
 // a worker, and the timeout fails the test.
 test('group hold: written/durable acknowledgements agree with the disk model (seeded shuffles)', { timeout: 120_000 }, async () => {
   for (const seed of [11, 12, 13, 14]) {
-    const { dir, cleanup } = tempDir('walholdmodel');
-    const ring = Ring.open({ depth: 128, arenaBytes: 32 << 20 });
-    ring.setTrace(true);
-    ring.setShuffle(seed);
-    const { wal } = await openWal(ring, dir);
-    wal.setGroupHold(300);
-    const rand = prng(seed);
-    let remaining = 400;
-    const worker = async (): Promise<void> => {
-      while (remaining-- > 0) {
-        const r = rand();
-        if (r < 0.15) await wal.flush();
-        else await wal.append(record(Math.floor(rand() * 1000), r < 0.3));
-      }
-    };
-    await Promise.all(Array.from({ length: 1 + Math.floor(rand() * 32) }, worker));
-    await wal.flush();
-    const trace: TraceEvent[] = ring.takeTrace();
-    await wal.close();
-    await ring.close();
-    cleanup();
-    const report = checkWalTrace(trace);
+    const report = await runWalModel(seed, { operations: 400, fuaShare: 0.15, groupHoldUs: 300 });
     assert.deepEqual(report.violations, [], `seed ${seed}`);
     assert.ok(report.durableEvents > 0 && report.writtenEvents > 0, `seed ${seed}: events traced`);
   }

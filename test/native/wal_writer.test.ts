@@ -10,7 +10,8 @@ import * as path from 'node:path';
 import { OpKind, OpPurpose, Ring, type TraceEvent } from '../../lib/native/ring';
 import { type AppendedRecord, Wal } from '../../lib/native/wal';
 import { checkWalTrace } from '../support/durability_model';
-import { prng, tempDir, turnUntil } from '../support/tmp';
+import { tempDir, turnUntil } from '../support/tmp';
+import { payloadFor, runWalModel } from '../support/wal_model_run';
 
 const SEGMENT_BYTES = 1 << 20;
 const EIO = 5;
@@ -20,38 +21,13 @@ async function openWal(ring: Ring, dir: string, extra: Partial<Parameters<typeof
   return Wal.open(ring, { dir: path.join(dir, 'wal'), create: true, segmentBytes: SEGMENT_BYTES, groupBytes: 64 << 10, ...extra });
 }
 
-function payloadFor(lsnHint: number, bytes = 4096): Buffer {
-  const b = Buffer.alloc(bytes);
-  for (let i = 0; i < bytes; i += 4) b.writeUInt32LE((lsnHint * 2654435761 + i) >>> 0, i);
-  return b;
-}
 
 test('group commit reports written/durable only when the disk model agrees (seeded shuffles)', async () => {
   const seeds = [1, 2, 3, 4, 5, 6, 7, 8];
   let totalGroups = 0;
   let totalSyncs = 0;
   for (const seed of seeds) {
-    const { dir, cleanup } = tempDir('walmodel');
-    const ring = Ring.open({ depth: 128, arenaBytes: 32 << 20 });
-    ring.setTrace(true);
-    ring.setShuffle(seed);
-    const { wal } = await openWal(ring, dir);
-    const rand = prng(seed);
-    let remaining = 600;
-    const worker = async (): Promise<void> => {
-      while (remaining-- > 0) {
-        const r = rand();
-        if (r < 0.15) await wal.flush();
-        else await wal.append({ kind: 'write', epoch: 1, lba: Math.floor(rand() * 1000), lengthBlocks: 1, payload: payloadFor(remaining), fua: r < 0.45 });
-      }
-    };
-    await Promise.all(Array.from({ length: 1 + Math.floor(rand() * 32) }, worker));
-    await wal.flush();
-    const trace: TraceEvent[] = ring.takeTrace();
-    await wal.close();
-    await ring.close();
-    cleanup();
-    const report = checkWalTrace(trace);
+    const report = await runWalModel(seed, { operations: 600, fuaShare: 0.3 });
     assert.deepEqual(report.violations, [], `seed ${seed}`);
     assert.ok(report.durableEvents > 0 && report.writtenEvents > 0, `seed ${seed}: events traced`);
     totalGroups += report.groups;
