@@ -27,7 +27,12 @@
 // per side; the round with the median ratio is the one reported, and every
 // round's ratio is in the notes. On a shared host the load of the moment
 // moves one window's figures by as much as 2×: a round's two windows are
-// seconds apart, so its ratio is the stable part.
+// seconds apart, so its ratio is the stable part. A round during which
+// others loaded the host (either window's other load above 20 % of all CPUs,
+// bench/lib/rounds.ts) does not count: more rounds run, up to
+// BENCH_REPL_MAX_ROUNDS in all (default BENCH_REPL_ROUNDS + 4), until
+// BENCH_REPL_ROUNDS were quiet, and the median is taken over the quiet ones
+// (over all when none was quiet; the figures are then flagged).
 // One loopback round trip is measured in the same run: a 64-byte TCP
 // ping-pong between this process and a child Node process (an echo server),
 // the median of RTT_ROUND_TRIPS; both ends wake an event loop, as blockwal's
@@ -73,6 +78,7 @@ import * as servers from './lib/repl_servers';
 import { LOOPBACK_HOST, sleep, socketPath, startPrimaryServer, startReplicaServer } from './lib/repl_servers';
 import type { ServerCpuDelta } from './lib/server_process';
 import { ServerProcess, cpuBetween, loadAverages } from './lib/server_process';
+import { type RoundOutcome, NOISY_OTHER_LOAD_PCT, isNoisyRound, reportedRound, wantsAnotherRound } from './lib/rounds';
 import { MIB } from './lib/seq_anchor';
 
 const RANDWRITE_QD32_MIN = 0.7;
@@ -82,6 +88,8 @@ const QD1_P50_OVER_BASE_MAX = 1.25;
 
 const DEFAULT_REPL_GIB = 0.5;
 const DEFAULT_ROUNDS = 3;
+// Rounds run beyond BENCH_REPL_ROUNDS (by default) to replace noisy ones.
+const DEFAULT_EXTRA_ROUNDS = 4;
 const MIN_VOLUME_BYTES = 64 * MIB;
 /** The engine's default WAL can grow to 64 × 64 MiB before it must checkpoint. */
 const WAL_MAX_BYTES = 4096 * MIB;
@@ -177,9 +185,13 @@ interface Pair {
   readonly replicated: Measured;
 }
 
-/** The round reported for a workload, and the ratio of every round in the order run. */
+/** The round reported for a workload, and every round's ratio (and whether it was noisy) in the order run. */
 interface Chosen extends Pair {
-  readonly roundRatios: readonly number[];
+  readonly rounds: readonly RoundOutcome[];
+  /** Whether the median was taken over quiet rounds only (false: none was quiet). */
+  readonly quiet: boolean;
+  /** How many rounds the median was taken over. */
+  readonly over: number;
 }
 
 interface RttFigures {
@@ -192,7 +204,7 @@ interface RttFigures {
 export const bench: Bench = {
   name: 'replication',
   description:
-    'fio nbd engine against a blockwal primary with one replica (sync_all, loopback) and a single blockwal node: 4k randwrite qd32, qd32 fsync=1, qd1 p50 vs loopback RTT; the median of BENCH_REPL_ROUNDS rounds (default 3) (BENCH_REPL_GIB, default 0.5)',
+    'fio nbd engine against a blockwal primary with one replica (sync_all, loopback) and a single blockwal node: 4k randwrite qd32, qd32 fsync=1, qd1 p50 vs loopback RTT; the median of BENCH_REPL_ROUNDS quiet rounds (default 3, at most BENCH_REPL_MAX_ROUNDS in all, default 7) (BENCH_REPL_GIB, default 0.5)',
   run,
 };
 
@@ -201,6 +213,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
   const fio = await probeNbdBenchTools();
   const volumeBytes = volumeBytesFromEnv(process.env);
   const rounds = roundsFromEnv(process.env);
+  const maxRounds = maxRoundsFromEnv(process.env, rounds);
   const profileDir = profileDirFromEnv(process.env);
   checkFreeSpace(ctx.dir, volumeBytes);
   const loadavgStart = loadAverages();
@@ -220,18 +233,24 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
     const [single, replicated] = sides as [Side, Side];
     for (const [i, w] of WORKLOADS.entries()) {
       const tried: Pair[] = [];
-      for (let round = 0; round < rounds; round++) {
+      const outcomes: RoundOutcome[] = [];
+      for (let round = 0; wantsAnotherRound(outcomes, rounds, maxRounds); round++) {
         // Alternate which side goes first, so neither always gets the fresher host.
         const first = (i + round) % 2 === 0 ? single : replicated;
         const second = first === single ? replicated : single;
         const a = await measure(ctx, first, w, volumeBytes);
         const b = await measure(ctx, second, w, volumeBytes);
         const pair = first === single ? { w, single: a, replicated: b } : { w, single: b, replicated: a };
-        ctx.log(`round ${round + 1}/${rounds} ${summaryLine(pair, rtt)}`);
+        const outcome = roundOutcome(pair, rtt);
+        const quietSoFar = outcomes.filter((o) => !o.noisy).length + (outcome.noisy ? 0 : 1);
+        const noisyText = outcome.noisy ? ` (noisy: other load above ${NOISY_OTHER_LOAD_PCT} %, ${quietSoFar} of ${rounds} quiet rounds so far)` : '';
+        ctx.log(`round ${round + 1} ${summaryLine(pair, rtt)}${noisyText}`);
         tried.push(pair);
+        outcomes.push(outcome);
       }
-      const chosen = medianRound(tried, rtt);
-      ctx.log(`${w.label}: reporting the median round, ${roundsText(chosen)}`);
+      const picked = reportedRound(outcomes, !w.latencyTarget);
+      const chosen: Chosen = { ...tried[picked.index]!, rounds: outcomes, quiet: picked.quiet, over: picked.over };
+      ctx.log(`${w.label}: reporting ${roundsText(chosen)}`);
       pairs.push(chosen);
     }
     await waitForCatchUp(ctx, replicated);
@@ -245,7 +264,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
   }
   const loadavgEnd = loadAverages();
   ctx.log(`loadavg at end: ${loadavgEnd}`);
-  return report({ startedAt, fio, volumeBytes, loadavgStart, loadavgEnd, pairs, rtt, rounds, checksum, profileDir });
+  return report({ startedAt, fio, volumeBytes, loadavgStart, loadavgEnd, pairs, rtt, rounds, maxRounds, checksum, profileDir });
 }
 
 interface ReportInput {
@@ -257,6 +276,7 @@ interface ReportInput {
   readonly pairs: readonly Chosen[];
   readonly rtt: RttFigures;
   readonly rounds: number;
+  readonly maxRounds: number;
   readonly checksum: string;
   readonly profileDir: string | null;
 }
@@ -277,6 +297,7 @@ function report(r: ReportInput): BenchResult {
       fio: r.fio,
       exportMiB: r.volumeBytes / MIB,
       rounds: r.rounds,
+      maxRounds: r.maxRounds,
       durability: 'sync_all',
       loadavgStart: r.loadavgStart,
       loadavgEnd: r.loadavgEnd,
@@ -295,7 +316,7 @@ function report(r: ReportInput): BenchResult {
     checks: [],
     notes: [
       'anchors = blockwal serve on one node; subjects = blockwal primary --durability sync_all with one replica over loopback TCP; fio nbd engine over a Unix socket, one connection',
-      `each workload ran ${r.rounds} round(s) of one window per side, alternating which side went first; figures and ratios are the round with the median ratio: ${r.pairs.map((p) => `${p.w.label} ${roundsText(p)}`).join('; ')}`,
+      `each workload ran rounds of one window per side, alternating which side went first, until ${r.rounds} were quiet (no window's other load above ${NOISY_OTHER_LOAD_PCT} %) or ${r.maxRounds} had run; figures and ratios are the round with the median ratio among the quiet ones (all of them if none was quiet): ${r.pairs.map((p) => `${p.w.label} ${roundsText(p)}`).join('; ')}`,
       `qd1 p50 target: replicated p50 / (single p50 + loopback rtt p50 ${fmt(r.rtt.p50Us)} µs) ≤ ${QD1_P50_OVER_BASE_MAX}`,
       'cpu µs/op of a figure = that NBD server\'s utime+stime (all threads) per NBD request (data requests + FLUSHes), over the whole fio run; for replicated figures that is the primary, the replica is in the detail line and the primary+replica ratios',
       'lag = the primary\'s view of its replica right after the window: head − received LSN (and bytes, seconds), and head − applied LSN',
@@ -325,22 +346,28 @@ function roundsFromEnv(env: NodeJS.ProcessEnv): number {
   return rounds;
 }
 
-/** The ratio a round is judged by: p50 over (single p50 + RTT) where latency has the target, else IOPS. */
-function roundRatio(p: Pair, rtt: RttFigures): number {
-  if (p.w.latencyTarget) return p.replicated.figure.latencyUs!.p50 / (p.single.figure.latencyUs!.p50 + rtt.p50Us);
-  return p.replicated.figure.value / p.single.figure.value;
+function maxRoundsFromEnv(env: NodeJS.ProcessEnv, rounds: number): number {
+  const raw = env.BENCH_REPL_MAX_ROUNDS;
+  const max = raw === undefined || raw === '' ? rounds + DEFAULT_EXTRA_ROUNDS : Number(raw);
+  if (!Number.isInteger(max) || max < rounds) {
+    throw new RangeError(`BENCH_REPL_MAX_ROUNDS must be an integer of at least BENCH_REPL_ROUNDS (${rounds}), got '${raw}'`);
+  }
+  return max;
 }
 
-/** The round whose ratio is the median (an odd number of rounds). */
-function medianRound(tried: readonly Pair[], rtt: RttFigures): Chosen {
-  const roundRatios = tried.map((p) => roundRatio(p, rtt));
-  const order = roundRatios.map((_, i) => i).sort((a, b) => roundRatios[a]! - roundRatios[b]!);
-  return { ...tried[order[(order.length - 1) / 2]!]!, roundRatios };
+/** The ratio a round is judged by (p50 over (single p50 + RTT) where latency has the target, else IOPS), and whether it was noisy. */
+function roundOutcome(p: Pair, rtt: RttFigures): RoundOutcome {
+  const ratio = p.w.latencyTarget
+    ? p.replicated.figure.latencyUs!.p50 / (p.single.figure.latencyUs!.p50 + rtt.p50Us)
+    : p.replicated.figure.value / p.single.figure.value;
+  return { ratio, noisy: isNoisyRound([p.single.figure.otherLoadPct, p.replicated.figure.otherLoadPct]) };
 }
 
 function roundsText(p: Chosen): string {
   const what = p.w.latencyTarget ? 'p50 ratio' : 'IOPS ratio';
-  return `${what} by round ${p.roundRatios.map((v) => `${fmt(v)}×`).join(', ')}`;
+  const byRound = p.rounds.map((o) => `${fmt(o.ratio)}×${o.noisy ? ' (noisy)' : ''}`).join(', ');
+  const from = p.quiet ? `the median of ${p.over} quiet round(s)` : `no quiet round: the median of all ${p.over}`;
+  return `${what} by round ${byRound}; reported: ${from}`;
 }
 
 function profileDirFromEnv(env: NodeJS.ProcessEnv): string | null {

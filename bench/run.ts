@@ -15,6 +15,7 @@ import type { BenchResult } from './lib/report';
 import { failures, renderTable, writeResultFiles } from './lib/report';
 import type { BenchSettings } from './lib/scratch';
 import { waitForQuietHost } from './lib/cpu';
+import { NOISY_OTHER_LOAD_PCT } from './lib/rounds';
 import {
   QUIET_BUSY_PCT,
   acquireRunLock,
@@ -37,9 +38,6 @@ const BENCHES: Readonly<Record<string, () => Promise<Bench>>> = {
 // `anchors` is a subset of wal_append, so running everything skips it.
 const DEFAULT_BENCHES: readonly string[] = ['wal_append', 'wal_replay', 'flusher', 'nbd', 'replication', 'recovery'];
 const RESULTS_DIR = path.join(__dirname, '..', '..', 'bench', 'results');
-
-/** Other load (% of all CPUs) above which a figure is flagged as suspect. */
-const NOISY_OTHER_LOAD_PCT = 20;
 
 type Outcome = 'ran' | 'missed' | 'skipped' | 'failed';
 
