@@ -76,6 +76,36 @@ test('group hold: a held group is written once the hold runs out, with no furthe
   }
 });
 
+// A group opened while the pipeline has no room for it (one group in flight
+// at a time here) is held too; the kick that finds no room must still report
+// the hold, or no timer comes for it and, with no later record or request,
+// the group is never written (the test's timeout fails it). Completions are
+// drained only between event-loop turns, so within one turn the first group
+// is in flight for certain when the second record's kick runs.
+test('group hold: a group held while the pipeline is full is written once the hold runs out', { timeout: 30_000 }, async (t) => {
+  const { dir, cleanup } = tempDir('walhold');
+  t.after(cleanup);
+  const ring = Ring.open({ depth: 64, arenaBytes: 32 << 20 });
+  const { wal } = await Wal.open(ring, { dir: path.join(dir, 'wal'), create: true, segmentBytes: SEGMENT_BYTES, groupBytes: 64 << 10, groupsInFlight: 1 });
+  try {
+    for (let i = 0; i < 3; i++) {
+      wal.setGroupHold(0);
+      const before = wal.status().groupsSubmitted;
+      const first = wal.append(record(2 * i));
+      await Promise.resolve(); // its kick (a microtask): the group goes at once and fills the pipeline
+      assert.equal(wal.status().groupsSubmitted, before + 1, 'the first group was submitted in this turn');
+      wal.setGroupHold(2000);
+      const second = wal.append(record(2 * i + 1));
+      assert.equal(await first, 2 * i + 1);
+      assert.equal(await second, 2 * i + 2, 'the held group was written');
+      assert.equal(wal.status().groupsSubmitted, before + 2);
+    }
+  } finally {
+    await wal.close();
+    await ring.close();
+  }
+});
+
 // Groups held while the pipeline is full must still go out: a stuck one hangs
 // a worker, and the timeout fails the test.
 test('group hold: written/durable acknowledgements agree with the disk model (seeded shuffles)', { timeout: 120_000 }, async () => {
