@@ -3,7 +3,7 @@
 // a FUA record ends the hold at once; the hold runs out by itself when no
 // more records come; and acknowledgements still agree with the disk model
 // over seeded completion orders.
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
 
@@ -14,8 +14,18 @@ import { runWalModel } from '../support/wal_model_run';
 
 const SEGMENT_BYTES = 1 << 20;
 
-async function openWal(ring: Ring, dir: string) {
-  return Wal.open(ring, { dir: path.join(dir, 'wal'), create: true, segmentBytes: SEGMENT_BYTES, groupBytes: 64 << 10 });
+// A fresh WAL on its own ring, closed (and its directory removed) after fn.
+async function withWal(t: TestContext, options: { groupsInFlight?: number }, fn: (wal: Wal) => Promise<void>): Promise<void> {
+  const { dir, cleanup } = tempDir('walhold');
+  t.after(cleanup);
+  const ring = Ring.open({ depth: 64, arenaBytes: 32 << 20 });
+  const { wal } = await Wal.open(ring, { dir: path.join(dir, 'wal'), create: true, segmentBytes: SEGMENT_BYTES, groupBytes: 64 << 10, ...options });
+  try {
+    await fn(wal);
+  } finally {
+    await wal.close();
+    await ring.close();
+  }
 }
 
 function record(lba: number, fua = false) {
@@ -26,11 +36,7 @@ const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(reso
 
 // A hang past the timeout means the flush or the FUA record waited for the hold.
 test('group hold: records of five turns go as one group write, and a flush ends the hold', { timeout: 30_000 }, async (t) => {
-  const { dir, cleanup } = tempDir('walhold');
-  t.after(cleanup);
-  const ring = Ring.open({ depth: 64, arenaBytes: 32 << 20 });
-  const { wal } = await openWal(ring, dir);
-  try {
+  await withWal(t, {}, async (wal) => {
     // A minute, longer than the test may take: only the flush can end it.
     wal.setGroupHold(GROUP_HOLD_US_MAX);
     const before = wal.status().groupsSubmitted;
@@ -51,18 +57,11 @@ test('group hold: records of five turns go as one group write, and a flush ends 
     assert.equal(await fua, 6);
     assert.equal(wal.status().groupsSubmitted, before + 2);
     assert.equal(wal.lsnDurable, 6);
-  } finally {
-    await wal.close();
-    await ring.close();
-  }
+  });
 });
 
 test('group hold: a held group is written once the hold runs out, with no further record or request', { timeout: 30_000 }, async (t) => {
-  const { dir, cleanup } = tempDir('walhold');
-  t.after(cleanup);
-  const ring = Ring.open({ depth: 64, arenaBytes: 32 << 20 });
-  const { wal } = await openWal(ring, dir);
-  try {
+  await withWal(t, {}, async (wal) => {
     wal.setGroupHold(5000);
     const before = wal.status().groupsSubmitted;
     // Resolves only when written: without the ring's timer kick it would hang.
@@ -70,10 +69,7 @@ test('group hold: a held group is written once the hold runs out, with no furthe
     assert.equal(wal.status().groupsSubmitted, before + 1);
     assert.throws(() => wal.setGroupHold(GROUP_HOLD_US_MAX + 1), /group hold/);
     assert.throws(() => wal.setGroupHold(-1), /group hold/);
-  } finally {
-    await wal.close();
-    await ring.close();
-  }
+  });
 });
 
 // A group opened while the pipeline has no room for it (one group in flight
@@ -83,11 +79,7 @@ test('group hold: a held group is written once the hold runs out, with no furthe
 // drained only between event-loop turns, so within one turn the first group
 // is in flight for certain when the second record's kick runs.
 test('group hold: a group held while the pipeline is full is written once the hold runs out', { timeout: 30_000 }, async (t) => {
-  const { dir, cleanup } = tempDir('walhold');
-  t.after(cleanup);
-  const ring = Ring.open({ depth: 64, arenaBytes: 32 << 20 });
-  const { wal } = await Wal.open(ring, { dir: path.join(dir, 'wal'), create: true, segmentBytes: SEGMENT_BYTES, groupBytes: 64 << 10, groupsInFlight: 1 });
-  try {
+  await withWal(t, { groupsInFlight: 1 }, async (wal) => {
     for (let i = 0; i < 3; i++) {
       wal.setGroupHold(0);
       const before = wal.status().groupsSubmitted;
@@ -100,10 +92,7 @@ test('group hold: a group held while the pipeline is full is written once the ho
       assert.equal(await second, 2 * i + 2, 'the held group was written');
       assert.equal(wal.status().groupsSubmitted, before + 2);
     }
-  } finally {
-    await wal.close();
-    await ring.close();
-  }
+  });
 });
 
 // Groups held while the pipeline is full must still go out: a stuck one hangs
