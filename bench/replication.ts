@@ -23,7 +23,7 @@
 // back (which goes first alternates), one fio at a time, every server idle
 // before the next window: 4 KiB randwrite at qd 32, at qd 32 with an NBD
 // FLUSH after every write (fio fsync=1), and at qd 1 (p50 latency).
-// Each workload runs BENCH_REPL_ROUNDS rounds (odd, default 3) of one window
+// Each workload runs BENCH_REPL_ROUNDS rounds (default 3) of one window
 // per side; the round with the median ratio is the one reported, and every
 // round's ratio is in the notes. On a shared host the load of the moment
 // moves one window's figures by as much as 2×: a round's two windows are
@@ -342,7 +342,8 @@ function volumeBytesFromEnv(env: NodeJS.ProcessEnv): number {
 function roundsFromEnv(env: NodeJS.ProcessEnv): number {
   const raw = env.BENCH_REPL_ROUNDS;
   const rounds = raw === undefined || raw === '' ? DEFAULT_ROUNDS : Number(raw);
-  if (!Number.isInteger(rounds) || rounds < 1 || rounds % 2 === 0) throw new RangeError(`BENCH_REPL_ROUNDS must be an odd positive integer, got '${raw}'`);
+  // Any count: of two middle rounds the worse one is reported (bench/lib/rounds.ts).
+  if (!Number.isInteger(rounds) || rounds < 1) throw new RangeError(`BENCH_REPL_ROUNDS must be a positive integer, got '${raw}'`);
   return rounds;
 }
 
