@@ -78,7 +78,7 @@ import * as servers from './lib/repl_servers';
 import { LOOPBACK_HOST, sleep, socketPath, startPrimaryServer, startReplicaServer } from './lib/repl_servers';
 import type { ServerCpuDelta } from './lib/server_process';
 import { ServerProcess, cpuBetween, loadAverages } from './lib/server_process';
-import { type RoundOutcome, NOISY_OTHER_LOAD_PCT, isNoisyRound, reportedRound, wantsAnotherRound } from './lib/rounds';
+import { type RoundOutcome, NOISY_OTHER_LOAD_PCT, isNoisyRound, quietRounds, reportedRound, wantsAnotherRound } from './lib/rounds';
 import { MIB } from './lib/seq_anchor';
 
 const RANDWRITE_QD32_MIN = 0.7;
@@ -242,11 +242,10 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
         const b = await measure(ctx, second, w, volumeBytes);
         const pair = first === single ? { w, single: a, replicated: b } : { w, single: b, replicated: a };
         const outcome = roundOutcome(pair, rtt);
-        const quietSoFar = outcomes.filter((o) => !o.noisy).length + (outcome.noisy ? 0 : 1);
-        const noisyText = outcome.noisy ? ` (noisy: other load above ${NOISY_OTHER_LOAD_PCT} %, ${quietSoFar} of ${rounds} quiet rounds so far)` : '';
-        ctx.log(`round ${round + 1} ${summaryLine(pair, rtt)}${noisyText}`);
         tried.push(pair);
         outcomes.push(outcome);
+        const noisyText = outcome.noisy ? ` (noisy: other load above ${NOISY_OTHER_LOAD_PCT} %, ${quietRounds(outcomes)} of ${rounds} quiet rounds so far)` : '';
+        ctx.log(`round ${round + 1} ${summaryLine(pair, rtt)}${noisyText}`);
       }
       const picked = reportedRound(outcomes, !w.latencyTarget);
       const chosen: Chosen = { ...tried[picked.index]!, rounds: outcomes, quiet: picked.quiet, over: picked.over };

@@ -21,10 +21,15 @@ export function isNoisyRound(otherLoadPcts: readonly (number | null | undefined)
   return otherLoadPcts.some((pct) => pct !== null && pct !== undefined && pct > NOISY_OTHER_LOAD_PCT);
 }
 
+/** How many of the rounds were quiet. */
+export function quietRounds(outcomes: readonly RoundOutcome[]): number {
+  return outcomes.filter((o) => !o.noisy).length;
+}
+
 /** Another round is run while fewer than `wanted` were quiet and fewer than `max` ran. */
 export function wantsAnotherRound(outcomes: readonly RoundOutcome[], wanted: number, max: number): boolean {
   if (outcomes.length >= max) return false;
-  return outcomes.filter((o) => !o.noisy).length < wanted;
+  return quietRounds(outcomes) < wanted;
 }
 
 export interface ReportedRound {
