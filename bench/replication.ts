@@ -188,6 +188,8 @@ interface Pair {
 /** The round reported for a workload, and every round's ratio (and whether it was noisy) in the order run. */
 interface Chosen extends Pair {
   readonly rounds: readonly RoundOutcome[];
+  /** Each round's windows, in the order run (for their other load and stolen share). */
+  readonly roundPairs: readonly Pair[];
   /** Whether the median was taken over quiet rounds only (false: none was quiet). */
   readonly quiet: boolean;
   /** How many rounds the median was taken over. */
@@ -245,10 +247,10 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
         tried.push(pair);
         outcomes.push(outcome);
         const noisyText = outcome.noisy ? ` (noisy: other load above ${NOISY_OTHER_LOAD_PCT} %, ${quietRounds(outcomes)} of ${rounds} quiet rounds so far)` : '';
-        ctx.log(`round ${round + 1} ${summaryLine(pair, rtt)}${noisyText}`);
+        ctx.log(`round ${round + 1} ${summaryLine(pair, rtt)}; ${windowLoadText(pair)}${noisyText}`);
       }
       const picked = reportedRound(outcomes, !w.latencyTarget);
-      const chosen: Chosen = { ...tried[picked.index]!, rounds: outcomes, quiet: picked.quiet, over: picked.over };
+      const chosen: Chosen = { ...tried[picked.index]!, rounds: outcomes, roundPairs: tried, quiet: picked.quiet, over: picked.over };
       ctx.log(`${w.label}: reporting ${roundsText(chosen)}`);
       pairs.push(chosen);
     }
@@ -363,9 +365,18 @@ function roundOutcome(p: Pair, rtt: RttFigures): RoundOutcome {
   return { ratio, noisy: isNoisyRound([p.single.figure.otherLoadPct, p.replicated.figure.otherLoadPct]) };
 }
 
+// A round's two windows side by side: a ratio moves with the difference in
+// what else ran (or was stolen) between them, not only with each one's level.
+function windowLoadText(p: Pair): string {
+  const pct = (v: number | null | undefined): string => (v === null || v === undefined ? '?' : fmt(v));
+  const load = `other load ${pct(p.single.figure.otherLoadPct)} / ${pct(p.replicated.figure.otherLoadPct)} %`;
+  const stolen = `stolen ${pct(p.single.host?.stealPct)} / ${pct(p.replicated.host?.stealPct)} %`;
+  return `single / replicated ${load}, ${stolen}`;
+}
+
 function roundsText(p: Chosen): string {
   const what = p.w.latencyTarget ? 'p50 ratio' : 'IOPS ratio';
-  const byRound = p.rounds.map((o) => `${fmt(o.ratio)}×${o.noisy ? ' (noisy)' : ''}`).join(', ');
+  const byRound = p.rounds.map((o, i) => `${fmt(o.ratio)}× (${o.noisy ? 'noisy; ' : ''}${windowLoadText(p.roundPairs[i]!)})`).join(', ');
   const from = p.quiet ? `the median of ${p.over} quiet round(s)` : `no quiet round: the median of all ${p.over}`;
   return `${what} by round ${byRound}; reported: ${from}`;
 }
