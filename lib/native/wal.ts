@@ -494,8 +494,8 @@ export class Wal {
     return this.place(kind, epoch, lba, lengthBlocks, payload, fua, copyOut);
   }
 
-  // Submits what was appended at the end of this turn (microtask), after
-  // anything scheduled before it.
+  // Submits what was appended at the end of this event-loop iteration
+  // (Ring.scheduleKick).
   scheduleKick(): void {
     this.ring.scheduleKick();
   }

@@ -383,7 +383,7 @@ class PrimaryLink {
     if (this.lsnSyncAhead >= frame.records[0]!.lsn) this.volume.requestDurable(this.lsnSyncAhead);
     this.lastAppend = last;
     // Received: in the WAL's order; the primary may count it now (before
-    // this node's WAL submission, which waits for the turn's end).
+    // this node's WAL submission, which waits for the loop iteration's end).
     this.sendAck();
     last
       .then(() => {

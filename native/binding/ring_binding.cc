@@ -126,9 +126,11 @@ void RingWrap::handle_poll() {
   Napi::Env env(env_);
   Napi::HandleScope scope(env);
   completions_count_ = 0;
+  // Nothing is submitted here: JS kicks once per loop iteration, after this
+  // and every other callback of its poll phase (Ring.scheduleKick), so what
+  // the completions let the writer submit goes with the requests read
+  // meanwhile, in one kernel entry.
   uint32_t reaped = ring_.drain();
-  if (writer_ != nullptr) writer_->kick();
-  else ring_.submit();
   update_ref();
   if (reaped == 0) return;
   if (publish_) publish_();

@@ -293,6 +293,8 @@ class WalWrap : public Napi::ObjectWrap<WalWrap> {
 
   Napi::Value release(const Napi::CallbackInfo& info) {
     writer(info.Env()).release(arg_u64(info, 0, "lsn", UINT64_MAX));
+    // The tail moves now, not at the next kick (JS reads it right after).
+    publish();
     return info.Env().Undefined();
   }
 

@@ -916,7 +916,7 @@ function defineTests(): void {
       // A buffer changed after submission and before completion is flagged.
       ring.setRecording(true, { capBytes: 1 << 20 });
       const pending = ring.write(fileId, slice, 0, 4096);
-      await null; // the kick that submits it has run
+      ring.submitNow(); // submitted now, not at the loop iteration's kick
       slice.bytes.fill(0x77);
       await pending;
       const changed = ring.takeRecording().find((e) => e.type === 'complete')!;

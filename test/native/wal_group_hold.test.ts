@@ -15,13 +15,13 @@ import { runWalModel } from '../support/wal_model_run';
 const SEGMENT_BYTES = 1 << 20;
 
 // A fresh WAL on its own ring, closed (and its directory removed) after fn.
-async function withWal(t: TestContext, options: { groupsInFlight?: number }, fn: (wal: Wal) => Promise<void>): Promise<void> {
+async function withWal(t: TestContext, options: { groupsInFlight?: number }, fn: (wal: Wal, ring: Ring) => Promise<void>): Promise<void> {
   const { dir, cleanup } = tempDir('walhold');
   t.after(cleanup);
   const ring = Ring.open({ depth: 64, arenaBytes: 32 << 20 });
   const { wal } = await Wal.open(ring, { dir: path.join(dir, 'wal'), create: true, segmentBytes: SEGMENT_BYTES, groupBytes: 64 << 10, ...options });
   try {
-    await fn(wal);
+    await fn(wal, ring);
   } finally {
     await wal.close();
     await ring.close();
@@ -76,18 +76,20 @@ test('group hold: a held group is written once the hold runs out, with no furthe
 // at a time here) is held too; the kick that finds no room must still report
 // the hold, or no timer comes for it and, with no later record or request,
 // the group is never written (the test's timeout fails it). Completions are
-// drained only between event-loop turns, so within one turn the first group
-// is in flight for certain when the second record's kick runs.
+// drained only between callbacks, so with both kicks run within one turn
+// the first group is in flight for certain when the second record's kick runs.
 test('group hold: a group held while the pipeline is full is written once the hold runs out', { timeout: 30_000 }, async (t) => {
-  await withWal(t, { groupsInFlight: 1 }, async (wal) => {
+  await withWal(t, { groupsInFlight: 1 }, async (wal, ring) => {
     for (let i = 0; i < 3; i++) {
       wal.setGroupHold(0);
       const before = wal.status().groupsSubmitted;
       const first = wal.append(record(2 * i));
-      await Promise.resolve(); // its kick (a microtask): the group goes at once and fills the pipeline
+      ring.submitNow(); // the group goes at once and fills the pipeline
       assert.equal(wal.status().groupsSubmitted, before + 1, 'the first group was submitted in this turn');
       wal.setGroupHold(2000);
       const second = wal.append(record(2 * i + 1));
+      ring.submitNow(); // no room: the group is held, and the hold reported
+      assert.equal(wal.status().groupsSubmitted, before + 1, 'the second group waits');
       assert.equal(await first, 2 * i + 1);
       assert.equal(await second, 2 * i + 2, 'the held group was written');
       assert.equal(wal.status().groupsSubmitted, before + 2);
