@@ -5,7 +5,7 @@
 // segments recycled rather than deleted.
 //
 // Group commit: records join the open group; an idle pipeline submits at once
-// (kick() at the end of every JS turn and after every drain); up to
+// (kick() once per event-loop iteration, from JS, after its drains); up to
 // groups_in_flight groups are in flight; a group carrying a FUA record or
 // covered by a durability request is written with RWF_DSYNC. With a group
 // hold set (a replica, whose acknowledgements do not wait for its own WAL
