@@ -406,6 +406,14 @@ function frameLog(): { seen: { type: 'records' | 'sync'; lsn: number; read: numb
   };
 }
 
+// The SYNCs that came in the same socket read as the records up to lsn: where
+// one shipped for those records rides. The primary's periodic durability
+// tick may send a SYNC of its own in a later read.
+function syncsInRecordRead(seen: ReturnType<typeof frameLog>['seen'], lsn: number): ReturnType<typeof frameLog>['seen'] {
+  const read = seen.find((s) => s.type === 'records' && s.lsn >= lsn)!.read;
+  return seen.filter((s) => s.type === 'sync' && s.read === read);
+}
+
 // A primary feeding a fake replica that logs what it reads (frameLog), once
 // the replica streams; shipped(lsn) waits until that LSN's records arrived.
 async function withLoggedReplica(
@@ -429,10 +437,7 @@ test('sync_all: a FUA write ships with a SYNC right behind its record, in the sa
   withLoggedReplica('sync_all', async ({ volume, seen, shipped }) => {
     const plain = await volume.write(0, Buffer.alloc(4096, 1));
     await shipped(plain);
-    // The primary's periodic durability tick may send a SYNC of its own
-    // later; one shipped for the write would ride in the record's read.
-    const plainRead = seen.find((s) => s.type === 'records' && s.lsn >= plain)!.read;
-    assert.deepEqual(seen.filter((s) => s.type === 'sync' && s.read === plainRead), [], `a plain write asks for no SYNC: ${JSON.stringify(seen)}`);
+    assert.deepEqual(syncsInRecordRead(seen, plain), [], `a plain write asks for no SYNC: ${JSON.stringify(seen)}`);
     // Written on the volume, not through the ack gate: the SYNC can only
     // have come from shipping the record.
     const fua = await volume.write(4096, Buffer.alloc(4096, 2), { fua: true });
@@ -448,10 +453,7 @@ test('best_effort: a FUA write ships no SYNC (the mode waits for no replica)', (
   withLoggedReplica('best_effort', async ({ volume, seen, shipped }) => {
     const fua = await volume.write(0, Buffer.alloc(4096, 3), { fua: true });
     await shipped(fua);
-    // The primary's periodic durability tick may send a SYNC of its own
-    // later; one shipped for the FUA write would ride in the record's read.
-    const read = seen.find((s) => s.type === 'records' && s.lsn >= fua)!.read;
-    assert.deepEqual(seen.filter((s) => s.type === 'sync' && s.read === read), [], JSON.stringify(seen));
+    assert.deepEqual(syncsInRecordRead(seen, fua), [], JSON.stringify(seen));
   }));
 
 test('best_effort: acknowledgements are counted and never held', async () => {
