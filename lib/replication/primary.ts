@@ -655,13 +655,14 @@ export class PrimaryReplication implements AckGate {
     this.rateSample = { atMs: nowMs, bytes: this.bytesWritten };
   }
 
-  // The lowest LSN a replica that may still be fed from the WAL needs: the
-  // flusher keeps the WAL from there (within the retention budget).
+  // The lowest LSN a replica that may still be fed from the WAL needs, even
+  // after a crash of its own (ReplicaPeer.lsnKept): the flusher keeps the WAL
+  // from there (within the retention budget).
   private walPinLsn(): number {
     let pin = Number.MAX_SAFE_INTEGER;
     for (const p of this.peers) {
       if (p.state === 'failed' || p.state === 'closed') continue;
-      pin = Math.min(pin, p.lsnReceived + 1);
+      pin = Math.min(pin, p.lsnKept + 1);
     }
     return pin;
   }
@@ -758,7 +759,7 @@ export class PrimaryReplication implements AckGate {
       replicas: this.peers.map((p) => {
         const oldest = this.backlog.get(p.lsnReceived + 1);
         const lagging = p.lsnReceived < head && p.state !== 'failed';
-        const heldBytes = lagging ? this.volume.walBytesAfter(p.lsnReceived) : 0;
+        const heldBytes = lagging ? this.volume.walBytesAfter(p.lsnKept) : 0;
         const headroomBytes = Math.max(0, budgetBytes - heldBytes);
         return {
           ...p.status(),
@@ -801,6 +802,9 @@ class ReplicaPeer {
   lsnReceived = 0;
   lsnDurable = 0;
   lsnApplied = 0;
+  // The LSN before the current feed's first record: where the replica's WAL
+  // stood when it started (a fresh rebuild's base LSN).
+  private lsnFeedFrom = 0;
   applyChecksum: ApplyChecksum | undefined;
   connects = 0;
   private link: ReplicationLink | undefined;
@@ -985,6 +989,7 @@ class ReplicaPeer {
     }
     this.nodeId = hello.nodeId;
     this.greeted = true;
+    this.lsnFeedFrom = 0;
     this.lsnReceived = hello.lsnHead;
     this.lsnDurable = hello.lsnDurable;
     this.lsnApplied = hello.lsnApplied;
@@ -1090,6 +1095,7 @@ class ReplicaPeer {
 
   private startFeed(hello: HelloFrame, state: 'syncing' | 'streaming' | 'catching_up' | 'rebuilding', lsnFrom = hello.lsnHead + 1): void {
     this.lsnSent = lsnFrom - 1;
+    this.lsnFeedFrom = lsnFrom - 1;
     this.fromDisk = state === 'catching_up';
     this.backoffMs = this.primary.options.reconnectMinMs ?? 100;
     this.setState(state, undefined);
@@ -1455,6 +1461,15 @@ class ReplicaPeer {
       this.setState('needs_rebuild', 'fell behind the in-memory backlog and no feed was decided');
       link.close('reassigned', this.reason!);
     }
+  }
+
+  // What this replica still holds should it crash now: the records it made
+  // durable, or at least those its WAL held when this feed started; never
+  // more than it received. Records it received but had not made durable are
+  // gone after a SIGKILL, and it asks for them again (or resumes its rebuild)
+  // from here, so the WAL is kept from here, not from what it received.
+  get lsnKept(): number {
+    return Math.min(this.lsnReceived, Math.max(this.lsnDurable, this.lsnFeedFrom));
   }
 
   // The replica is to be durable up to lsn: a SYNC once the records are sent.

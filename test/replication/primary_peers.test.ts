@@ -202,6 +202,52 @@ test('a replica behind the in-memory backlog catches up from the WAL on disk, th
   }
 });
 
+test('the WAL is kept from what a replica made durable, not from what it received: after a crash of its own it catches up from there', async () => {
+  // Acknowledges every record as received but only LSN 2 as durable; after
+  // its "crash" it comes back holding just that much.
+  const received: number[] = [];
+  let away = false;
+  let crashed = false;
+  const fake = await fakeReplica((frame, link) => {
+    if (frame.type === 'hello') {
+      if (away) link.close('shutdown', 'away');
+      else link.send(replicaHello(frame, { lsnHead: crashed ? 2 : received.length, lsnDurable: crashed ? 2 : 0 }));
+    }
+    if (frame.type === 'wal_records') {
+      for (const r of frame.records) received.push(r.lsn);
+      const last = frame.records[frame.records.length - 1]!.lsn;
+      link.send({ type: 'ack', epoch: 1, lsnReceived: last, lsnDurable: Math.min(last, 2), lsnApplied: 0, applyChecksum: 0n, lsnCheckpoint: 0 });
+    }
+  });
+  try {
+    await withPrimary([fake.port], { backlogBytes: 64 * 1024 }, async ({ volume, peer, primary }) => {
+      await until('streaming', () => peer().state === 'streaming');
+      // 256 KiB records, so LSN 3..8 span several 1 MiB WAL segments (the WAL
+      // is released a whole segment at a time).
+      for (let i = 0; i < 8; i++) await volume.write(i * 256 * 1024, Buffer.alloc(256 * 1024, i + 1));
+      await until('all received', () => received.length === 8 && peer().lsnReceived === 8 && peer().lsnDurable === 2);
+      // The replica crashes: what it had not made durable (LSN 3..8) is gone.
+      away = true;
+      crashed = true;
+      fake.links[0]!.close('shutdown', 'crashed');
+      await until('reconnecting', () => peer().state !== 'streaming');
+      for (let i = 0; i < 40; i++) await volume.write(i * 4096, Buffer.alloc(4096, 100 + i));
+      await volume.checkpoint();
+      assert.ok(primary.status().wal.lsnTail <= 2, `the WAL kept from LSN 3: tail ${primary.status().wal.lsnTail}`);
+      assert.ok(primary.status().backlog.lsnFirst > 3, `the backlog starts at ${primary.status().backlog.lsnFirst}`);
+      const held = peer().retention;
+      assert.ok(held !== undefined && held.heldBytes > 46 * 4096, `WAL held from the replica's durable LSN: ${JSON.stringify(held)}`);
+      received.length = 2;
+      away = false;
+      await until('current', () => received.length === 48 && peer().state === 'streaming');
+      assert.equal(peer().decision?.kind, 'catch_up', peer().decision?.reason);
+      assert.deepEqual(received, Array.from({ length: 48 }, (_, i) => i + 1));
+    });
+  } finally {
+    await fake.close();
+  }
+});
+
 test('a replica the WAL no longer covers gets a rebuild: REBUILD_START at the checkpoint, every base chunk, the WAL from there', async () => {
   const r = await recordingReplica();
   try {
