@@ -100,7 +100,9 @@ function renderReplication(r: PrimaryReplicationStatus | ReplicaReplicationStatu
       `  replica    ${p.address}${p.nodeId === undefined ? '' : ` (${p.nodeId})`}: ${p.state}${p.reason === undefined ? '' : ` (${p.reason})`}${p.inAckSet ? '' : ', not in the ack set'}`,
       `             lag ${p.lagLsn} LSN, ${formatBytes(p.lagBytes)}, ${p.lagSeconds.toFixed(1)} s; received ${p.lsnReceived} durable ${p.lsnDurable} applied ${p.lsnApplied}`,
     );
-    if (p.decision !== undefined) lines.push(`             decision ${p.decision.kind} (~${formatBytes(p.decision.costBytes)}): ${p.decision.reason}`);
+    // The last one, made when the replica last connected: not a view of now.
+    const last = p.decision;
+    if (last !== undefined) lines.push(`             last decision ${ago(last.atMs)}: ${last.kind} (~${formatBytes(last.costBytes)}): ${last.reason}`);
     if (p.completed.catchUps + p.completed.rebuilds > 0) lines.push(`             completed ${p.completed.catchUps} catch-up(s), ${p.completed.rebuilds} rebuild(s) since this primary started`);
     const c = p.catchUp;
     if (c !== undefined) lines.push(`             catch-up ${progressBar(c.bytesDone, c.bytesTotal, c.bytesPerSecond, c.etaSeconds)}`);
@@ -126,6 +128,14 @@ function renderReplication(r: PrimaryReplicationStatus | ReplicaReplicationStatu
     lines.push(`  rebuild    base lane pace ${pace}${target}`);
   }
   return lines.join('\n') + '\n';
+}
+
+// "12 s ago" for a wall-clock time in ms (the server's clock, this machine's).
+function ago(atMs: number): string {
+  const seconds = Math.max(0, (Date.now() - atMs) / 1000);
+  if (seconds < 120) return `${seconds.toFixed(0)} s ago`;
+  if (seconds < 7200) return `${(seconds / 60).toFixed(0)} min ago`;
+  return `${(seconds / 3600).toFixed(1)} h ago`;
 }
 
 // "writes 97 % of 12345, 0.35 ms each": how many acknowledgements the
