@@ -228,7 +228,7 @@ export class RebuildSession {
   readonly sessionId: number;
   readonly epoch: number;
   readonly lsnBase: number;
-  readonly lsnTarget: number;
+  #lsnTarget: number;
   readonly chunkBlocks: number;
   readonly volumeBlocks: number;
   readonly blockBytes: number;
@@ -255,7 +255,7 @@ export class RebuildSession {
     this.sessionId = params.sessionId;
     this.epoch = params.epoch;
     this.lsnBase = params.lsnBase;
-    this.lsnTarget = params.lsnTarget;
+    this.#lsnTarget = params.lsnTarget;
     this.chunkBlocks = params.chunkBlocks;
     this.volumeBlocks = params.volumeBlocks;
     this.blockBytes = params.blockBytes ?? 4096;
@@ -270,6 +270,18 @@ export class RebuildSession {
     this.#lsnApplied = lsnApplied;
     this.#lsnReceived = lsnApplied;
     this.#lsnCheckpointMax = params.lsnBase;
+  }
+
+  // The replica is current once it holds this LSN.
+  get lsnTarget(): number {
+    return this.#lsnTarget;
+  }
+
+  // A resumed session completes at the primary's head when it resumed (rule
+  // 6): the target only rises. The caller persists progress() after it.
+  raiseTarget(lsnTarget: number): void {
+    if (!Number.isSafeInteger(lsnTarget)) throw new RangeError(`lsnTarget must be an integer, got ${lsnTarget}`);
+    if (lsnTarget > this.#lsnTarget) this.#lsnTarget = lsnTarget;
   }
 
   // Restores a session from persisted progress. The caller has already
@@ -598,8 +610,8 @@ export class RebuildSession {
       return { blocker: 'base_incomplete', why: `base lane: ${this.chunksDone} of ${this.chunksTotal} chunks done` };
     }
     if (this.#pending.size > 0) return { blocker: 'base_in_flight', why: `${this.#pending.size} base writes in flight` };
-    if (this.#lsnApplied < this.lsnTarget) {
-      return { blocker: 'wal_behind_target', why: `lsnApplied ${this.#lsnApplied} < lsnTarget ${this.lsnTarget}` };
+    if (this.#lsnApplied < this.#lsnTarget) {
+      return { blocker: 'wal_behind_target', why: `lsnApplied ${this.#lsnApplied} < lsnTarget ${this.#lsnTarget}` };
     }
     if (this.#lsnApplied < this.#lsnCheckpointMax) {
       return {

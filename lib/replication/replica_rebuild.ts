@@ -119,7 +119,13 @@ export class ReplicaRebuild {
   async start(f: RebuildStartFrame): Promise<SessionAckFrame> {
     const r = this.state;
     if (r !== undefined && r.session.sessionId === f.sessionId && r.session.epoch === f.epoch && f.chunkFrom <= r.session.chunkIndexNext) {
-      this.log.info({ sessionId: f.sessionId, chunkFrom: f.chunkFrom }, 'rebuild resumed by the primary');
+      // The primary resumes with its head as the target: completing below it
+      // (at the target this session started with) would be refused.
+      if (f.lsnTarget > r.session.lsnTarget) {
+        r.session.raiseTarget(f.lsnTarget);
+        await this.persist();
+      }
+      this.log.info({ sessionId: f.sessionId, chunkFrom: f.chunkFrom, lsnTarget: r.session.lsnTarget }, 'rebuild resumed by the primary');
       return this.ack('accepted', undefined, '');
     }
     if (f.chunkFrom > 0) {
