@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 
-import { xxh3Digest } from '../../lib/protocol/rebuild_session';
+import { type RebuildProgress, xxh3Digest } from '../../lib/protocol/rebuild_session';
 import type { Frame, RebuildStartFrame, SessionAckFrame } from '../../lib/replication/frames';
 import { durabilityCode } from '../../lib/statemachine/control';
 import { connect, hello, until, VOLUME, withReplica } from '../support/replica_link';
@@ -65,7 +65,7 @@ test('a resumed rebuild completes at the target the primary resumed it with, not
     second.link.send(start(6, chunksTotal));
     await until(() => sessionAcks(second.frames).some((a) => a.phase === 'accepted'));
     assert.equal(f.receiver.status().rebuild?.lsnTarget, 6, 'the session took the target it was resumed with');
-    assert.equal((f.replica.rebuildSaved?.progress as { lsnTarget?: number } | null | undefined)?.lsnTarget, 6, 'and persisted it (a restart resumes with it)');
+    assert.equal((f.replica.rebuildSaved?.progress as RebuildProgress | null | undefined)?.lsnTarget, 6, 'and persisted it (a restart resumes with it)');
 
     // Records 1..3 committed: past the first target, short of the second.
     second.link.send({ type: 'wal_records', epoch, records: records.slice(0, 3), lsnCommit: 3 });

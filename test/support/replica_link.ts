@@ -24,7 +24,7 @@ export interface Fixture {
 }
 
 export async function withReplica(fn: (f: Fixture) => Promise<void>, walGroupHoldUs?: number): Promise<void> {
-  const { dir, cleanup } = tempDir('repl-input');
+  const { dir, cleanup } = tempDir('repl-link');
   const shipped: ShippedRecord[] = [];
   const source = await Volume.create(path.join(dir, 'p'), { ...VOLUME, onRecord: (r) => shipped.push(r) });
   await (await Volume.create(path.join(dir, 'r'), VOLUME)).close();
