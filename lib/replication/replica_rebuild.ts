@@ -285,7 +285,10 @@ export class ReplicaRebuild {
 
   private async persistNow(): Promise<void> {
     const r = this.state;
-    if (r === undefined) return;
+    // Completing: finishRebuild removes the rebuild files, and a write now
+    // could bring rebuild.json back without its bitmap (a fresh rebuild at
+    // the next start).
+    if (r === undefined || r.completing) return;
     const tokens = r.tokens.splice(0);
     const ref = { sessionId: r.session.sessionId, epoch: r.session.epoch };
     await this.volume.persistRebuild(() => {
