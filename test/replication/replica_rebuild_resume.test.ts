@@ -2,17 +2,16 @@
 // was cut, the replica process lived on): the primary resumes it with its
 // head as the new target. The replica must not report the session complete
 // at the target the session started with: the primary refuses that, cancels
-// the session, and the replica goes back to "needs rebuild" with its WAL pin
-// released. In one process: a ReplicaReplication fed by a hand-driven link.
+// the session and marks the replica "needs rebuild"; a full WAL may then
+// release what it kept for the replica. In one process: a ReplicaReplication fed by a hand-driven link.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 
 import { type RebuildProgress, xxh3Digest } from '../../lib/protocol/rebuild_session';
-import type { Frame, RebuildStartFrame, SessionAckFrame } from '../../lib/replication/frames';
+import { BLOCK_BYTES, type Frame, type RebuildStartFrame, type SessionAckFrame } from '../../lib/replication/frames';
 import { durabilityCode } from '../../lib/statemachine/control';
 import { connect, hello, until, VOLUME, withReplica } from '../support/replica_link';
 
-const BLOCK_BYTES = 4096;
 const CHUNK_BLOCKS = 256;
 const SESSION_ID = 7001;
 
