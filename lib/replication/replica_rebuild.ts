@@ -21,6 +21,7 @@ import type { Logger } from 'pino';
 import type { RebuildSaved } from '../engine/rebuild_files';
 import type { Volume } from '../engine/volume';
 import type { DenseBitmap } from '../native/bitmap';
+import { BlockwalError } from '../native/errors';
 import { type RebuildProgress, RebuildSession } from '../protocol/rebuild_session';
 import type { SessionFailure } from '../protocol/types';
 import { durabilityOfCode } from '../statemachine/control';
@@ -247,10 +248,28 @@ export class ReplicaRebuild {
     if (this.state !== undefined && this.state.tokens.length > 0) await this.persist().catch(() => undefined);
   }
 
+  // The volume checkpoints once more as it closes, after this: its hook must
+  // not reach the closed bitmap (that checkpoint failed, and the volume with
+  // it). Closing the bitmap syncs every mark made so far; a record applied
+  // after that could not be marked, so no checkpoint may cover it (a resumed
+  // session's base chunk would overwrite it).
   async close(): Promise<void> {
     await this.linkLost();
-    this.state?.bitmap.close();
+    const r = this.state;
     this.state = undefined;
+    if (r === undefined) return;
+    let unmarked: number | undefined;
+    this.volume.setRebuildHooks({
+      onApply: (record) => {
+        unmarked ??= record.lsn;
+      },
+      beforeCheckpoint: () => {
+        if (unmarked !== undefined) {
+          throw new BlockwalError('ERR_REBUILD', `record ${unmarked} was applied after the rebuild session closed: its blocks are not marked in ${r.bitmap.path}`);
+        }
+      },
+    });
+    r.bitmap.close();
   }
 
   private install(r: RebuildState): void {
