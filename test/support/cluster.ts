@@ -50,6 +50,8 @@ const STOP_TIMEOUT_MS = 60_000;
 const STDERR_KEEP_CHARS = 1 << 20;
 const SERVING_LINE = /^blockwal: serving (.+) on (.+)$/m;
 const REPLICA_LINE = /^blockwal: replica of (.+) listening for its primary on (.+):(\d+)$/m;
+const ERROR_LINE = /^\{"level":(50|60),/;
+const ERROR_LINES_KEPT = 50;
 
 // ---- children ----
 
@@ -118,6 +120,10 @@ export class ClusterNode {
   replListen: { host: string; port: number } | undefined;
   // The last status answer, for failure messages.
   lastStatus: NodeStatus | undefined;
+  // Every error-level log line (pino level 50 or 60) of every run, run by run.
+  readonly errorLines: string[] = [];
+  private partialLine = '';
+  private runs = 0;
 
   constructor(
     readonly name: string,
@@ -172,6 +178,8 @@ export class ClusterNode {
     assert.ok(!this.running, `${this.name} is already running (pid ${this.child?.pid})`);
     this.flags = [...flags];
     this.stderrText = '';
+    this.partialLine = '';
+    this.runs++;
     this.exitStatus = undefined;
     this.paused = false;
     const args = [...SERVER_NODE_OPTIONS, CLI_JS, 'serve', this.dir, ...flags];
@@ -186,7 +194,11 @@ export class ClusterNode {
       });
     });
     child.stderr!.setEncoding('utf8');
+    const run = this.runs;
     child.stderr!.on('data', (chunk: string) => {
+      const lines = (this.partialLine + chunk).split('\n');
+      this.partialLine = lines.pop()!;
+      for (const line of lines) if (ERROR_LINE.test(line) && this.errorLines.length < ERROR_LINES_KEPT) this.errorLines.push(`run ${run}: ${line.slice(0, 2000)}`);
       this.stderrText += chunk;
       if (this.stderrText.length > 2 * STDERR_KEEP_CHARS) this.stderrText = this.stderrText.slice(-STDERR_KEEP_CHARS);
     });
