@@ -10,8 +10,9 @@
 // `blockwal checksum`, fio must have found nothing wrong in what it read,
 // and no node may have logged an error.
 //
-// BLOCKWAL_CHAOS_SECONDS (default 40) and BLOCKWAL_CHAOS_SEED (default 2)
-// make it run longer, or another sequence, by hand.
+// BLOCKWAL_CHAOS_SECONDS (default 40), BLOCKWAL_CHAOS_SEED (default 2) and
+// BLOCKWAL_CHAOS_DURABILITY (default sync_all) make it run longer, another
+// sequence or another mode, by hand.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -19,12 +20,14 @@ import * as fs from 'node:fs';
 
 import { type Cluster, type ClusterNode, createVolume, MiB, settled, until, withCluster } from '../support/cluster';
 import { skipWithoutFioNbd } from '../support/cluster_fio';
+import type { DurabilityMode } from '../../lib/replication/primary';
 import { prng } from '../support/tmp';
 
 const SIZE_BYTES = 64 * MiB;
 const CREATE_EXTRA = ['--wal-segment-size', '4M'];
 const SECONDS = Number(process.env.BLOCKWAL_CHAOS_SECONDS ?? 40);
 const SEED = Number(process.env.BLOCKWAL_CHAOS_SEED ?? 2);
+const DURABILITY = (process.env.BLOCKWAL_CHAOS_DURABILITY ?? 'sync_all') as DurabilityMode;
 
 type Fault = 'kill' | 'stop' | 'pause' | 'wipe' | 'kill_in_rebuild' | 'stop_in_rebuild' | 'kill_primary';
 const FAULTS: Fault[] = ['kill', 'kill', 'stop', 'pause', 'wipe', 'kill_in_rebuild', 'stop_in_rebuild', 'kill_primary'];
@@ -86,7 +89,7 @@ async function wipe(r: ClusterNode): Promise<void> {
   await r.restart();
 }
 
-test(`faults under fio (seed ${SEED}, ${SECONDS} s): replicas killed, stopped, paused, wiped, killed or stopped mid-rebuild, the primary killed and restarted; all nodes end identical, nothing logged as an error`, async (t) => {
+test(`faults under fio (${DURABILITY}, seed ${SEED}, ${SECONDS} s): replicas killed, stopped, paused, wiped, killed or stopped mid-rebuild, the primary killed and restarted; all nodes end identical, nothing logged as an error`, async (t) => {
   if (await skipWithoutFioNbd(t)) return;
   // Two streams: the faults and their targets do not depend on how many
   // waits came before them.
@@ -95,7 +98,7 @@ test(`faults under fio (seed ${SEED}, ${SECONDS} s): replicas killed, stopped, p
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(choice() * xs.length)]!;
   const between = (lo: number, hi: number): number => lo + timing() * (hi - lo);
   await withCluster(
-    { sizeBytes: SIZE_BYTES, replicas: 2, durability: 'sync_all', ackTimeoutMs: 1000, createExtra: CREATE_EXTRA, primaryExtra: ['--rebuild-rate', '8M'] },
+    { sizeBytes: SIZE_BYTES, replicas: 2, durability: DURABILITY, ackTimeoutMs: 1000, createExtra: CREATE_EXTRA, primaryExtra: ['--rebuild-rate', '8M'] },
     async (cluster) => {
       await cluster.waitCurrent();
       const endMs = Date.now() + SECONDS * 1000;
