@@ -206,6 +206,7 @@ export class Flusher {
     // What control records made of the volume up to `to` (the superblock
     // holds the state at its checkpoint; later records are replayed).
     const { features, sizeBytes, durability } = io.state;
+    const epochStarts = io.epochStarts;
     if (to <= io.sb.fields.checkpointLsn) {
       // Nothing to apply, but appends may wait for a segment that only WAL
       // kept below the checkpoint occupies: no later checkpoint would come
@@ -234,7 +235,7 @@ export class Flusher {
       // The floor goes into the superblock with the checkpoint, before the
       // WAL below it is released.
       walTailLsn = this.walTailAt(to);
-      await io.sb.update({ checkpointLsn: to, applyChecksum, features, sizeBytes, durabilityCode: durabilityCode(durability), walTailLsn });
+      await io.sb.update({ checkpointLsn: to, applyChecksum, features, sizeBytes, durabilityCode: durabilityCode(durability), walTailLsn, epochStarts });
     } catch (err) {
       throw io.fail(err);
     }

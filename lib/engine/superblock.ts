@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import { XXHash3 } from 'xxhash-addon';
 
 import { BlockwalError } from '../native/errors';
+import { checkEpochStarts, EPOCH_STARTS_MAX, type EpochStart } from '../statemachine/epoch_history';
 import type { ArenaSlice, Ring } from '../native/ring';
 
 export const SLOT_BYTES = 4096;
@@ -35,7 +36,13 @@ export interface SuperblockFields {
   // hint, the recovery scan decides what is there). Absent: not recorded
   // (a volume made before it existed), the WAL holds nothing below the checkpoint.
   walTailLsn?: number;
+  // The epochs the history up to checkpointLsn opened (statemachine/
+  // epoch_history.ts). Absent: not recorded (a volume made before it existed).
+  epochStarts?: readonly EpochStart[];
 }
+
+const EPOCH_STARTS_COUNT_OFFSET = 120;
+const EPOCH_STARTS_OFFSET = 128;
 
 export interface SuperblockOpen {
   superblock: Superblock;
@@ -65,6 +72,17 @@ export function encodeSlot(fields: SuperblockFields, seq: number, out: Uint8Arra
   u64(104, fields.durabilityCode);
   // Stored plus one so that the zeros of an older slot read as absent.
   u64(112, fields.walTailLsn === undefined ? 0 : fields.walTailLsn + 1);
+  // Stored plus one as well: 0 (an older slot) is "not recorded".
+  const starts = fields.epochStarts;
+  if (starts !== undefined) {
+    const bad = checkEpochStarts(starts);
+    if (bad !== undefined) throw new RangeError(`superblock: ${bad}`);
+    u64(EPOCH_STARTS_COUNT_OFFSET, starts.length + 1);
+    starts.forEach((s, i) => {
+      u64(EPOCH_STARTS_OFFSET + 16 * i, s.epoch);
+      u64(EPOCH_STARTS_OFFSET + 16 * i + 8, s.lsn);
+    });
+  }
   const checksum = XXHash3.hash(Buffer.from(out.buffer, out.byteOffset, CHECKSUM_OFFSET));
   out.set(checksum, CHECKSUM_OFFSET);
 }
@@ -93,6 +111,14 @@ export function decodeSlot(buf: Uint8Array): { fields: SuperblockFields; seq: nu
   };
   const walTailStored = u64(112);
   if (walTailStored > 0) fields.walTailLsn = walTailStored - 1;
+  const startsStored = u64(EPOCH_STARTS_COUNT_OFFSET);
+  if (startsStored > 0) {
+    if (startsStored - 1 > EPOCH_STARTS_MAX) return { error: `${startsStored - 1} epoch starts, more than ${EPOCH_STARTS_MAX}` };
+    const starts = Array.from({ length: startsStored - 1 }, (_, i) => ({ epoch: u64(EPOCH_STARTS_OFFSET + 16 * i), lsn: u64(EPOCH_STARTS_OFFSET + 16 * i + 8) }));
+    const bad = checkEpochStarts(starts);
+    if (bad !== undefined) return { error: bad };
+    fields.epochStarts = starts;
+  }
   return { fields, seq: u64(16) };
 }
 

@@ -33,6 +33,7 @@ import { Wal } from '../native/wal';
 import { recordKindCode, recordKindOf, type ScanResult, splitControlPayloads } from '../native/wal_format';
 import { type AllocationExtent, BaseAllocation, blockStatus } from './allocation';
 import { type ApplyChecksum, applyChecksumToHex, extendApplyChecksum } from '../replication/apply_checksum';
+import type { EpochStart } from '../statemachine/epoch_history';
 import { type Applied, check as checkControl, type ControlEntry, decodeControl, durabilityCode, durabilityOfCode, type ReplicatedState } from '../statemachine/control';
 import { DirtyMap } from './dirty_map';
 import { createRebuildBitmap, openRebuildBitmap, type RebuildSaved, readRebuildSaved, removeRebuildFiles, writeRebuildSaved } from './rebuild_files';
@@ -119,6 +120,9 @@ export interface VolumeStatus {
   applyChecksum: string;
   // What control records set: the opened epoch, features, durability mode.
   epochOpened: number;
+  // The epochs opened up to lsnApplied, each at its barrier's LSN (null: not
+  // recorded, a volume made before the superblock held them).
+  epochStarts: readonly EpochStart[] | null;
   features: number;
   durability: string | undefined;
   checkpointLsn: number;
@@ -200,6 +204,7 @@ export class Volume {
         createdAtMs: Date.now(),
         applyChecksum: 0n,
         durabilityCode: 0,
+        epochStarts: [],
       };
       const sb = await Superblock.create(ring, path.join(dir, FILES.superblock), fields);
       sb.close();
@@ -313,6 +318,12 @@ export class Volume {
   // The replicated state control records keep: opened epoch, features, size, durability mode.
   get replicatedState(): ReplicatedState {
     return this.io.state;
+  }
+
+  // The epochs opened up to lsnApplied, each with its barrier's LSN
+  // (statemachine/epoch_history.ts; undefined: not recorded).
+  get epochStarts(): readonly EpochStart[] | undefined {
+    return this.io.epochStarts;
   }
 
   // Primary: appends a control record (an epoch barrier, a feature, an online
@@ -553,13 +564,14 @@ export class Volume {
 
   // The checkpoint the base lane copies from: its LSN, the chain there and
   // what control records had made of the volume there (one consistent read).
-  checkpointState(): { lsnCheckpoint: number; applyChecksum: bigint; state: ReplicatedState } {
+  checkpointState(): { lsnCheckpoint: number; applyChecksum: bigint; state: ReplicatedState; epochStarts: readonly EpochStart[] | undefined } {
     this.checkOpen();
     const f = this.io.sb.fields;
     return {
       lsnCheckpoint: f.checkpointLsn,
       applyChecksum: f.applyChecksum,
       state: { epoch: f.epoch, features: f.features, sizeBytes: f.sizeBytes, durability: durabilityOfCode(f.durabilityCode) },
+      epochStarts: f.epochStarts,
     };
   }
 
@@ -590,7 +602,7 @@ export class Volume {
   // being done first, then drops everything local (WAL, dirty map) and sets
   // the volume to lsnBase with the primary's chain and state there. Returns
   // the session's fresh bitmap; the caller marks it from onApply.
-  async beginRebuild(saved: RebuildSaved, base: { applyChecksum: bigint; state: ReplicatedState }): Promise<DenseBitmap> {
+  async beginRebuild(saved: RebuildSaved, base: { applyChecksum: bigint; state: ReplicatedState; epochStarts?: readonly EpochStart[] }): Promise<DenseBitmap> {
     this.checkOpen();
     const io = this.io;
     if (io.role !== 'replica') throw new BlockwalError('ERR_NOT_REPLICA', 'only a replica is rebuilt');
@@ -606,7 +618,7 @@ export class Volume {
       reopened.wal.setGroupHold(this.walGroupHoldUs);
       const sizeBlocks = base.state.sizeBytes / BLOCK_BYTES;
       if (io.base.sizeBlocks < sizeBlocks) io.base.grow(sizeBlocks);
-      io.resetForRebuild(reopened.wal, saved.lsnBase, base.applyChecksum, base.state);
+      io.resetForRebuild(reopened.wal, saved.lsnBase, base.applyChecksum, base.state, base.epochStarts);
       this.flusher.walReplaced(saved.lsnBase);
       await io.sb.update({
         epoch: Math.max(io.sb.fields.epoch, saved.epoch),
@@ -616,6 +628,7 @@ export class Volume {
         sizeBytes: base.state.sizeBytes,
         features: base.state.features,
         durabilityCode: durabilityCode(base.state.durability),
+        epochStarts: base.epochStarts,
       });
       io.log.warn({ sessionId: saved.sessionId, lsnBase: saved.lsnBase, lsnTarget: saved.lsnTarget }, 'rebuild started: local data dropped; the base image is partial until it completes');
       return createRebuildBitmap(this.dir, Math.max(1, sizeBlocks));
@@ -792,6 +805,7 @@ export class Volume {
       lsnApplied: this.io.lsnApplied,
       applyChecksum: applyChecksumToHex(this.io.applyChecksum),
       epochOpened: this.io.state.epoch,
+      epochStarts: this.io.epochStarts ?? null,
       features: this.io.state.features,
       durability: this.io.state.durability,
       checkpointLsn: f.checkpointLsn,

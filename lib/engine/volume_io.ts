@@ -19,6 +19,7 @@ import {
   encodeControl,
   type ReplicatedState,
 } from '../statemachine/control';
+import { type EpochStart, noteBarrier } from '../statemachine/epoch_history';
 import type { BlockCache } from './block_cache';
 import type { BlockEntry, DirtyMap } from './dirty_map';
 import type { RangeLocks } from './range_locks';
@@ -96,6 +97,9 @@ export class VolumeIo {
   recordSpace: ((spanBytes: number) => Buffer) | undefined;
   // What control records have made of the volume, up to lsnApplied.
   state: ReplicatedState;
+  // The epochs opened up to lsnApplied (undefined: not recorded, a volume
+  // made before the superblock held them).
+  epochStarts: readonly EpochStart[] | undefined;
   // Told each control record as it is applied, with the outcome.
   onControl: ((entry: ControlEntry, applied: Applied) => void) | undefined;
   // Replica: received records not yet applied, in LSN order, and the LSN the
@@ -132,6 +136,7 @@ export class VolumeIo {
     this.applyChecksum = sb.fields.applyChecksum;
     const f = sb.fields;
     this.state = { epoch: f.epoch, features: f.features, sizeBytes: f.sizeBytes, durability: durabilityOfCode(f.durabilityCode) };
+    this.epochStarts = f.epochStarts;
     this.lsnReceiveNext = wal.lsnHead + 1;
   }
 
@@ -240,16 +245,19 @@ export class VolumeIo {
   private applyRecord(r: PendingRecord): void {
     if (r.kind === 'write') this.dirty.setWrite(r.lba, r.lengthBlocks, r.lsn, r.segmentSeq, r.offsetBytes, r.spanBytes);
     else if (r.kind === 'trim' || r.kind === 'zero') this.dirty.setZero(r.lba, r.lengthBlocks, r.lsn, r.kind);
-    else if (r.control !== undefined) this.applyControlEntry(r.control);
+    else if (r.control !== undefined) this.applyControlEntry(r.control, r.lsn);
     this.lsnApplied = r.lsn;
     this.applyChecksum = extendApplyChecksum(this.applyChecksum, r.checksum);
     this.onApply?.(r);
   }
 
   // One control entry through the state machine; its effects happen here.
-  private applyControlEntry(entry: ControlEntry): void {
+  private applyControlEntry(entry: ControlEntry, lsn: number): void {
     const applied = applyControl(this.state, entry);
     this.state = applied.state;
+    // Whatever the state's verdict (its epoch may be one this node adopted
+    // before applying the barrier), the history notes the barrier.
+    if (entry.type === 'epoch_barrier' && this.epochStarts !== undefined) this.epochStarts = noteBarrier(this.epochStarts, entry.epoch, lsn);
     for (const effect of applied.effects) {
       if (effect.kind === 'grow') this.base.grow(effect.sizeBytes / BLOCK_BYTES);
     }
@@ -264,7 +272,7 @@ export class VolumeIo {
     this.checkClientWritable();
     this.inflight++;
     try {
-      const appending = this.append({ kind: 'control', lba: 0, lengthBlocks: 0, payload: encodeControl(entry), fua: false }, () => this.applyControlEntry(entry));
+      const appending = this.append({ kind: 'control', lba: 0, lengthBlocks: 0, payload: encodeControl(entry), fua: false }, (rec) => this.applyControlEntry(entry, rec.lsn));
       return await this.settle([appending], () => undefined);
     } finally {
       this.done();
@@ -403,7 +411,7 @@ export class VolumeIo {
 
   // Replica starting a rebuild: everything local is dropped; the volume is
   // at lsnBase with the primary's chain and state there, and a fresh WAL.
-  resetForRebuild(wal: Wal, lsnBase: number, applyChecksum: ApplyChecksum, state: ReplicatedState): void {
+  resetForRebuild(wal: Wal, lsnBase: number, applyChecksum: ApplyChecksum, state: ReplicatedState, epochStarts: readonly EpochStart[] | undefined): void {
     this.pending.length = 0;
     this.receivedSizeBytes = 0;
     this.wal = wal;
@@ -412,6 +420,7 @@ export class VolumeIo {
     this.lsnApplied = lsnBase;
     this.applyChecksum = applyChecksum;
     this.state = state;
+    this.epochStarts = epochStarts;
     this.lsnReceiveNext = lsnBase + 1;
   }
 

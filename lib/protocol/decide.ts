@@ -7,7 +7,12 @@
 // up to it is this lineage's records, in its WAL):
 //  1. fence          replica.epoch > primary.epoch: this primary is deposed.
 //  2. rebuild        divergent: the replica holds LSNs beyond our head
-//                    (applied or received), so it has records we never wrote.
+//                    (applied or received), so it has records we never wrote;
+//                    or its applied records left our history (the epoch of
+//                    its newest applied barrier is not one we opened, or we
+//                    opened a later one at or below its applied LSN): a
+//                    deposed primary's own writes, say, already in its base
+//                    image, which no truncation can take out.
 //  3. rebuild        its chained apply checksum mismatches ours at lsnApplied.
 //  4. rebuild        an unfinished rebuild (persisted progress): resumed when it
 //                    is of this epoch, its base LSN is still ours
@@ -44,6 +49,7 @@
 // replays its WAL from the checkpoint, so the WAL never drops a record the
 // base image lacks; a shell reads walTail before lsnCheckpoint so two moving
 // figures stay ordered) and backlogFloor ≤ lsnHead.
+import { checkEpochStarts, divergenceFrom } from '../statemachine/epoch_history';
 import type { Decision, PrimaryFacts, ReplicaFacts } from './types';
 
 // A dirty bitmap marks whole blocks; equal to the base image's BLOCK_BYTES
@@ -139,6 +145,10 @@ function divergenceOf(primary: PrimaryFacts, replica: ReplicaFacts): string | un
   if (replica.lsnReceived > primary.lsnHead) {
     return `the replica received up to LSN ${replica.lsnReceived}, beyond this primary's head ${primary.lsnHead}`;
   }
+  if (primary.epochStarts !== undefined && replica.epochApplied !== undefined) {
+    const why = divergenceFrom(primary.epochStarts, replica.epochApplied, replica.lsnApplied);
+    if (why !== undefined) return `the replica's applied records are not all this primary's history: ${why}`;
+  }
   return undefined;
 }
 
@@ -174,6 +184,10 @@ export function checkPrimaryFacts(primary: PrimaryFacts): void {
     checkCount('primary.bitmap.lsnFrom', bitmap.lsnFrom);
     checkCount('primary.bitmap.dirtyBlocks', bitmap.dirtyBlocks);
   }
+  if (primary.epochStarts !== undefined) {
+    const bad = Array.isArray(primary.epochStarts) ? checkEpochStarts(primary.epochStarts) : 'not an array';
+    if (bad !== undefined) throw new RangeError(`primary.epochStarts: ${bad}`);
+  }
 }
 
 export function checkReplicaFacts(replica: ReplicaFacts): void {
@@ -183,6 +197,7 @@ export function checkReplicaFacts(replica: ReplicaFacts): void {
   if (replica.chainMatches !== undefined && typeof replica.chainMatches !== 'boolean') {
     throw new TypeError(`replica.chainMatches must be a boolean or undefined, got ${String(replica.chainMatches)}`);
   }
+  if (replica.epochApplied !== undefined) checkCount('replica.epochApplied', replica.epochApplied);
   const rebuild = replica.rebuild;
   if (rebuild !== undefined) {
     for (const name of ['sessionId', 'epoch', 'baseLsn', 'chunksDone', 'chunksTotal'] as const) {

@@ -2,6 +2,7 @@
 // knows about itself and about each replica, what it decides for a replica,
 // and the events and commands of the pure protocol engine. Pure data: no
 // I/O, no clock. Time enters as `tick` events carrying `nowMs`.
+import type { EpochStart } from '../statemachine/epoch_history';
 
 // ---- facts ----
 
@@ -26,6 +27,9 @@ export interface PrimaryFacts {
   // A durable dirty bitmap kept for this replica: every block written after
   // lsnFrom (in this epoch) is marked. Absent when none is kept.
   bitmap?: { epoch: number; lsnFrom: number; dirtyBlocks: number };
+  // The epochs this primary's history opened, each with its barrier's LSN
+  // (statemachine/epoch_history.ts). Absent when not recorded.
+  epochStarts?: readonly EpochStart[];
 }
 
 // What a replica reports (facts only, never a recommendation).
@@ -41,6 +45,9 @@ export interface ReplicaFacts {
   chainMatches: boolean | undefined;
   // The replica's rebuild that did not finish (persisted progress), if any.
   rebuild?: { sessionId: number; epoch: number; baseLsn: number; chunksDone: number; chunksTotal: number };
+  // The epoch of the newest barrier it applied (0: none); absent when it does
+  // not know its history. Its applied records are of that epoch's lineage.
+  epochApplied?: number;
 }
 
 // ---- the decision ----

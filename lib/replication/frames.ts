@@ -30,14 +30,17 @@
 // Bodies (offset: field; u64 fields without a note are u53 numbers):
 //   HELLO        0 role u8 (1 primary, 2 replica), 1 nodeIdBytes u8,
 //                2 helloFlags u8 (bit 0: rebuild info follows the node id;
-//                other bits 0), 3..7 reserved 0, 8 volume UUID (16 bytes),
+//                bit 1: epochApplied follows; other bits 0), 3..7 reserved 0,
+//                8 volume UUID (16 bytes),
 //                24 lsnDurable, 32 lsnApplied, 40 lsnTail, 48 lsnHead,
 //                56 applyChecksum u64, 64 node id (UTF-8, 1..NODE_ID_BYTES_MAX
 //                bytes), then with bit 0 the replica's unfinished rebuild at
 //                r = 64 + nodeIdBytes: r+0 sessionId, r+8 epoch, r+16 baseLsn,
 //                r+24 chunksDone u32, r+28 chunksTotal u32 (1.., chunksDone
-//                <= chunksTotal), r+32..r+39 reserved 0. Exactly
-//                64 + nodeIdBytes (+ 40 with bit 0) bytes.
+//                <= chunksTotal), r+32..r+39 reserved 0; then with bit 1
+//                epochApplied (the epoch of the newest barrier the sender
+//                applied, 0: none; statemachine/epoch_history.ts). Exactly
+//                64 + nodeIdBytes (+ 40 with bit 0, + 8 with bit 1) bytes.
 //   WAL_RECORDS  0 recordCount u32 (1..WAL_RECORDS_PER_FRAME_MAX), 4 reserved
 //                0, 8 lsnCommit (0: none; else the primary's commit LSN, as a
 //                COMMIT frame before the records would say: it rides along
@@ -67,7 +70,11 @@
 //                u8 (bit 0: a bitmap resync: the replica keeps its base image,
 //                made current to its applied LSN, and the primary sends only
 //                chunks its dirty bitmap marks, the others as unchanged;
-//                other bits 0), 58..63 reserved 0. 64 bytes.
+//                bit 1: the epoch history up to lsnBase follows; other bits
+//                0), 58..63 reserved 0; then with bit 1: 64 count u32
+//                (0..EPOCH_STARTS_MAX), 68 reserved u32 0, 72 count entries
+//                of {epoch, lsn} (both strictly increasing). 64 bytes, or
+//                72 + 16 x count with bit 1.
 //   BASE_CHUNK   0 sessionId, 8 index u32, 12 blocks u32
 //                (1..BASE_CHUNK_BLOCKS_MAX), 16 startBlock, 24 lsnCheckpoint
 //                (the primary's checkpoint when it read the chunk), 32 digest
@@ -94,6 +101,7 @@ import { addon } from '../native/addon';
 import { BlockwalError } from '../native/errors';
 import type { ReplicaFacts, SessionFailure } from '../protocol/types';
 import { durabilityOfCode, FEATURE_BITS } from '../statemachine/control';
+import { checkEpochStarts, EPOCH_STARTS_MAX, type EpochStart } from '../statemachine/epoch_history';
 import type { ApplyChecksum } from './apply_checksum';
 import { assert, assertNever } from '../util/assert';
 import type { Role } from './epoch';
@@ -130,14 +138,20 @@ export const SYNC_BODY_BYTES = 8;
 export const HEARTBEAT_BODY_BYTES = 8;
 export const CLOSE_FIXED_BYTES = 4;
 export const HELLO_REBUILD_BYTES = 40;
+export const HELLO_EPOCH_BYTES = 8;
 export const REBUILD_START_BODY_BYTES = 64;
 export const BASE_CHUNK_FIXED_BYTES = 48;
 export const SESSION_ACK_FIXED_BYTES = 36;
 // HELLO byte 2; BASE_CHUNK's chunkFlags; SESSION_ACK's ackFlags.
 const HELLO_FLAG_REBUILD = 0x1;
+const HELLO_FLAG_EPOCH = 0x2;
 const CHUNK_FLAG_ZERO = 0x1;
 const CHUNK_FLAG_UNCHANGED = 0x2;
 const START_FLAG_RESYNC = 0x1;
+const START_FLAG_HISTORY = 0x2;
+const REBUILD_START_HISTORY_FIXED_BYTES = 8;
+const EPOCH_START_BYTES = 16;
+const REBUILD_START_BODY_BYTES_MAX = REBUILD_START_BODY_BYTES + REBUILD_START_HISTORY_FIXED_BYTES + EPOCH_STARTS_MAX * EPOCH_START_BYTES;
 const ACK_FLAG_DIGESTS_MATCH = 0x1;
 
 // ---- Limits ----
@@ -164,7 +178,7 @@ export const WAL_RECORD_ALONE_BODY_BYTES = WAL_RECORDS_PREFIX_BYTES + WAL_RECORD
 // maximal base chunk must always fit, or a large write could never be
 // shipped and a rebuild could stall on a link the primary cannot see into.
 export const FRAME_BODY_BYTES_FLOOR = Math.max(WAL_RECORD_ALONE_BODY_BYTES, BASE_CHUNK_BODY_BYTES_MAX);
-const HELLO_BODY_BYTES_MAX = HELLO_FIXED_BYTES + NODE_ID_BYTES_MAX + HELLO_REBUILD_BYTES;
+const HELLO_BODY_BYTES_MAX = HELLO_FIXED_BYTES + NODE_ID_BYTES_MAX + HELLO_REBUILD_BYTES + HELLO_EPOCH_BYTES;
 const CLOSE_BODY_BYTES_MAX = CLOSE_FIXED_BYTES + CLOSE_MESSAGE_BYTES_MAX;
 const SESSION_ACK_BODY_BYTES_MAX = SESSION_ACK_FIXED_BYTES + CLOSE_MESSAGE_BYTES_MAX;
 
@@ -174,7 +188,7 @@ assert(FRAME_BODY_BYTES_FLOOR <= FRAME_BODY_BYTES_MAX, 'one maximal record or ba
 assert(HELLO_BODY_BYTES_MAX <= FRAME_BODY_BYTES_FLOOR, 'a HELLO fits under any decoder limit');
 assert(CLOSE_BODY_BYTES_MAX <= FRAME_BODY_BYTES_FLOOR, 'an ERROR/GOODBYE fits under any decoder limit');
 assert(SESSION_ACK_BODY_BYTES_MAX <= FRAME_BODY_BYTES_FLOOR, 'a SESSION_ACK fits under any decoder limit');
-assert(REBUILD_START_BODY_BYTES <= FRAME_BODY_BYTES_FLOOR, 'a REBUILD_START fits under any decoder limit');
+assert(REBUILD_START_BODY_BYTES_MAX <= FRAME_BODY_BYTES_FLOOR, 'a REBUILD_START fits under any decoder limit');
 assert(BASE_CHUNK_BODY_BYTES_MAX <= FRAME_BODY_BYTES_FLOOR, 'a maximal base chunk fits under any decoder limit');
 assert(BASE_CHUNK_BLOCKS_MAX <= U32_MAX, 'chunk block count fits u32');
 assert(FEATURE_BITS <= 53, 'a feature bit set fits a u53 field');
@@ -211,6 +225,9 @@ export interface HelloFrame {
   // A replica's unfinished rebuild (its persisted progress); absent when it
   // has none. The shape of ReplicaFacts.rebuild, so it passes straight on.
   readonly rebuild?: HelloRebuild;
+  // The epoch of the newest barrier the sender applied (0: none); absent
+  // when it does not know its history (statemachine/epoch_history.ts).
+  readonly epochApplied?: number;
 }
 
 export type HelloRebuild = Readonly<NonNullable<ReplicaFacts['rebuild']>>;
@@ -287,6 +304,8 @@ export interface RebuildStartFrame {
   readonly chunkFrom: number; // u32, <= ceil(sizeBytes / BLOCK_BYTES / chunkBlocks)
   // A bitmap resync (decoded only when set): the replica keeps its base image.
   readonly resync?: boolean;
+  // The epochs opened up to lsnBase (absent: the primary does not know).
+  readonly epochStarts?: readonly EpochStart[];
 }
 
 // One chunk of the base lane. data is blocks x BLOCK_BYTES bytes, or
@@ -519,13 +538,18 @@ function encodeHello(frame: HelloFrame): Buffer {
   checkU64('applyChecksum', frame.applyChecksum);
   const rebuild = frame.rebuild;
   const rebuildBytes = rebuild === undefined ? 0 : HELLO_REBUILD_BYTES;
-  const body = zeroed(HELLO_FIXED_BYTES + nodeId.length + rebuildBytes);
+  const epochBytes = frame.epochApplied === undefined ? 0 : HELLO_EPOCH_BYTES;
+  const body = zeroed(HELLO_FIXED_BYTES + nodeId.length + rebuildBytes + epochBytes);
   const view = viewOf(body);
   body[0] = roleCode;
   body[1] = nodeId.length;
   if (rebuild !== undefined) {
     body[2] = HELLO_FLAG_REBUILD;
     encodeHelloRebuild(view, HELLO_FIXED_BYTES + nodeId.length, rebuild);
+  }
+  if (frame.epochApplied !== undefined) {
+    body[2]! |= HELLO_FLAG_EPOCH;
+    writeLsn(view, HELLO_FIXED_BYTES + nodeId.length + rebuildBytes, 'epochApplied', frame.epochApplied);
   }
   body.write(frame.volumeUuid, 8, 'hex');
   writeLsn(view, 24, 'lsnDurable', frame.lsnDurable);
@@ -626,7 +650,12 @@ function encodeRebuildStart(frame: RebuildStartFrame): Buffer {
   }
   checkU32('chunkBlocks', frame.chunkBlocks, 1, BASE_CHUNK_BLOCKS_MAX);
   checkU32('chunkFrom', frame.chunkFrom, 0, chunksOf(frame.sizeBytes, frame.chunkBlocks));
-  const body = zeroed(REBUILD_START_BODY_BYTES);
+  const starts = frame.epochStarts;
+  if (starts !== undefined) {
+    const bad = Array.isArray(starts) ? checkEpochStarts(starts) : 'not an array';
+    if (bad !== undefined) throw new RangeError(`epochStarts: ${bad}`);
+  }
+  const body = zeroed(starts === undefined ? REBUILD_START_BODY_BYTES : REBUILD_START_BODY_BYTES + REBUILD_START_HISTORY_FIXED_BYTES + starts.length * EPOCH_START_BYTES);
   const view = viewOf(body);
   writeLsn(view, 0, 'sessionId', frame.sessionId);
   writeU53(view, 8, frame.lsnBase);
@@ -638,7 +667,15 @@ function encodeRebuildStart(frame: RebuildStartFrame): Buffer {
   view.setUint32(52, frame.chunkFrom, true);
   view.setUint8(56, frame.durabilityCode);
   if (frame.resync !== undefined && typeof frame.resync !== 'boolean') throw new TypeError('resync must be a boolean or undefined');
-  view.setUint8(57, frame.resync === true ? START_FLAG_RESYNC : 0);
+  view.setUint8(57, (frame.resync === true ? START_FLAG_RESYNC : 0) | (starts === undefined ? 0 : START_FLAG_HISTORY));
+  if (starts !== undefined) {
+    view.setUint32(REBUILD_START_BODY_BYTES, starts.length, true);
+    starts.forEach((s, i) => {
+      const at = REBUILD_START_BODY_BYTES + REBUILD_START_HISTORY_FIXED_BYTES + i * EPOCH_START_BYTES;
+      writeU53(view, at, s.epoch);
+      writeU53(view, at + 8, s.lsn);
+    });
+  }
   return body;
 }
 
@@ -816,7 +853,7 @@ function bodyBoundsOf(type: FrameType, bodyBytesMax: number): [number, number] {
     case 'goodbye':
       return [CLOSE_FIXED_BYTES, CLOSE_BODY_BYTES_MAX];
     case 'rebuild_start':
-      return [REBUILD_START_BODY_BYTES, REBUILD_START_BODY_BYTES];
+      return [REBUILD_START_BODY_BYTES, REBUILD_START_BODY_BYTES_MAX];
     case 'base_chunk':
       return [BASE_CHUNK_FIXED_BYTES, BASE_CHUNK_BODY_BYTES_MAX];
     case 'session_ack':
@@ -880,11 +917,12 @@ function decodeHello(epoch: number, body: Uint8Array): HelloFrame {
   const nodeIdBytes = body[1]!;
   if (nodeIdBytes === 0) throw malformed('hello: empty node id');
   const helloFlags = body[2]!;
-  if ((helloFlags & ~HELLO_FLAG_REBUILD) !== 0) throw malformed(`hello: unknown flags 0x${helloFlags.toString(16)}`);
+  if ((helloFlags & ~(HELLO_FLAG_REBUILD | HELLO_FLAG_EPOCH)) !== 0) throw malformed(`hello: unknown flags 0x${helloFlags.toString(16)}`);
   const rebuildBytes = (helloFlags & HELLO_FLAG_REBUILD) !== 0 ? HELLO_REBUILD_BYTES : 0;
+  const epochBytes = (helloFlags & HELLO_FLAG_EPOCH) !== 0 ? HELLO_EPOCH_BYTES : 0;
   const nodeIdEnd = HELLO_FIXED_BYTES + nodeIdBytes;
-  if (body.byteLength !== nodeIdEnd + rebuildBytes) {
-    const what = rebuildBytes === 0 ? '' : ` and ${rebuildBytes} bytes of rebuild info`;
+  if (body.byteLength !== nodeIdEnd + rebuildBytes + epochBytes) {
+    const what = (rebuildBytes === 0 ? '' : ` and ${rebuildBytes} bytes of rebuild info`) + (epochBytes === 0 ? '' : ` and ${epochBytes} bytes of applied epoch`);
     throw malformed(`hello: ${body.byteLength} bytes for a node id of ${nodeIdBytes} bytes${what}`);
   }
   if (!body.subarray(3, 8).every((b) => b === 0)) throw malformed('hello: reserved bytes are not zero');
@@ -900,8 +938,9 @@ function decodeHello(epoch: number, body: Uint8Array): HelloFrame {
     lsnHead: readU53(view, 48, 'lsnHead'),
     applyChecksum: view.getBigUint64(56, true),
   };
-  // No rebuild key at all without the flag, so such a HELLO equals one built without it.
-  return rebuildBytes === 0 ? hello : { ...hello, rebuild: decodeHelloRebuild(view, nodeIdEnd) };
+  // No key at all without its flag, so such a HELLO equals one built without it.
+  const withRebuild = rebuildBytes === 0 ? hello : { ...hello, rebuild: decodeHelloRebuild(view, nodeIdEnd) };
+  return epochBytes === 0 ? withRebuild : { ...withRebuild, epochApplied: readU53(view, nodeIdEnd + rebuildBytes, 'hello: epochApplied') };
 }
 
 function decodeHelloRebuild(view: DataView, offset: number): HelloRebuild {
@@ -1001,8 +1040,26 @@ function decodeRebuildStart(epoch: number, body: Uint8Array): RebuildStartFrame 
     throw malformed(`rebuild_start: unknown durability code ${durabilityCode}`);
   }
   const startFlags = view.getUint8(57);
-  if ((startFlags & ~START_FLAG_RESYNC) !== 0) throw malformed(`rebuild_start: unknown flags 0x${startFlags.toString(16)}`);
+  if ((startFlags & ~(START_FLAG_RESYNC | START_FLAG_HISTORY)) !== 0) throw malformed(`rebuild_start: unknown flags 0x${startFlags.toString(16)}`);
   if (!body.subarray(58, REBUILD_START_BODY_BYTES).every((b) => b === 0)) throw malformed('rebuild_start: reserved bytes are not zero');
+  let epochStarts: EpochStart[] | undefined;
+  if ((startFlags & START_FLAG_HISTORY) === 0) {
+    if (body.byteLength !== REBUILD_START_BODY_BYTES) throw malformed(`rebuild_start: ${body.byteLength} bytes without an epoch history`);
+  } else {
+    if (body.byteLength < REBUILD_START_BODY_BYTES + REBUILD_START_HISTORY_FIXED_BYTES) throw malformed(`rebuild_start: ${body.byteLength} bytes, too short for an epoch history`);
+    const count = view.getUint32(REBUILD_START_BODY_BYTES, true);
+    if (count > EPOCH_STARTS_MAX) throw malformed(`rebuild_start: ${count} epoch starts, more than ${EPOCH_STARTS_MAX}`);
+    if (view.getUint32(REBUILD_START_BODY_BYTES + 4, true) !== 0) throw malformed('rebuild_start: reserved bytes are not zero');
+    if (body.byteLength !== REBUILD_START_BODY_BYTES + REBUILD_START_HISTORY_FIXED_BYTES + count * EPOCH_START_BYTES) {
+      throw malformed(`rebuild_start: ${body.byteLength} bytes for ${count} epoch starts`);
+    }
+    epochStarts = Array.from({ length: count }, (_, i) => {
+      const at = REBUILD_START_BODY_BYTES + REBUILD_START_HISTORY_FIXED_BYTES + i * EPOCH_START_BYTES;
+      return { epoch: readU53(view, at, 'rebuild_start: epoch'), lsn: readU53(view, at + 8, 'rebuild_start: lsn') };
+    });
+    const bad = checkEpochStarts(epochStarts);
+    if (bad !== undefined) throw malformed(`rebuild_start: ${bad}`);
+  }
   const frame: RebuildStartFrame = {
     type: 'rebuild_start',
     epoch,
@@ -1016,7 +1073,8 @@ function decodeRebuildStart(epoch: number, body: Uint8Array): RebuildStartFrame 
     chunkBlocks,
     chunkFrom,
   };
-  return (startFlags & START_FLAG_RESYNC) !== 0 ? { ...frame, resync: true } : frame;
+  const withResync = (startFlags & START_FLAG_RESYNC) !== 0 ? { ...frame, resync: true } : frame;
+  return epochStarts === undefined ? withResync : { ...withResync, epochStarts };
 }
 
 // data is a view of body, not a copy.

@@ -31,6 +31,7 @@ import { BlockwalError } from '../native/errors';
 import { decodeRecord } from '../native/wal_format';
 import type { AckGate } from '../node/volume_backend';
 import { DURABILITY_MODES, type DurabilityMode, durabilityCode } from '../statemachine/control';
+import { startsUpTo } from '../statemachine/epoch_history';
 import { applyChecksumToHex, type ApplyChecksum } from './apply_checksum';
 import { Backlog, type BacklogEntry } from './backlog';
 import { checkEpoch } from './epoch';
@@ -684,6 +685,7 @@ export class PrimaryReplication implements AckGate {
       walBytesAfterReplica: v.walBytesAfter(lsnReplica),
       walBytesAfterCheckpoint: v.walBytesAfter(lsnCheckpoint),
       volumeBytes: v.sizeBytes,
+      ...(v.epochStarts === undefined ? {} : { epochStarts: v.epochStarts }),
     };
   }
 
@@ -1003,6 +1005,7 @@ class ReplicaPeer {
       lsnApplied: hello.lsnApplied,
       chainMatches: this.chainMatches(hello.lsnApplied, hello.applyChecksum),
       rebuild: hello.rebuild,
+      ...(hello.epochApplied === undefined ? {} : { epochApplied: hello.epochApplied }),
     };
     if (replicaFacts.chainMatches === false) this.alarmChain(hello.lsnApplied, hello.applyChecksum);
     this.hello = hello;
@@ -1223,6 +1226,8 @@ class ReplicaPeer {
       sizeBytes: cp.state.sizeBytes,
       features: cp.state.features,
       durabilityCode: durabilityCode(cp.state.durability),
+      // The history up to the base (a resumed session's may lie below this checkpoint).
+      ...(cp.epochStarts === undefined ? {} : { epochStarts: startsUpTo(cp.epochStarts, r.lsnBase) }),
       chunkBlocks: r.chunkBlocks,
       chunkFrom: r.chunkFrom,
       ...(r.resync ? { resync: true } : {}),

@@ -15,6 +15,7 @@
 //    for another volume is refused (wrong_volume);
 //  - a record that does not verify or does not carry the next LSN closes the
 //    link; the volume is left as it was (it never got the record).
+import { epochOpenedBy } from '../statemachine/epoch_history';
 import * as net from 'node:net';
 
 import type { Logger } from 'pino';
@@ -368,6 +369,9 @@ class PrimaryLink {
       lsnHead: v.lsnReceived,
       applyChecksum: v.applyChecksum,
       rebuild: this.owner.rebuild.facts(),
+      // Whose history its applied records are: a primary tells from it
+      // whether they are all its own (lib/protocol/decide.ts).
+      ...(v.epochStarts === undefined ? {} : { epochApplied: epochOpenedBy(v.epochStarts) }),
     });
   }
 

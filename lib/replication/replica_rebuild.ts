@@ -157,6 +157,7 @@ export class ReplicaRebuild {
     const bitmap = await this.volume.beginRebuild(saved, {
       applyChecksum: f.applyChecksumBase,
       state: { epoch: f.epoch, features: f.features, sizeBytes: f.sizeBytes, durability },
+      epochStarts: f.epochStarts,
     });
     const session = new RebuildSession({ sessionId: f.sessionId, epoch: f.epoch, lsnBase: f.lsnBase, lsnTarget: f.lsnTarget, chunkBlocks: f.chunkBlocks, volumeBlocks, resync }, bitmap);
     if (resync) this.log.warn({ sessionId: f.sessionId, lsnBase: f.lsnBase }, 'bitmap resync: the base image is kept; chunks the primary marks are copied again');

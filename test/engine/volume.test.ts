@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { decodeSlot, encodeSlot, SLOT_BYTES } from '../../lib/engine/superblock';
+import { EPOCH_STARTS_MAX } from '../../lib/statemachine/epoch_history';
 import { Volume } from '../../lib/engine/volume';
 import { OpKind, OpPurpose } from '../../lib/native/ring';
 import { tempDir } from '../support/tmp';
@@ -81,6 +82,31 @@ test('superblock slots: encode/decode round trip, every bit flip rejected', () =
   const tail = Buffer.from(slot);
   tail[SLOT_BYTES - 1]! ^= 0x80;
   assert.ok('error' in decodeSlot(tail));
+});
+
+test('superblock slots: the epoch history round-trips at its size limit; an older slot (zeros there) has none recorded', () => {
+  const base = {
+    uuid: '0123456789abcdef0123456789abcdef',
+    sizeBytes: 2 ** 30,
+    blockBytes: 4096,
+    epoch: 200,
+    checkpointLsn: 2 ** 40,
+    walSegmentBytes: 64 * MiB,
+    walRetentionBytes: 0,
+    features: 0,
+    createdAtMs: 1700000000000,
+    applyChecksum: 1n,
+    durabilityCode: 0,
+  };
+  const slot = Buffer.alloc(SLOT_BYTES);
+  for (const epochStarts of [[], [{ epoch: 2, lsn: 10 }], Array.from({ length: EPOCH_STARTS_MAX }, (_, i) => ({ epoch: i + 2, lsn: 2 ** 40 - 1000 + i }))]) {
+    encodeSlot({ ...base, epochStarts }, 9, slot);
+    assert.deepEqual(decodeSlot(slot), { fields: { ...base, epochStarts }, seq: 9 });
+  }
+  encodeSlot(base, 9, slot);
+  const older = decodeSlot(slot);
+  assert.ok(!('error' in older) && !('epochStarts' in older.fields), 'not recorded: no key');
+  assert.throws(() => encodeSlot({ ...base, epochStarts: [{ epoch: 3, lsn: 5 }, { epoch: 2, lsn: 6 }] }, 9, slot), /superblock: epoch start 1/);
 });
 
 test('one corrupt superblock slot falls back to the other; both corrupt refuse to open', async () => {

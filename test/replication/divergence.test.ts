@@ -8,18 +8,9 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 
-import { MiB, NbdSession, settled, until, withCluster } from '../support/cluster';
+import { blockPattern, MiB, NbdSession, settled, until, withCluster } from '../support/cluster';
 
 const BLOCK_BYTES = 4096;
-
-function pattern(tag: number, block: number): Buffer {
-  const b = Buffer.alloc(BLOCK_BYTES);
-  for (let at = 0; at < BLOCK_BYTES; at += 8) {
-    b.writeUInt32LE(tag, at);
-    b.writeUInt32LE(block, at + 4);
-  }
-  return b;
-}
 
 test('a replica holding records the new primary never had drops them and ends byte-identical to it', async () => {
   await withCluster({ sizeBytes: 64 * MiB, replicas: 2, durability: 'sync_all', ackTimeoutMs: 600_000 }, async (cluster) => {
@@ -28,7 +19,7 @@ test('a replica holding records the new primary never had drops them and ends by
 
     // A committed history every node has.
     const session = await NbdSession.open(p.nbd);
-    const first = await settled('32 writes', Promise.all(Array.from({ length: 32 }, (_, i) => session.write(i * BLOCK_BYTES, pattern(1, i)))));
+    const first = await settled('32 writes', Promise.all(Array.from({ length: 32 }, (_, i) => session.write(i * BLOCK_BYTES, blockPattern(1, i)))));
     assert.ok(first.every((r) => r.error === 0));
     assert.equal((await settled('FLUSH', session.flush())).error, 0);
     const committed = await cluster.waitApplied();
@@ -37,7 +28,7 @@ test('a replica holding records the new primary never had drops them and ends by
     // are never acknowledged (sync_all waits for R2) and never committed.
     r2.pause();
     const head0 = (await p.volumeStatus()).lsnHead;
-    const pending = Array.from({ length: 16 }, (_, i) => session.write((100 + i) * BLOCK_BYTES, pattern(2, 100 + i)).catch((err: Error) => err));
+    const pending = Array.from({ length: 16 }, (_, i) => session.write((100 + i) * BLOCK_BYTES, blockPattern(2, 100 + i)).catch((err: Error) => err));
     await until('R1 received the suffix', async () => (await r1.volumeStatus()).lsnReceived >= head0 + 16);
     const r1Before = await r1.volumeStatus();
     assert.equal(r1Before.lsnApplied, committed.lsnApplied, 'R1 applied nothing of the uncommitted suffix');
@@ -59,7 +50,7 @@ test('a replica holding records the new primary never had drops them and ends by
     // New writes in epoch 2 land on both, over the blocks of the dropped suffix too.
     const s2 = await NbdSession.open(r2.nbd);
     try {
-      const second = await settled('8 writes', Promise.all(Array.from({ length: 8 }, (_, i) => s2.write((104 + i) * BLOCK_BYTES, pattern(3, 104 + i)))));
+      const second = await settled('8 writes', Promise.all(Array.from({ length: 8 }, (_, i) => s2.write((104 + i) * BLOCK_BYTES, blockPattern(3, 104 + i)))));
       assert.ok(second.every((r) => r.error === 0));
       assert.equal((await settled('FLUSH', s2.flush())).error, 0);
     } finally {

@@ -37,6 +37,9 @@ const ZERO_CHUNK = indexOf('base_chunk', 1);
 const FAILED_ACK = indexOf('session_ack', 0);
 const COMPLETED_ACK = indexOf('session_ack', 1);
 const REBUILD_HELLO = indexOf('hello', 1);
+const EPOCH_HELLO = indexOf('hello', 2);
+const REBUILD_EPOCH_HELLO = indexOf('hello', 3);
+const HISTORY_START = indexOf('rebuild_start', 2);
 
 function expectFrameError(decoder: FrameDecoder, code: FrameErrorCode, message?: RegExp, what = ''): FrameError {
   let caught: unknown;
@@ -179,6 +182,7 @@ const walRecords = (edit: (b: Buffer) => Buffer | void): Buffer => edited(1, 2, 
 const close = (edit: (b: Buffer) => Buffer | void): Buffer => edited(5, 6, edit);
 const rebuildHello = (edit: (b: Buffer) => Buffer | void): Buffer => edited(REBUILD_HELLO, 1, edit);
 const rebuildStart = (edit: (b: Buffer) => Buffer | void): Buffer => edited(REBUILD_START, 9, edit);
+const historyStart = (edit: (b: Buffer) => Buffer | void): Buffer => edited(HISTORY_START, 9, edit);
 const dataChunk = (edit: (b: Buffer) => Buffer | void): Buffer => edited(DATA_CHUNK, 10, edit);
 const zeroChunk = (edit: (b: Buffer) => Buffer | void): Buffer => edited(ZERO_CHUNK, 10, edit);
 const failedAck = (edit: (b: Buffer) => Buffer | void): Buffer => edited(FAILED_ACK, 11, edit);
@@ -201,9 +205,9 @@ const BAD_FRAMES: BadFrameCase[] = [
   { name: 'commit of 9 bytes', bytes: craftFrame({ typeCode: 4, body: Buffer.alloc(9) }), code: 'ERR_FRAME_MALFORMED', message: /commit body of 9 bytes/, headerOnly: true },
   { name: 'heartbeat of 7 bytes', bytes: craftFrame({ typeCode: 5, body: Buffer.alloc(7) }), code: 'ERR_FRAME_MALFORMED', message: /heartbeat body of 7/, headerOnly: true },
   { name: 'hello without node id', bytes: craftFrame({ typeCode: 1, body: Buffer.alloc(64) }), code: 'ERR_FRAME_MALFORMED', message: /hello body of 64/, headerOnly: true },
-  { name: 'hello of 360 bytes', bytes: craftFrame({ typeCode: 1, body: Buffer.alloc(360) }), code: 'ERR_FRAME_MALFORMED', message: /hello body of 360/, headerOnly: true },
+  { name: 'hello of 368 bytes', bytes: craftFrame({ typeCode: 1, body: Buffer.alloc(368) }), code: 'ERR_FRAME_MALFORMED', message: /hello body of 368/, headerOnly: true },
   { name: 'rebuild_start of 63 bytes', bytes: craftFrame({ typeCode: 9, body: Buffer.alloc(63) }), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start body of 63/, headerOnly: true },
-  { name: 'rebuild_start of 65 bytes', bytes: craftFrame({ typeCode: 9, body: Buffer.alloc(65) }), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start body of 65/, headerOnly: true },
+  { name: 'rebuild_start of 2121 bytes', bytes: craftFrame({ typeCode: 9, body: Buffer.alloc(2121) }), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start body of 2121/, headerOnly: true },
   { name: 'base_chunk of 47 bytes', bytes: craftFrame({ typeCode: 10, body: Buffer.alloc(47) }), code: 'ERR_FRAME_MALFORMED', message: /base_chunk body of 47/, headerOnly: true },
   { name: 'base_chunk over a maximal chunk', bytes: craftFrame({ typeCode: 10, bodyBytes: BASE_CHUNK_BODY_BYTES_MAX + 1, body: new Uint8Array(0) }), code: 'ERR_FRAME_MALFORMED', message: /base_chunk body of \d+ bytes, outside 48\.\./, headerOnly: true },
   { name: 'session_ack of 35 bytes', bytes: craftFrame({ typeCode: 11, body: Buffer.alloc(35) }), code: 'ERR_FRAME_MALFORMED', message: /session_ack body of 35/, headerOnly: true },
@@ -224,7 +228,10 @@ const BAD_FRAMES: BadFrameCase[] = [
   { name: 'hello reserved byte', bytes: hello((b) => void (b[5] = 1)), code: 'ERR_FRAME_MALFORMED', message: /reserved bytes/ },
   { name: 'hello node id not UTF-8', bytes: hello((b) => void (b[64] = 0xff)), code: 'ERR_FRAME_MALFORMED', message: /node id is not valid UTF-8/ },
   { name: 'hello lsnHead over 2^53', bytes: hello(u32At(52, OVER_U53)), code: 'ERR_FRAME_MALFORMED', message: /lsnHead is over/ },
-  { name: 'hello unknown flag bit 1', bytes: hello((b) => void (b[2] = 2)), code: 'ERR_FRAME_MALFORMED', message: /hello: unknown flags 0x2/ },
+  { name: 'hello unknown flag bit 2', bytes: hello((b) => void (b[2] = 4)), code: 'ERR_FRAME_MALFORMED', message: /hello: unknown flags 0x4/ },
+  { name: 'hello epoch flag without its 8 bytes', bytes: hello((b) => void (b[2] = 2)), code: 'ERR_FRAME_MALFORMED', message: /hello: \d+ bytes for a node id of 6 bytes and 8 bytes of applied epoch/ },
+  { name: 'hello epochApplied over 2^53', bytes: edited(EPOCH_HELLO, 1, (b) => void b.writeUInt32LE(OVER_U53, b.length - 4)), code: 'ERR_FRAME_MALFORMED', message: /hello: epochApplied is over/ },
+  { name: 'hello with rebuild info and epoch, one byte short', bytes: edited(REBUILD_EPOCH_HELLO, 1, (b) => b.subarray(0, b.length - 1)), code: 'ERR_FRAME_MALFORMED', message: /and 40 bytes of rebuild info and 8 bytes of applied epoch/ },
   { name: 'hello unknown flag bit 7', bytes: rebuildHello((b) => void (b[2] = 0x81)), code: 'ERR_FRAME_MALFORMED', message: /hello: unknown flags 0x81/ },
   { name: 'hello rebuild flag without rebuild info', bytes: hello((b) => void (b[2] = 1)), code: 'ERR_FRAME_MALFORMED', message: /for a node id of 6 bytes and 40 bytes of rebuild info/ },
   { name: 'hello rebuild info without the flag', bytes: rebuildHello((b) => void (b[2] = 0)), code: 'ERR_FRAME_MALFORMED', message: /110 bytes for a node id of 6 bytes$/ },
@@ -269,7 +276,16 @@ const BAD_FRAMES: BadFrameCase[] = [
   { name: 'rebuild_start durability code 4', bytes: rebuildStart((b) => void (b[56] = 4)), code: 'ERR_FRAME_MALFORMED', message: /unknown durability code 4/ },
   { name: 'rebuild_start reserved byte', bytes: rebuildStart((b) => void (b[63] = 1)), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start: reserved bytes/ },
   // BASE_CHUNK bodies (samples: one data block at 2^33; a zero chunk of 8192 blocks).
-  { name: 'rebuild_start unknown flag', bytes: rebuildStart((b) => void (b[57] = 2)), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start: unknown flags 0x2/ },
+  { name: 'rebuild_start unknown flag', bytes: rebuildStart((b) => void (b[57] = 4)), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start: unknown flags 0x4/ },
+  // REBUILD_START with its epoch history (sample: epoch 2 at LSN 50, epoch 2^40 at LSN 2^41).
+  { name: 'rebuild_start with bytes after it but no history flag', bytes: rebuildStart((b) => Buffer.concat([b, Buffer.alloc(8)])), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start: 72 bytes without an epoch history/ },
+  { name: 'rebuild_start history flag, no history', bytes: rebuildStart((b) => void (b[57] = 2)), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start: 64 bytes, too short for an epoch history/ },
+  { name: 'rebuild_start history count past the end', bytes: historyStart(u32At(64, 3)), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start: 104 bytes for 3 epoch starts/ },
+  { name: 'rebuild_start history of 129 starts', bytes: historyStart(u32At(64, 129)), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start: 129 epoch starts, more than 128/ },
+  { name: 'rebuild_start history reserved bytes', bytes: historyStart(u32At(68, 1)), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start: reserved bytes/ },
+  { name: 'rebuild_start history epochs not increasing', bytes: historyStart((b) => void b.writeBigUInt64LE(2n, 88)), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start: epoch start 1 \(epoch 2, LSN \d+\) does not follow epoch 2 at LSN 50/ },
+  { name: 'rebuild_start history LSN 0', bytes: historyStart(u32At(80, 0)), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start: epoch start 0 \(epoch 2, LSN 0\) is not two positive integers/ },
+  { name: 'rebuild_start history epoch over 2^53', bytes: historyStart(u32At(76, OVER_U53)), code: 'ERR_FRAME_MALFORMED', message: /rebuild_start: epoch is over/ },
   { name: 'base_chunk zero and unchanged', bytes: zeroChunk(u32At(40, 3)), code: 'ERR_FRAME_MALFORMED', message: /base_chunk: both zero and unchanged/ },
   { name: 'base_chunk unchanged with a digest', bytes: zeroChunk(u32At(40, 2)), code: 'ERR_FRAME_MALFORMED', message: /an unchanged chunk with a digest/ },
   { name: 'base_chunk unchanged with data', bytes: dataChunk((b) => void (b.writeUInt32LE(2, 40), b.fill(0, 32, 40))), code: 'ERR_FRAME_MALFORMED', message: /4144 bytes for an unchanged chunk/ },

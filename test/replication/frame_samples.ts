@@ -23,6 +23,7 @@ import {
   type SessionPhase,
   type WalRecord,
 } from '../../lib/replication/frames';
+import { EPOCH_STARTS_MAX } from '../../lib/statemachine/epoch_history';
 import type { SessionFailure } from '../../lib/protocol/types';
 
 export const UUID = '0123456789abcdef0011223344556677';
@@ -171,6 +172,53 @@ export const SAMPLES: readonly Frame[] = [
     data: undefined,
     unchanged: true,
   },
+  // A replica's HELLO with the epoch of its newest applied barrier, with and
+  // without rebuild info; a REBUILD_START carrying the epoch history.
+  {
+    type: 'hello',
+    epoch: 9,
+    role: 'replica',
+    volumeUuid: UUID,
+    nodeId: 'r',
+    lsnDurable: 300,
+    lsnApplied: 290,
+    lsnTail: 100,
+    lsnHead: 300,
+    applyChecksum: 0x55n,
+    epochApplied: 2 ** 40 + 3,
+  },
+  {
+    type: 'hello',
+    epoch: 9,
+    role: 'replica',
+    volumeUuid: UUID,
+    nodeId: 'rr',
+    lsnDurable: 300,
+    lsnApplied: 290,
+    lsnTail: 100,
+    lsnHead: 300,
+    applyChecksum: 0x56n,
+    rebuild: { sessionId: 4, epoch: 9, baseLsn: 200, chunksDone: 1, chunksTotal: 8 },
+    epochApplied: 0,
+  },
+  {
+    type: 'rebuild_start',
+    epoch: 9,
+    sessionId: 13,
+    lsnBase: 700,
+    lsnTarget: 710,
+    applyChecksumBase: 0x4321n,
+    sizeBytes: 64 * 2 ** 20,
+    features: 0,
+    durabilityCode: 2,
+    chunkBlocks: 256,
+    chunkFrom: 0,
+    resync: true,
+    epochStarts: [
+      { epoch: 2, lsn: 50 },
+      { epoch: 2 ** 40, lsn: 2 ** 41 },
+    ],
+  },
 ];
 
 // Feeds chunks one by one, taking every frame as soon as it is whole.
@@ -257,6 +305,7 @@ const helloArb: fc.Arbitrary<Frame> = fc.record({
   lsnHead: u53,
   applyChecksum: u64,
   rebuild: helloRebuildArb,
+  epochApplied: u53,
 }, { ...PLAIN, requiredKeys: ['type', 'epoch', 'role', 'volumeUuid', 'nodeId', 'lsnDurable', 'lsnApplied', 'lsnTail', 'lsnHead', 'applyChecksum'] });
 
 // Strictly increasing LSNs from a start that leaves room for the gaps.
@@ -305,8 +354,9 @@ const rebuildStartArb: fc.Arbitrary<Frame> = fc
     durabilityCode: fc.integer({ min: 0, max: 3 }),
     chunkBlocks: fc.integer({ min: 1, max: BASE_CHUNK_BLOCKS_MAX }),
     from: fc.double({ min: 0, max: 1, noNaN: true }),
+    starts: fc.option(fc.array(fc.tuple(fc.integer({ min: 1, max: 1000 }), fc.integer({ min: 1, max: 1000 })), { maxLength: EPOCH_STARTS_MAX }), { nil: undefined }),
   })
-  .map(({ lsns, sizeBlocks, from, ...rest }) => {
+  .map(({ lsns, sizeBlocks, from, starts, ...rest }) => {
     const chunksTotal = Math.ceil(sizeBlocks / rest.chunkBlocks);
     return {
       type: 'rebuild_start' as const,
@@ -320,8 +370,16 @@ const rebuildStartArb: fc.Arbitrary<Frame> = fc
       durabilityCode: rest.durabilityCode,
       chunkBlocks: rest.chunkBlocks,
       chunkFrom: Math.min(Math.floor(from * (chunksTotal + 1)), chunksTotal, 0xffff_ffff),
+      // Strictly increasing epochs and LSNs from positive gaps.
+      ...(starts === undefined ? {} : { epochStarts: runningSums(starts) }),
     };
   });
+
+function runningSums(gaps: [number, number][]): { epoch: number; lsn: number }[] {
+  let epoch = 0;
+  let lsn = 0;
+  return gaps.map(([e, l]) => ({ epoch: (epoch += e), lsn: (lsn += l) }));
+}
 
 // Zero chunks of any size; data chunks of a few blocks (the bytes cost time).
 const baseChunkArb: fc.Arbitrary<Frame> = fc

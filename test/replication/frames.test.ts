@@ -102,6 +102,42 @@ test('a HELLO without rebuild info encodes as before: bytes 2..7 zero, with the 
   assert.ok(!('rebuild' in decodeOne(bytes)), 'no rebuild key when the flag is clear');
 });
 
+test('layout: a HELLO with the applied epoch sets flag bit 1 and carries it last, after any rebuild info', () => {
+  for (const nth of [2, 3]) {
+    const hello = sampleOf('hello', nth);
+    const r = 64 + hello.nodeId.length;
+    const plain = encodeFrame({ ...hello, epochApplied: undefined });
+    const bytes = encodeFrame(hello);
+    assert.equal(bytes.length, plain.length + 8);
+    assert.equal(bytes[FRAME_HEADER_BYTES + 2], (hello.rebuild === undefined ? 0 : 1) | 2);
+    const at = FRAME_HEADER_BYTES + r + (hello.rebuild === undefined ? 0 : 40);
+    assert.equal(Number(bytes.readBigUInt64LE(at)), hello.epochApplied);
+    // Everything before it is the HELLO without it (flags aside).
+    assert.deepEqual(bytes.subarray(FRAME_HEADER_BYTES + 3, at), plain.subarray(FRAME_HEADER_BYTES + 3, at));
+    assert.ok(!('epochApplied' in decodeOne(plain)), 'no epochApplied key when the flag is clear');
+    assert.deepEqual(decodeOne(bytes), hello);
+  }
+});
+
+test('layout: a REBUILD_START with the epoch history sets start flag bit 1 and appends count, reserved and the starts', () => {
+  const start = sampleOf('rebuild_start', 2);
+  const starts = start.epochStarts!;
+  const plain = encodeFrame({ ...start, epochStarts: undefined });
+  const bytes = encodeFrame(start);
+  const body = bytes.subarray(FRAME_HEADER_BYTES);
+  assert.equal(body.length, 72 + 16 * starts.length);
+  assert.equal(body[57], 1 | 2); // a resync, with its history
+  assert.deepEqual(body.subarray(0, 57), plain.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + 57));
+  assert.equal(body.readUInt32LE(64), starts.length);
+  assert.equal(body.readUInt32LE(68), 0);
+  starts.forEach((s, i) => {
+    assert.equal(Number(body.readBigUInt64LE(72 + 16 * i)), s.epoch);
+    assert.equal(Number(body.readBigUInt64LE(80 + 16 * i)), s.lsn);
+  });
+  assert.deepEqual(decodeOne(bytes), start);
+  assert.throws(() => encodeFrame({ ...start, epochStarts: [{ epoch: 3, lsn: 9 }, { epoch: 3, lsn: 10 }] }), /epochStarts: epoch start 1 \(epoch 3, LSN 10\) does not follow epoch 3 at LSN 9/);
+});
+
 test('layout: a REBUILD_START frame is byte for byte the documented body', () => {
   const start = sampleOf('rebuild_start');
   const body = Buffer.alloc(64);

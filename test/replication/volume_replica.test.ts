@@ -43,6 +43,19 @@ async function pair(
   }
 }
 
+// A crash image of a replica (its files copied while it runs: WAL durable,
+// no checkpoint since): fn gets its directory, removed afterwards.
+async function withCrashImage(replicaDir: string, fn: (dir: string) => Promise<void>): Promise<void> {
+  const { dir, cleanup } = tempDir('repl-crash');
+  try {
+    fs.cpSync(replicaDir, path.join(dir, 'r'), { recursive: true, filter: (src) => !src.endsWith('control.sock') });
+    fs.rmSync(path.join(dir, 'r', 'lock'), { force: true });
+    await fn(path.join(dir, 'r'));
+  } finally {
+    cleanup();
+  }
+}
+
 test('records ship in LSN order and the replica applies them only up to the commit LSN', () =>
   pair(async ({ primary, shipped, openReplica }) => {
     const replica = await openReplica();
@@ -203,20 +216,15 @@ test('control records: an online grow and a durability mode go through the same 
     // A crash image of the replica (its files copied while it runs, WAL durable,
     // no checkpoint yet): replay re-applies the records.
     await replica.flush();
-    const { dir, cleanup } = tempDir('repl-crash');
-    try {
-      fs.cpSync(replicaDir, path.join(dir, 'r'), { recursive: true, filter: (src) => !src.endsWith('control.sock') });
-      fs.rmSync(path.join(dir, 'r', 'lock'), { force: true });
-      const crashed = await Volume.open(path.join(dir, 'r'), { role: 'primary', flushIdleMs: 0 });
+    await withCrashImage(replicaDir, async (dir) => {
+      const crashed = await Volume.open(dir, { role: 'primary', flushIdleMs: 0 });
       try {
         assert.deepEqual(crashed.replicatedState, primary.replicatedState, 'replay as a promoted primary applies every control record');
         assert.deepEqual(await crashed.read(SIZE + 4096, 4096), block(6));
       } finally {
         await crashed.close();
       }
-    } finally {
-      cleanup();
-    }
+    });
 
     // A clean restart: the checkpoint carries the state in the superblock.
     await replica.close();
@@ -224,6 +232,52 @@ test('control records: an online grow and a durability mode go through the same 
     assert.equal(again.status().checkpointLsn, 4);
     assert.deepEqual(again.replicatedState, primary.replicatedState);
     assert.equal(again.status().durability, 'sync_quorum');
+  }));
+
+test('epoch history: barriers are noted with their LSNs when applied, on primary and replica alike, and survive a crash and a clean restart', () =>
+  pair(async ({ primary, shipped, openReplica, replicaDir }) => {
+    const replica = await openReplica();
+    await replica.adoptIdentity(primary.uuid);
+    assert.deepEqual(primary.epochStarts, [], 'a new volume knows its history: no epoch opened yet');
+    await primary.write(0, block(1));
+    await primary.setEpoch(2);
+    await primary.appendControl({ type: 'epoch_barrier', epoch: 2 });
+    await primary.write(4096, block(2));
+    await primary.setEpoch(4);
+    await primary.appendControl({ type: 'epoch_barrier', epoch: 4 });
+    await primary.appendControl({ type: 'epoch_barrier', epoch: 4 }); // the same epoch again opens nothing
+    const history = [{ epoch: 2, lsn: 2 }, { epoch: 4, lsn: 4 }];
+    assert.deepEqual(primary.epochStarts, history);
+
+    // Received is not applied: the replica notes a barrier when it applies it.
+    for (const r of shipped) await replica.appendReceived(r.bytes);
+    assert.deepEqual(replica.epochStarts, []);
+    replica.commit(3);
+    assert.deepEqual(replica.epochStarts, [{ epoch: 2, lsn: 2 }]);
+    replica.commit(5);
+    assert.deepEqual(replica.epochStarts, history);
+
+    // A crash image (no checkpoint since the barriers): replay notes them again.
+    await replica.flush();
+    await withCrashImage(replicaDir, async (dir) => {
+      const crashed = await Volume.open(dir, { role: 'primary', flushIdleMs: 0 });
+      try {
+        assert.equal(crashed.status().checkpointLsn, 0);
+        assert.deepEqual(crashed.epochStarts, history, 'replay as a promoted primary');
+      } finally {
+        await crashed.close();
+      }
+      const reopened = await Volume.open(dir, { role: 'replica', flushIdleMs: 0 });
+      try {
+        assert.equal(reopened.status().checkpointLsn, 5);
+        assert.deepEqual(reopened.epochStarts, history, 'the superblock holds them at the checkpoint');
+      } finally {
+        await reopened.close();
+      }
+    });
+    await replica.close();
+    const again = await openReplica();
+    assert.deepEqual(again.epochStarts, history);
   }));
 
 test('a received control record that does not decode is refused like any bad record', () =>

@@ -445,6 +445,16 @@ export async function withCluster(options: ClusterOptions, body: (cluster: Clust
   }
 }
 
+// A 4 KiB block that names its writer's tag and its block number in every 8 bytes.
+export function blockPattern(tag: number, block: number): Buffer {
+  const b = Buffer.alloc(4096);
+  for (let at = 0; at < 4096; at += 8) {
+    b.writeUInt32LE(tag, at);
+    b.writeUInt32LE(block, at + 4);
+  }
+  return b;
+}
+
 export async function createVolume(dir: string, sizeBytes: number, extra: string[] = []): Promise<void> {
   const r = await runCli(['create', dir, '--size', String(sizeBytes), ...extra]);
   assert.ok(r.code === 0 && !r.timedOut, describeRun(`blockwal create ${dir}`, r));

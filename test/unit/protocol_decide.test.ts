@@ -29,6 +29,9 @@ function at(position: number, more: Partial<ReplicaFacts> = {}): ReplicaFacts {
   return { epoch: 3, lsnReceived: position, lsnDurable: position, lsnApplied: position, chainMatches: true, ...more };
 }
 
+// Epoch 2 opened at LSN 50, epoch 3 at LSN 120 (no barrier before: epoch 1, the first, had none).
+const HISTORY = { epochStarts: [{ epoch: 2, lsn: 50 }, { epoch: 3, lsn: 120 }] };
+
 const REBUILD_COST = GiB + 10_000; // the image plus the WAL lane (walBytesAfterReplica as its estimate)
 const UNFINISHED = { sessionId: 7, epoch: 3, baseLsn: 130, chunksDone: 3, chunksTotal: 4 };
 
@@ -82,6 +85,22 @@ const ROWS: Row[] = [
   { name: 'fencing comes before divergence and chain checks', replica: at(500, { epoch: 9, chainMatches: false }), expect: { kind: 'fence' }, reason: /epoch 9/ },
   { name: 'a replica of a lower epoch at the head is still kept up', replica: at(200, { epoch: 1 }), expect: { kind: 'keep_up' }, reason: /current/ },
   { name: 'a replica of a lower epoch inside the WAL still catches up', replica: at(150, { epoch: 2 }), expect: { kind: 'catch_up', lsnFrom: 151 }, reason: /catch up/ },
+  // the epoch history: are the replica's applied records ours?
+  { name: 'a replica whose newest applied barrier is our current epoch is kept up', primary: HISTORY, replica: at(200, { epochApplied: 3 }), expect: { kind: 'keep_up' }, reason: /current/ },
+  { name: 'a replica of epoch 2 applied up to just below our epoch 3 barrier catches up', primary: HISTORY, replica: at(150, { lsnApplied: 119, epochApplied: 2 }), expect: { kind: 'catch_up', lsnFrom: 151 }, reason: /catch up/ },
+  {
+    name: 'a replica of epoch 2 applied at our epoch 3 barrier is divergent (a deposed primary\'s own records)',
+    primary: HISTORY,
+    replica: at(150, { lsnApplied: 120, epochApplied: 2 }),
+    expect: { kind: 'rebuild', lsnFrom: 151, lsnBase: 150, costBytes: REBUILD_COST },
+    reason: /divergent: the replica's applied records are not all this primary's history: it applied records of epoch 2 up to LSN 120, but here epoch 3 opened at LSN 120/,
+  },
+  { name: 'a replica that applied no barrier, up to just below our first one, catches up', primary: HISTORY, replica: at(121, { lsnApplied: 49, epochApplied: 0 }), expect: { kind: 'catch_up', lsnFrom: 122 }, reason: /catch up/ },
+  { name: 'a replica that applied no barrier, past our first one, is divergent', primary: HISTORY, replica: at(200, { lsnApplied: 50, epochApplied: 0 }), expect: { kind: 'rebuild' }, reason: /epoch 0 up to LSN 50, but here epoch 2 opened at LSN 50/ },
+  { name: 'a replica whose applied barrier opened an epoch we never opened is divergent', primary: HISTORY, replica: at(200, { epochApplied: 1 }), expect: { kind: 'rebuild' }, reason: /records of epoch 1, an epoch this history never opened/ },
+  { name: 'history divergence is found before an unfinished rebuild would resume', primary: HISTORY, replica: at(160, { lsnApplied: 130, epochApplied: 2, rebuild: UNFINISHED }), expect: { kind: 'rebuild', resumesSessionId: undefined }, reason: /epoch 3 opened at LSN 120/ },
+  { name: 'without the replica\'s applied epoch the history is not consulted', primary: HISTORY, replica: at(200, { lsnApplied: 130 }), expect: { kind: 'keep_up' }, reason: /current/ },
+  { name: 'without the primary\'s history the replica\'s applied epoch is not consulted', replica: at(200, { lsnApplied: 130, epochApplied: 1 }), expect: { kind: 'keep_up' }, reason: /current/ },
   // an unfinished rebuild
   {
     name: 'an unfinished rebuild of this epoch whose WAL lane is inside the WAL resumes, costing the chunks left',
@@ -129,6 +148,9 @@ test('decide: inconsistent or malformed facts are refused with RangeError', () =
     [{}, { lsnApplied: 2 ** 53 }, /replica.lsnApplied/],
     [{}, { rebuild: { ...UNFINISHED, chunksDone: 5 } }, /chunksDone ≤ chunksTotal/],
     [{}, { rebuild: { ...UNFINISHED, chunksDone: 0, chunksTotal: 0 } }, /chunksTotal > 0/],
+    [{ epochStarts: [{ epoch: 3, lsn: 50 }, { epoch: 2, lsn: 120 }] }, {}, /primary.epochStarts: epoch start 1 \(epoch 2, LSN 120\) does not follow epoch 3 at LSN 50/],
+    [{ epochStarts: [{ epoch: 2, lsn: 0 }] }, {}, /primary.epochStarts: epoch start 0 \(epoch 2, LSN 0\) is not two positive integers/],
+    [{}, { epochApplied: -1 }, /replica.epochApplied/],
   ];
   for (const [primary, replica, message] of cases) {
     assert.throws(() => decide({ ...PRIMARY, ...primary }, { ...at(150), ...replica }), (err: Error) => err instanceof RangeError && message.test(err.message), String(message));
