@@ -5,12 +5,16 @@
 // a replica SIGKILLed, stopped with SIGTERM, paused past the ack timeout,
 // wiped (a fresh volume, so a full rebuild), or wiped and then killed or
 // stopped in the middle of that rebuild; the primary SIGKILLed and restarted
-// (fio with it). Afterwards every replica must stream at the primary's head with the
+// (fio with it); or a failover: the primary SIGKILLed once its replicas are
+// current, the replica with the most durable records restarted as the
+// primary of the next epoch, and the old primary brought back as its replica
+// (its own unacknowledged records, maybe already in its base image, must
+// not survive that). Afterwards every replica must stream at the primary's head with the
 // same apply checksum, every node must stop cleanly (exit 0) with the same
 // `blockwal checksum`, fio must have found nothing wrong in what it read,
 // and no node may have logged an error.
 //
-// BLOCKWAL_CHAOS_SECONDS (default 40), BLOCKWAL_CHAOS_SEED (default 2) and
+// BLOCKWAL_CHAOS_SECONDS (default 40), BLOCKWAL_CHAOS_SEED (default 38) and
 // BLOCKWAL_CHAOS_DURABILITY (default sync_all) make it run longer, another
 // sequence or another mode, by hand.
 import { test } from 'node:test';
@@ -26,11 +30,12 @@ import { prng } from '../support/tmp';
 const SIZE_BYTES = 64 * MiB;
 const CREATE_EXTRA = ['--wal-segment-size', '4M'];
 const SECONDS = Number(process.env.BLOCKWAL_CHAOS_SECONDS ?? 40);
-const SEED = Number(process.env.BLOCKWAL_CHAOS_SEED ?? 2);
+const SEED = Number(process.env.BLOCKWAL_CHAOS_SEED ?? 38);
 const DURABILITY = (process.env.BLOCKWAL_CHAOS_DURABILITY ?? 'sync_all') as DurabilityMode;
+const PRIMARY_EXTRA = ['--rebuild-rate', '8M'];
 
-type Fault = 'kill' | 'stop' | 'pause' | 'wipe' | 'kill_in_rebuild' | 'stop_in_rebuild' | 'kill_primary';
-const FAULTS: Fault[] = ['kill', 'kill', 'stop', 'pause', 'wipe', 'kill_in_rebuild', 'stop_in_rebuild', 'kill_primary'];
+type Fault = 'kill' | 'stop' | 'pause' | 'wipe' | 'kill_in_rebuild' | 'stop_in_rebuild' | 'kill_primary' | 'failover';
+const FAULTS: Fault[] = ['kill', 'kill', 'stop', 'pause', 'wipe', 'kill_in_rebuild', 'stop_in_rebuild', 'kill_primary', 'failover'];
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -43,11 +48,11 @@ class FioRun {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   output = '';
 
-  constructor(cluster: Cluster, index: number, seconds: number) {
+  constructor(cluster: Cluster, primary: ClusterNode, index: number, seconds: number) {
     const args = [
       `--name=chaos${index}`,
       '--ioengine=nbd',
-      `--uri=${cluster.primary.uri}`,
+      `--uri=${primary.uri}`,
       '--rw=randwrite',
       '--bsrange=4k-64k',
       `--size=${48 * MiB}`,
@@ -77,8 +82,8 @@ class FioRun {
   }
 }
 
-async function replicaState(cluster: Cluster, r: ClusterNode): Promise<string | undefined> {
-  const s = await cluster.primary.primaryStatus();
+async function replicaState(primary: ClusterNode, r: ClusterNode): Promise<string | undefined> {
+  const s = await primary.primaryStatus();
   return s.replicas.find((p) => p.address === r.replAddress)?.state;
 }
 
@@ -89,7 +94,7 @@ async function wipe(r: ClusterNode): Promise<void> {
   await r.restart();
 }
 
-test(`faults under fio (${DURABILITY}, seed ${SEED}, ${SECONDS} s): replicas killed, stopped, paused, wiped, killed or stopped mid-rebuild, the primary killed and restarted; all nodes end identical, nothing logged as an error`, async (t) => {
+test(`faults under fio (${DURABILITY}, seed ${SEED}, ${SECONDS} s): replicas killed, stopped, paused, wiped, killed or stopped mid-rebuild, the primary killed and restarted or failed over; all nodes end identical, nothing logged as an error`, async (t) => {
   if (await skipWithoutFioNbd(t)) return;
   // Two streams: the faults and their targets do not depend on how many
   // waits came before them.
@@ -98,19 +103,24 @@ test(`faults under fio (${DURABILITY}, seed ${SEED}, ${SECONDS} s): replicas kil
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(choice() * xs.length)]!;
   const between = (lo: number, hi: number): number => lo + timing() * (hi - lo);
   await withCluster(
-    { sizeBytes: SIZE_BYTES, replicas: 2, durability: DURABILITY, ackTimeoutMs: 1000, createExtra: CREATE_EXTRA, primaryExtra: ['--rebuild-rate', '8M'] },
+    { sizeBytes: SIZE_BYTES, replicas: 2, durability: DURABILITY, ackTimeoutMs: 1000, createExtra: CREATE_EXTRA, primaryExtra: PRIMARY_EXTRA },
     async (cluster) => {
       await cluster.waitCurrent();
+      // Roles move with failovers.
+      let primary = cluster.primary;
+      let replicas = [...cluster.replicas];
+      let epoch = 1;
       const endMs = Date.now() + SECONDS * 1000;
       let runs = 0;
-      let fio = new FioRun(cluster, ++runs, SECONDS + 5);
+      let fio = new FioRun(cluster, primary, ++runs, SECONDS + 5);
       const done: string[] = [];
       const unseen: string[] = []; // mid-rebuild faults whose rebuild ended before it was seen
+      const skipped: string[] = []; // failovers while a replica was not current
       while (Date.now() < endMs) {
         await sleep(between(500, 3000));
         const fault = pick(FAULTS);
-        const r = pick(cluster.replicas);
-        done.push(fault === 'kill_primary' ? fault : `${fault} ${r.name}`);
+        const r = pick(replicas);
+        done.push(fault === 'kill_primary' ? `${fault} ${primary.name}` : fault === 'failover' ? `${fault} from ${primary.name}` : `${fault} ${r.name}`);
         switch (fault) {
           case 'kill':
             await r.kill('SIGKILL');
@@ -133,7 +143,7 @@ test(`faults under fio (${DURABILITY}, seed ${SEED}, ${SECONDS} s): replicas kil
           case 'kill_in_rebuild':
           case 'stop_in_rebuild': {
             await wipe(r);
-            const rebuilding = await until(`${r.name} rebuilding`, async () => (await replicaState(cluster, r)) === 'rebuilding', { deadlineMs: 20_000 }).catch(() => false);
+            const rebuilding = await until(`${r.name} rebuilding`, async () => (await replicaState(primary, r)) === 'rebuilding', { deadlineMs: 20_000 }).catch(() => false);
             if (!rebuilding) {
               unseen.push(`${fault} ${r.name}`);
               break;
@@ -146,17 +156,49 @@ test(`faults under fio (${DURABILITY}, seed ${SEED}, ${SECONDS} s): replicas kil
             break;
           }
           case 'kill_primary': {
-            await cluster.primary.kill('SIGKILL');
+            await primary.kill('SIGKILL');
             await fio.kill();
             fio.checkOutput(`fio run ${runs} (killed with the primary)`);
             await sleep(between(0, 1500));
-            await cluster.primary.restart();
-            fio = new FioRun(cluster, ++runs, (endMs - Date.now()) / 1000 + 5);
+            await primary.restart();
+            fio = new FioRun(cluster, primary, ++runs, (endMs - Date.now()) / 1000 + 5);
+            break;
+          }
+          case 'failover': {
+            // Only from a healthy set, as a coordinator would: a replica being
+            // rebuilt holds a partial image and cannot take over.
+            const current = await until(
+              'every replica current before a failover',
+              async () => (await primary.primaryStatus()).replicas.every((x) => x.state === 'streaming' && x.inAckSet && x.lagLsn === 0),
+              { deadlineMs: 15_000 },
+            ).catch(() => false);
+            if (!current) {
+              skipped.push(done.pop()!);
+              break;
+            }
+            await primary.kill('SIGKILL');
+            await fio.kill();
+            fio.checkOutput(`fio run ${runs} (killed with the primary, failing over)`);
+            // The replica with the most durable records takes over.
+            const durable = await Promise.all(replicas.map(async (n) => (await n.volumeStatus()).lsnDurable));
+            const next = durable[0]! >= durable[1]! ? replicas[0]! : replicas[1]!;
+            const other = replicas.find((n) => n !== next)!;
+            const old = primary;
+            await next.stop(); // exit 0 asserted
+            await old.restart(old.replicaFlags());
+            epoch++;
+            await next.restart(next.primaryFlags({ replicas: [other, old], durability: DURABILITY, ackTimeoutMs: 1000, epoch, extra: PRIMARY_EXTRA }));
+            primary = next;
+            replicas = [other, old];
+            fio = new FioRun(cluster, primary, ++runs, (endMs - Date.now()) / 1000 + 5);
             break;
           }
         }
       }
-      t.diagnostic(`faults: ${done.join(', ')}; rebuild not seen running (the fault did not land in it): ${unseen.join(', ') || 'none'}`);
+      t.diagnostic(
+        `faults: ${done.join(', ')}; rebuild not seen running (the fault did not land in it): ${unseen.join(', ') || 'none'}; ` +
+          `failovers skipped (a replica not current): ${skipped.join(', ') || 'none'}; primary at the end ${primary.name}, epoch ${epoch}`,
+      );
       // A primary that died by itself would leave fio spinning: bounded.
       const last = await settled(`fio run ${runs} to end`, fio.exited, { deadlineMs: 120_000, explain: () => cluster.describe() }).catch(async (err: Error) => {
         await fio.kill();
@@ -165,8 +207,8 @@ test(`faults under fio (${DURABILITY}, seed ${SEED}, ${SECONDS} s): replicas kil
       fio.checkOutput(`fio run ${runs}`);
       assert.deepEqual(last, { code: 0, signal: null }, `fio run ${runs} ran to its end:\n${fio.output.slice(-4000)}`);
 
-      await cluster.waitCurrent();
-      const common = await cluster.waitApplied();
+      await cluster.waitCurrent(primary);
+      const common = await cluster.waitApplied(primary, replicas);
       await cluster.stopAll();
       const sums = await assertSameChecksums(cluster);
       for (const n of cluster.nodes) assert.deepEqual(n.errorLines, [], `${n.name} logged errors`);
