@@ -9,12 +9,16 @@
 // current, the replica with the most durable records restarted as the
 // primary of the next epoch, and the old primary brought back as its replica
 // (its own unacknowledged records, maybe already in its base image, must
-// not survive that). Afterwards every replica must stream at the primary's head with the
+// not survive that); or a fault of one replica's link, through a relay
+// between the primary and that replica: every connection reset, one byte
+// flipped one way (the receiver must refuse the frame and close the link
+// within 15 s), or nothing forwarded for 0.2-2.5 s with the connection left
+// open. Afterwards every replica must stream at the primary's head with the
 // same apply checksum, every node must stop cleanly (exit 0) with the same
 // `blockwal checksum`, fio must have found nothing wrong in what it read,
 // and no node may have logged an error.
 //
-// BLOCKWAL_CHAOS_SECONDS (default 40), BLOCKWAL_CHAOS_SEED (default 38) and
+// BLOCKWAL_CHAOS_SECONDS (default 40), BLOCKWAL_CHAOS_SEED (default 717) and
 // BLOCKWAL_CHAOS_DURABILITY (default sync_all) make it run longer, another
 // sequence or another mode, by hand.
 import { test } from 'node:test';
@@ -25,17 +29,19 @@ import * as fs from 'node:fs';
 import { type Cluster, type ClusterNode, createVolume, MiB, settled, until, withCluster } from '../support/cluster';
 import { assertSameChecksums, skipWithoutFioNbd } from '../support/cluster_fio';
 import type { DurabilityMode } from '../../lib/replication/primary';
+import { LinkProxy } from '../support/link_proxy';
 import { prng } from '../support/tmp';
 
 const SIZE_BYTES = 64 * MiB;
 const CREATE_EXTRA = ['--wal-segment-size', '4M'];
 const SECONDS = Number(process.env.BLOCKWAL_CHAOS_SECONDS ?? 40);
-const SEED = Number(process.env.BLOCKWAL_CHAOS_SEED ?? 38);
+const SEED = Number(process.env.BLOCKWAL_CHAOS_SEED ?? 717);
 const DURABILITY = (process.env.BLOCKWAL_CHAOS_DURABILITY ?? 'sync_all') as DurabilityMode;
 const PRIMARY_EXTRA = ['--rebuild-rate', '8M'];
 
-type Fault = 'kill' | 'stop' | 'pause' | 'wipe' | 'kill_in_rebuild' | 'stop_in_rebuild' | 'kill_primary' | 'failover';
-const FAULTS: Fault[] = ['kill', 'kill', 'stop', 'pause', 'wipe', 'kill_in_rebuild', 'stop_in_rebuild', 'kill_primary', 'failover'];
+type Fault = 'kill' | 'stop' | 'pause' | 'wipe' | 'kill_in_rebuild' | 'stop_in_rebuild' | 'kill_primary' | 'failover' | 'cut_link' | 'corrupt_link' | 'stall_link';
+const FAULTS: Fault[] = ['kill', 'kill', 'stop', 'pause', 'wipe', 'kill_in_rebuild', 'stop_in_rebuild', 'kill_primary', 'failover', 'cut_link', 'corrupt_link', 'stall_link'];
+const CORRUPT_DEADLINE_MS = 15_000;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -82,9 +88,10 @@ class FioRun {
   }
 }
 
-async function replicaState(primary: ClusterNode, r: ClusterNode): Promise<string | undefined> {
+// The primary names a replica by the address it dials: the replica's relay.
+async function replicaState(primary: ClusterNode, relay: LinkProxy): Promise<string | undefined> {
   const s = await primary.primaryStatus();
-  return s.replicas.find((p) => p.address === r.replAddress)?.state;
+  return s.replicas.find((p) => p.address === relay.address)?.state;
 }
 
 async function wipe(r: ClusterNode): Promise<void> {
@@ -94,7 +101,7 @@ async function wipe(r: ClusterNode): Promise<void> {
   await r.restart();
 }
 
-test(`faults under fio (${DURABILITY}, seed ${SEED}, ${SECONDS} s): replicas killed, stopped, paused, wiped, killed or stopped mid-rebuild, the primary killed and restarted or failed over; all nodes end identical, nothing logged as an error`, async (t) => {
+test(`faults under fio (${DURABILITY}, seed ${SEED}, ${SECONDS} s): replicas killed, stopped, paused, wiped, killed or stopped mid-rebuild, links cut, corrupted or stalled, the primary killed and restarted or failed over; all nodes end identical, nothing logged as an error`, async (t) => {
   if (await skipWithoutFioNbd(t)) return;
   // Two streams: the faults and their targets do not depend on how many
   // waits came before them.
@@ -102,118 +109,145 @@ test(`faults under fio (${DURABILITY}, seed ${SEED}, ${SECONDS} s): replicas kil
   const timing = prng(SEED + 0x9e3779b9);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(choice() * xs.length)]!;
   const between = (lo: number, hi: number): number => lo + timing() * (hi - lo);
-  await withCluster(
-    { sizeBytes: SIZE_BYTES, replicas: 2, durability: DURABILITY, ackTimeoutMs: 1000, createExtra: CREATE_EXTRA, primaryExtra: PRIMARY_EXTRA },
-    async (cluster) => {
-      await cluster.waitCurrent();
-      // Roles move with failovers.
-      let primary = cluster.primary;
-      let replicas = [...cluster.replicas];
-      let epoch = 1;
-      const endMs = Date.now() + SECONDS * 1000;
-      let runs = 0;
-      let fio = new FioRun(cluster, primary, ++runs, SECONDS + 5);
-      const done: string[] = [];
-      const unseen: string[] = []; // mid-rebuild faults whose rebuild ended before it was seen
-      const skipped: string[] = []; // failovers while a replica was not current
-      while (Date.now() < endMs) {
-        await sleep(between(500, 3000));
-        const fault = pick(FAULTS);
-        const r = pick(replicas);
-        done.push(fault === 'kill_primary' ? `${fault} ${primary.name}` : fault === 'failover' ? `${fault} from ${primary.name}` : `${fault} ${r.name}`);
-        switch (fault) {
-          case 'kill':
-            await r.kill('SIGKILL');
-            await sleep(between(0, 1500));
-            await r.restart();
-            break;
-          case 'stop':
-            await r.stop(); // exit 0 asserted
-            await sleep(between(0, 1500));
-            await r.restart();
-            break;
-          case 'pause':
-            r.pause();
-            await sleep(between(200, 2500));
-            r.resume();
-            break;
-          case 'wipe':
-            await wipe(r);
-            break;
-          case 'kill_in_rebuild':
-          case 'stop_in_rebuild': {
-            await wipe(r);
-            const rebuilding = await until(`${r.name} rebuilding`, async () => (await replicaState(primary, r)) === 'rebuilding', { deadlineMs: 20_000 }).catch(() => false);
-            if (!rebuilding) {
-              unseen.push(`${fault} ${r.name}`);
+  // Each node's relay, made the first time a primary dials it; it dials
+  // wherever that node listens as a replica.
+  const relays = new Map<ClusterNode, LinkProxy>();
+  const relay = (r: ClusterNode): LinkProxy => relays.get(r)!;
+  const via = async (r: ClusterNode): Promise<string> => {
+    if (!relays.has(r)) relays.set(r, await LinkProxy.start(() => r.replAddress));
+    return relay(r).address;
+  };
+  try {
+    await withCluster(
+      { sizeBytes: SIZE_BYTES, replicas: 2, durability: DURABILITY, ackTimeoutMs: 1000, createExtra: CREATE_EXTRA, primaryExtra: PRIMARY_EXTRA, replicaAddress: via },
+      async (cluster) => {
+        await cluster.waitCurrent();
+        // Roles move with failovers.
+        let primary = cluster.primary;
+        let replicas = [...cluster.replicas];
+        let epoch = 1;
+        const endMs = Date.now() + SECONDS * 1000;
+        let runs = 0;
+        let fio = new FioRun(cluster, primary, ++runs, SECONDS + 5);
+        const done: string[] = [];
+        const unseen: string[] = []; // faults that did not land: a rebuild ended before it was seen, nothing sent to corrupt
+        const skipped: string[] = []; // failovers while a replica was not current
+        while (Date.now() < endMs) {
+          await sleep(between(500, 3000));
+          const fault = pick(FAULTS);
+          const r = pick(replicas);
+          done.push(fault === 'kill_primary' ? `${fault} ${primary.name}` : fault === 'failover' ? `${fault} from ${primary.name}` : `${fault} ${r.name}`);
+          switch (fault) {
+            case 'kill':
+              await r.kill('SIGKILL');
+              await sleep(between(0, 1500));
+              await r.restart();
+              break;
+            case 'stop':
+              await r.stop(); // exit 0 asserted
+              await sleep(between(0, 1500));
+              await r.restart();
+              break;
+            case 'pause':
+              r.pause();
+              await sleep(between(200, 2500));
+              r.resume();
+              break;
+            case 'wipe':
+              await wipe(r);
+              break;
+            case 'kill_in_rebuild':
+            case 'stop_in_rebuild': {
+              await wipe(r);
+              let seen: string | undefined;
+              const rebuilding = await until(`${r.name} rebuilding`, async () => (seen = await replicaState(primary, relay(r))) === 'rebuilding', { deadlineMs: 20_000 }).catch(() => false);
+              if (!rebuilding) {
+                unseen.push(`${fault} ${r.name} (${seen ?? 'not listed'})`);
+                break;
+              }
+              await sleep(between(100, 1500));
+              if (fault === 'kill_in_rebuild') await r.kill('SIGKILL');
+              else await r.stop(); // exit 0 asserted
+              await sleep(between(0, 1000));
+              await r.restart();
               break;
             }
-            await sleep(between(100, 1500));
-            if (fault === 'kill_in_rebuild') await r.kill('SIGKILL');
-            else await r.stop(); // exit 0 asserted
-            await sleep(between(0, 1000));
-            await r.restart();
-            break;
-          }
-          case 'kill_primary': {
-            await primary.kill('SIGKILL');
-            await fio.kill();
-            fio.checkOutput(`fio run ${runs} (killed with the primary)`);
-            await sleep(between(0, 1500));
-            await primary.restart();
-            fio = new FioRun(cluster, primary, ++runs, (endMs - Date.now()) / 1000 + 5);
-            break;
-          }
-          case 'failover': {
-            // Only from a healthy set, as a coordinator would: a replica being
-            // rebuilt holds a partial image and cannot take over.
-            const current = await until(
-              'every replica current before a failover',
-              async () => (await primary.primaryStatus()).replicas.every((x) => x.state === 'streaming' && x.inAckSet && x.lagLsn === 0),
-              { deadlineMs: 15_000 },
-            ).catch(() => false);
-            if (!current) {
-              skipped.push(done.pop()!);
+            case 'kill_primary': {
+              await primary.kill('SIGKILL');
+              await fio.kill();
+              fio.checkOutput(`fio run ${runs} (killed with the primary)`);
+              await sleep(between(0, 1500));
+              await primary.restart();
+              fio = new FioRun(cluster, primary, ++runs, (endMs - Date.now()) / 1000 + 5);
               break;
             }
-            await primary.kill('SIGKILL');
-            await fio.kill();
-            fio.checkOutput(`fio run ${runs} (killed with the primary, failing over)`);
-            // The replica with the most durable records takes over.
-            const durable = await Promise.all(replicas.map(async (n) => (await n.volumeStatus()).lsnDurable));
-            const next = durable[0]! >= durable[1]! ? replicas[0]! : replicas[1]!;
-            const other = replicas.find((n) => n !== next)!;
-            const old = primary;
-            await next.stop(); // exit 0 asserted
-            await old.restart(old.replicaFlags());
-            epoch++;
-            await next.restart(next.primaryFlags({ replicas: [other, old], durability: DURABILITY, ackTimeoutMs: 1000, epoch, extra: PRIMARY_EXTRA }));
-            primary = next;
-            replicas = [other, old];
-            fio = new FioRun(cluster, primary, ++runs, (endMs - Date.now()) / 1000 + 5);
-            break;
+            case 'failover': {
+              // Only from a healthy set, as a coordinator would: a replica being
+              // rebuilt holds a partial image and cannot take over.
+              const current = await until(
+                'every replica current before a failover',
+                async () => (await primary.primaryStatus()).replicas.every((x) => x.state === 'streaming' && x.inAckSet && x.lagLsn === 0),
+                { deadlineMs: 15_000 },
+              ).catch(() => false);
+              if (!current) {
+                skipped.push(done.pop()!);
+                break;
+              }
+              await primary.kill('SIGKILL');
+              await fio.kill();
+              fio.checkOutput(`fio run ${runs} (killed with the primary, failing over)`);
+              // The replica with the most durable records takes over.
+              const durable = await Promise.all(replicas.map(async (n) => (await n.volumeStatus()).lsnDurable));
+              const next = durable[0]! >= durable[1]! ? replicas[0]! : replicas[1]!;
+              const other = replicas.find((n) => n !== next)!;
+              const old = primary;
+              await next.stop(); // exit 0 asserted
+              await old.restart(old.replicaFlags());
+              epoch++;
+              await next.restart(next.primaryFlags({ replicas: [other, old], addresses: [await via(other), await via(old)], durability: DURABILITY, ackTimeoutMs: 1000, epoch, extra: PRIMARY_EXTRA }));
+              primary = next;
+              replicas = [other, old];
+              fio = new FioRun(cluster, primary, ++runs, (endMs - Date.now()) / 1000 + 5);
+              break;
+            }
+            case 'cut_link':
+              relay(r).cut();
+              break;
+            case 'corrupt_link': {
+              const direction = pick(['to_replica', 'to_primary'] as const);
+              done[done.length - 1] += ` ${direction}`;
+              const outcome = await relay(r).corrupt(direction, choice(), CORRUPT_DEADLINE_MS);
+              assert.notEqual(outcome, 'lived_on', `a byte flipped ${direction} on ${r.name}'s link: the connection was still open ${CORRUPT_DEADLINE_MS} ms later`);
+              if (outcome === 'not_sent') unseen.push(done.pop()!);
+              break;
+            }
+            case 'stall_link':
+              await relay(r).stall(between(200, 2500));
+              break;
           }
         }
-      }
-      t.diagnostic(
-        `faults: ${done.join(', ')}; rebuild not seen running (the fault did not land in it): ${unseen.join(', ') || 'none'}; ` +
-          `failovers skipped (a replica not current): ${skipped.join(', ') || 'none'}; primary at the end ${primary.name}, epoch ${epoch}`,
-      );
-      // A primary that died by itself would leave fio spinning: bounded.
-      const last = await settled(`fio run ${runs} to end`, fio.exited, { deadlineMs: 120_000, explain: () => cluster.describe() }).catch(async (err: Error) => {
-        await fio.kill();
-        throw err;
-      });
-      fio.checkOutput(`fio run ${runs}`);
-      assert.deepEqual(last, { code: 0, signal: null }, `fio run ${runs} ran to its end:\n${fio.output.slice(-4000)}`);
+        t.diagnostic(
+          `faults: ${done.join(', ')}; not landed (no rebuild seen running, or nothing sent on the link to corrupt): ${unseen.join(', ') || 'none'}; ` +
+            `failovers skipped (a replica not current): ${skipped.join(', ') || 'none'}; primary at the end ${primary.name}, epoch ${epoch}`,
+        );
+        // A primary that died by itself would leave fio spinning: bounded.
+        const last = await settled(`fio run ${runs} to end`, fio.exited, { deadlineMs: 120_000, explain: () => cluster.describe() }).catch(async (err: Error) => {
+          await fio.kill();
+          throw err;
+        });
+        fio.checkOutput(`fio run ${runs}`);
+        assert.deepEqual(last, { code: 0, signal: null }, `fio run ${runs} ran to its end:\n${fio.output.slice(-4000)}`);
 
-      await cluster.waitCurrent(primary);
-      const common = await cluster.waitApplied(primary, replicas);
-      await cluster.stopAll();
-      const sums = await assertSameChecksums(cluster);
-      for (const n of cluster.nodes) assert.deepEqual(n.errorLines, [], `${n.name} logged errors`);
-      t.diagnostic(`${done.length} faults, ${runs} fio runs; every node at LSN ${common.lsnApplied}, checksum ${sums.p}`);
-      assert.ok(done.length >= 3, `faults ran: ${done.join(', ')}`);
-    },
-  );
+        await cluster.waitCurrent(primary);
+        const common = await cluster.waitApplied(primary, replicas);
+        await cluster.stopAll();
+        const sums = await assertSameChecksums(cluster);
+        for (const n of cluster.nodes) assert.deepEqual(n.errorLines, [], `${n.name} logged errors`);
+        t.diagnostic(`${done.length} faults, ${runs} fio runs; every node at LSN ${common.lsnApplied}, checksum ${sums.p}`);
+        assert.ok(done.length >= 3, `faults ran: ${done.join(', ')}`);
+      },
+    );
+  } finally {
+    for (const p of relays.values()) await p.close();
+  }
 });

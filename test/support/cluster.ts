@@ -163,10 +163,11 @@ export class ClusterNode {
     return ['--role', 'replica', '--repl-listen', `127.0.0.1:${this.replListen?.port ?? 0}`, '--node-id', this.name, ...extra];
   }
 
-  // Flags for serving as a primary of the given replicas, with NBD on nbdSocket.
-  primaryFlags(o: { replicas: ClusterNode[]; durability?: DurabilityMode; ackTimeoutMs?: number; epoch?: number; extra?: string[] }): string[] {
+  // Flags for serving as a primary of the given replicas, with NBD on
+  // nbdSocket; addresses, when given, are where it dials them instead.
+  primaryFlags(o: { replicas: ClusterNode[]; addresses?: string[]; durability?: DurabilityMode; ackTimeoutMs?: number; epoch?: number; extra?: string[] }): string[] {
     const flags = ['--nbd', `unix:${this.nbdSocket}`, '--export', EXPORT_NAME, '--node-id', this.name];
-    for (const r of o.replicas) flags.push('--replica', r.replAddress);
+    o.replicas.forEach((r, i) => flags.push('--replica', o.addresses?.[i] ?? r.replAddress));
     if (o.replicas.length > 0) flags.push('--durability', o.durability ?? 'sync_all');
     if (o.ackTimeoutMs !== undefined) flags.push('--ack-timeout', String(o.ackTimeoutMs));
     if (o.epoch !== undefined) flags.push('--epoch', String(o.epoch));
@@ -337,6 +338,9 @@ export interface ClusterOptions {
   epoch?: number;
   primaryExtra?: string[];
   createExtra?: string[]; // more `blockwal create` flags for every node's volume
+  // Where the primary dials each replica (default its --repl-listen address;
+  // a test's relay between them, say). Asked once the replicas listen.
+  replicaAddress?: (r: ClusterNode) => Promise<string>;
 }
 
 export class Cluster {
@@ -362,7 +366,8 @@ export class Cluster {
     try {
       await Promise.all(cluster.nodes.map((n) => createVolume(n.dir, o.sizeBytes, o.createExtra)));
       await Promise.all(replicas.map((r) => r.start(r.replicaFlags())));
-      await primary.start(primary.primaryFlags({ replicas, durability: o.durability, ackTimeoutMs: o.ackTimeoutMs, epoch: o.epoch, extra: o.primaryExtra }));
+      const addresses = o.replicaAddress === undefined ? undefined : await Promise.all(replicas.map(o.replicaAddress));
+      await primary.start(primary.primaryFlags({ replicas, addresses, durability: o.durability, ackTimeoutMs: o.ackTimeoutMs, epoch: o.epoch, extra: o.primaryExtra }));
     } catch (err) {
       await cluster.dispose();
       throw err;
