@@ -16,6 +16,9 @@
 //               then its status (`blockwal status PDIR --json`, read from the
 //               control socket by lib/repl_servers.ts) is polled until the
 //               replica is 'streaming'. Primary and replica talk over loopback TCP.
+// BENCH_REPL_REPLICA_DIR puts the replica's volume in a directory of its own
+// there instead (on a machine with a second disk: the replica's writes then
+// do not compete with the primary's for one disk, as on two machines).
 // Both sides get the same prefill first: one sequential pass of 1 MiB writes
 // at qd 8 over the whole export (BENCH_REPL_GIB GiB, default 0.5).
 //
@@ -218,6 +221,8 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
   const maxRounds = maxRoundsFromEnv(process.env, rounds);
   const profileDir = profileDirFromEnv(process.env);
   checkFreeSpace(ctx.dir, volumeBytes);
+  const replicaRoot = replicaRootFromEnv(process.env);
+  if (replicaRoot !== null) checkFreeSpace(replicaRoot, volumeBytes, 1);
   const loadavgStart = loadAverages();
   ctx.log(`loadavg at start: ${loadavgStart}; export ${volumeBytes / MIB} MiB${profileDir === null ? '' : `; cpu profiles to ${profileDir}`}`);
 
@@ -225,9 +230,12 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
   const pairs: Chosen[] = [];
   let rtt: RttFigures;
   let checksum: string;
+  // The replica's volume: beside the others, or in a directory of its own
+  // (removed at the end) under BENCH_REPL_REPLICA_DIR.
+  const replicaDir = replicaRoot === null ? path.join(ctx.dir, 'replica') : fs.mkdtempSync(path.join(replicaRoot, 'blockwal-bench-replica-'));
   try {
     sides.push(await startSingle(ctx, volumeBytes, profileDir, startedAt));
-    sides.push(await startReplicated(ctx, volumeBytes, profileDir, startedAt));
+    sides.push(await startReplicated(ctx, volumeBytes, profileDir, startedAt, replicaDir));
     for (const side of sides) await prefill(ctx, side, volumeBytes);
     await ctx.settle();
     rtt = await measureLoopbackRtt();
@@ -262,10 +270,11 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
   } finally {
     // After a clean run this only reports the exits; after a failure it stops what still runs.
     for (const ended of await stopServers(sides)) ctx.log(`stopped: ${ended}`);
+    if (replicaRoot !== null) fs.rmSync(replicaDir, { recursive: true, force: true });
   }
   const loadavgEnd = loadAverages();
   ctx.log(`loadavg at end: ${loadavgEnd}`);
-  return report({ startedAt, fio, volumeBytes, loadavgStart, loadavgEnd, pairs, rtt, rounds, maxRounds, checksum, profileDir });
+  return report({ startedAt, fio, volumeBytes, loadavgStart, loadavgEnd, pairs, rtt, rounds, maxRounds, checksum, profileDir, replicaRoot });
 }
 
 interface ReportInput {
@@ -280,6 +289,7 @@ interface ReportInput {
   readonly maxRounds: number;
   readonly checksum: string;
   readonly profileDir: string | null;
+  readonly replicaRoot: string | null;
 }
 
 function report(r: ReportInput): BenchResult {
@@ -303,6 +313,7 @@ function report(r: ReportInput): BenchResult {
       loadavgStart: r.loadavgStart,
       loadavgEnd: r.loadavgEnd,
       ...(r.profileDir === null ? {} : { cpuProfiles: r.profileDir }),
+      ...(r.replicaRoot === null ? {} : { replicaDir: r.replicaRoot }),
     },
     anchors: [...r.pairs.map((p) => p.single.figure), rttFigure],
     subjects: r.pairs.map((p) => p.replicated.figure),
@@ -327,6 +338,9 @@ function report(r: ReportInput): BenchResult {
       'host ceiling (no target): the same with the machine-wide CPU per write from /proc/stat (busy time of all CPUs, steal excluded, so the kernel\'s interrupt and softirq work counts too) and only the CPU the hypervisor did not steal; each window\'s detail gives its host line',
       cpuNote(r.pairs),
       ...(r.profileDir === null ? [] : [`servers ran under node --cpu-prof (profiles in ${r.profileDir}): figures carry the profiler's overhead`]),
+      ...(r.replicaRoot === null
+        ? ['the replica\'s volume shares the disk of the single node and the primary']
+        : [`the replica's volume lived under ${r.replicaRoot} (BENCH_REPL_REPLICA_DIR), not on the disk of the single node and the primary; each window's disk line counts only that disk`]),
     ],
   };
 }
@@ -338,6 +352,15 @@ function volumeBytesFromEnv(env: NodeJS.ProcessEnv): number {
   const bytes = Math.round(gib * 1024) * MIB;
   if (bytes < MIN_VOLUME_BYTES) throw new RangeError(`BENCH_REPL_GIB=${raw} is below ${MIN_VOLUME_BYTES / MIB} MiB`);
   return bytes;
+}
+
+// BENCH_REPL_REPLICA_DIR: an existing directory (on a second disk, say) for
+// the replica's volume; null when unset.
+function replicaRootFromEnv(env: NodeJS.ProcessEnv): string | null {
+  const raw = env.BENCH_REPL_REPLICA_DIR;
+  if (raw === undefined || raw === '') return null;
+  if (!fs.statSync(raw, { throwIfNoEntry: false })?.isDirectory()) throw new RangeError(`BENCH_REPL_REPLICA_DIR must name an existing directory, got '${raw}'`);
+  return path.resolve(raw);
 }
 
 function roundsFromEnv(env: NodeJS.ProcessEnv): number {
@@ -393,10 +416,10 @@ function idleBusyPct(profileDir: string | null): number {
   return profileDir === null ? IDLE_BUSY_PCT : IDLE_BUSY_PCT_PROFILED;
 }
 
-function checkFreeSpace(dir: string, volumeBytes: number): void {
+function checkFreeSpace(dir: string, volumeBytes: number, volumes = VOLUME_COUNT): void {
   const st = fs.statfsSync(dir);
   const freeBytes = st.bavail * st.bsize;
-  const neededBytes = VOLUME_COUNT * (volumeBytes + WAL_MAX_BYTES) + FREE_SPACE_MARGIN_BYTES;
+  const neededBytes = volumes * (volumeBytes + WAL_MAX_BYTES) + FREE_SPACE_MARGIN_BYTES;
   if (freeBytes < neededBytes) {
     throw new BenchSkipped(`not enough space in ${dir}: ${fmt(freeBytes / MIB)} MiB free, ${fmt(neededBytes / MIB)} MiB needed`);
   }
@@ -417,8 +440,7 @@ async function startSingle(ctx: BenchContext, volumeBytes: number, profileDir: s
   return { name: 'single', uri: nbdUnixUri(socket, EXPORT_NAME), front: { dir, server }, replica: null, idleBusyPct: idleBusyPct(profileDir) };
 }
 
-async function startReplicated(ctx: BenchContext, volumeBytes: number, profileDir: string | null, startedAt: string): Promise<Side> {
-  const replicaDir = path.join(ctx.dir, 'replica');
+async function startReplicated(ctx: BenchContext, volumeBytes: number, profileDir: string | null, startedAt: string, replicaDir: string): Promise<Side> {
   const primaryDir = path.join(ctx.dir, 'primary');
   await createVolume(replicaDir, volumeBytes);
   await createVolume(primaryDir, volumeBytes);
