@@ -14,10 +14,10 @@
 // flipped one way (the receiver must refuse the frame and close the link
 // within 15 s), or nothing forwarded for 0.2-8 s with the connection left
 // open (past the 1 s ack timeout, and at times past the links' 5 s idle
-// timeout, when both ends close it). Afterwards every replica must stream at the primary's head with the
-// same apply checksum, every node must stop cleanly (exit 0) with the same
-// `blockwal checksum`, fio must have found nothing wrong in what it read,
-// and no node may have logged an error.
+// timeout, when both ends close it). Afterwards every replica must stream
+// at the primary's head with the same apply checksum, every node must stop
+// cleanly (exit 0) with the same `blockwal checksum`, fio must have found
+// nothing wrong in what it read, and no node may have logged an error.
 //
 // BLOCKWAL_CHAOS_SECONDS (default 40), BLOCKWAL_CHAOS_SEED (default 717) and
 // BLOCKWAL_CHAOS_DURABILITY (default sync_all) make it run longer, another

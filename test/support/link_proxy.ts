@@ -1,11 +1,13 @@
 // A TCP relay on 127.0.0.1 between a primary and one replica, for link
 // faults under load: the primary dials the relay's address, the relay dials
-// the replica's. It can cut every connection through it (both ends reset), flip one
-// byte of the next chunk going one way, or stall: forward nothing for a
-// while with both connections left open, as a link that stops delivering
-// without closing does.
+// the replica's. It can cut every connection through it (both ends reset),
+// flip one byte of the next chunk going one way, or stall: forward nothing
+// for a while with both connections left open, as a link that stops
+// delivering without closing does.
 import * as assert from 'node:assert/strict';
 import * as net from 'node:net';
+
+import { parseHostPort } from '../../lib/cli/args';
 
 export type LinkDirection = 'to_replica' | 'to_primary';
 
@@ -25,8 +27,6 @@ export class LinkProxy {
   private readonly pairs = new Set<Pair>();
   private stalled = false;
   private corruption: Corruption | undefined;
-  // Bytes relayed each way, for a test's diagnostics.
-  readonly bytes = { to_replica: 0, to_primary: 0 };
 
   private constructor(
     private readonly server: net.Server,
@@ -51,18 +51,12 @@ export class LinkProxy {
     return `${a.address}:${a.port}`;
   }
 
-  get connections(): number {
-    return this.pairs.size;
-  }
-
-  // Resets every connection through the relay; returns how many there were.
-  cut(): number {
-    const n = this.pairs.size;
+  // Resets every connection through the relay.
+  cut(): void {
     for (const pair of this.pairs) {
       pair.primary.resetAndDestroy();
       pair.replica.resetAndDestroy();
     }
-    return n;
   }
 
   // Flips one byte (at that fraction) of the next chunk relayed that way and waits up to
@@ -114,8 +108,7 @@ export class LinkProxy {
   }
 
   private accept(primary: net.Socket): void {
-    const [host, port] = splitAddress(this.target());
-    const replica = net.connect({ host, port });
+    const replica = net.connect(parseHostPort(this.target(), 'relay target'));
     let closedCount = 0;
     let markClosed!: () => void;
     const pair: Pair = { primary, replica, closed: new Promise<void>((resolve) => (markClosed = resolve)) };
@@ -151,7 +144,6 @@ export class LinkProxy {
         chunk[at] = chunk[at]! ^ 0x5a;
         c.hit(pair);
       }
-      this.bytes[direction] += chunk.length;
       if (!to.write(chunk)) {
         from.pause();
         to.once('drain', () => {
@@ -160,9 +152,4 @@ export class LinkProxy {
       }
     });
   }
-}
-
-function splitAddress(address: string): [string, number] {
-  const at = address.lastIndexOf(':');
-  return [address.slice(0, at), Number(address.slice(at + 1))];
 }
