@@ -220,8 +220,8 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
   const rounds = roundsFromEnv(process.env);
   const maxRounds = maxRoundsFromEnv(process.env, rounds);
   const profileDir = profileDirFromEnv(process.env);
-  checkFreeSpace(ctx.dir, volumeBytes);
   const replicaRoot = replicaRootFromEnv(process.env);
+  checkFreeSpace(ctx.dir, volumeBytes, replicaRoot === null ? VOLUME_COUNT : VOLUME_COUNT - 1);
   if (replicaRoot !== null) checkFreeSpace(replicaRoot, volumeBytes, 1);
   const loadavgStart = loadAverages();
   ctx.log(`loadavg at start: ${loadavgStart}; export ${volumeBytes / MIB} MiB${profileDir === null ? '' : `; cpu profiles to ${profileDir}`}`);
@@ -274,7 +274,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
   }
   const loadavgEnd = loadAverages();
   ctx.log(`loadavg at end: ${loadavgEnd}`);
-  return report({ startedAt, fio, volumeBytes, loadavgStart, loadavgEnd, pairs, rtt, rounds, maxRounds, checksum, profileDir, replicaRoot });
+  return report({ startedAt, fio, volumeBytes, loadavgStart, loadavgEnd, pairs, rtt, rounds, maxRounds, checksum, profileDir, replicaRoot, replicaApart: replicaRoot !== null && fs.statSync(replicaRoot).dev !== fs.statSync(ctx.dir).dev });
 }
 
 interface ReportInput {
@@ -290,6 +290,7 @@ interface ReportInput {
   readonly checksum: string;
   readonly profileDir: string | null;
   readonly replicaRoot: string | null;
+  readonly replicaApart: boolean; // replicaRoot is on another device than the scratch dir
 }
 
 function report(r: ReportInput): BenchResult {
@@ -340,7 +341,11 @@ function report(r: ReportInput): BenchResult {
       ...(r.profileDir === null ? [] : [`servers ran under node --cpu-prof (profiles in ${r.profileDir}): figures carry the profiler's overhead`]),
       ...(r.replicaRoot === null
         ? ['the replica\'s volume shares the disk of the single node and the primary']
-        : [`the replica's volume lived under ${r.replicaRoot} (BENCH_REPL_REPLICA_DIR), not on the disk of the single node and the primary; each window's disk line counts only that disk`]),
+        : [
+            r.replicaApart
+              ? `the replica's volume lived under ${r.replicaRoot} (BENCH_REPL_REPLICA_DIR), on another file system than the single node and the primary; each window's disk line counts only theirs`
+              : `the replica's volume lived under ${r.replicaRoot} (BENCH_REPL_REPLICA_DIR), on the same file system as the single node and the primary`,
+          ]),
     ],
   };
 }
@@ -416,7 +421,7 @@ function idleBusyPct(profileDir: string | null): number {
   return profileDir === null ? IDLE_BUSY_PCT : IDLE_BUSY_PCT_PROFILED;
 }
 
-function checkFreeSpace(dir: string, volumeBytes: number, volumes = VOLUME_COUNT): void {
+function checkFreeSpace(dir: string, volumeBytes: number, volumes: number): void {
   const st = fs.statfsSync(dir);
   const freeBytes = st.bavail * st.bsize;
   const neededBytes = volumes * (volumeBytes + WAL_MAX_BYTES) + FREE_SPACE_MARGIN_BYTES;

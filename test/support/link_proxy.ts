@@ -59,10 +59,10 @@ export class LinkProxy {
     }
   }
 
-  // Flips one byte (at that fraction) of the next chunk relayed that way and waits up to
-  // deadlineMs for that connection to close (the receiver refusing what it
-  // got): 'closed', 'lived_on' when it did not, 'not_sent' when nothing went
-  // that way meanwhile.
+  // Flips one byte (at that fraction) of the next chunk relayed that way
+  // and waits up to deadlineMs for that connection to close (the receiver
+  // refusing what it got): 'closed', 'lived_on' when it did not, 'not_sent'
+  // when nothing went that way meanwhile.
   async corrupt(direction: LinkDirection, at: number, deadlineMs: number): Promise<'closed' | 'lived_on' | 'not_sent'> {
     assert.equal(this.corruption, undefined, 'one corruption at a time');
     let hitPair: Pair | undefined;
