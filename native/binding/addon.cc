@@ -13,6 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   blockwal::binding::init_lock(env, exports);
   blockwal::binding::init_extents(env, exports);
   blockwal::binding::init_memory(env, exports);
+  blockwal::binding::init_pipeline(env, exports);
   return exports;
 }
 

@@ -12,5 +12,6 @@ void init_bitmap(Napi::Env env, Napi::Object exports);      // bitmap_binding.cc
 void init_lock(Napi::Env env, Napi::Object exports);        // lock_binding.cc: flock for volume directories
 void init_extents(Napi::Env env, Napi::Object exports);     // extents_binding.cc: data ranges of sparse files
 void init_memory(Napi::Env env, Napi::Object exports);      // memory_binding.cc: buffers on huge pages
+void init_pipeline(Napi::Env env, Napi::Object exports);    // pipeline_binding.cc: CommitPipeline (test hook)
 
 }  // namespace blockwal::binding

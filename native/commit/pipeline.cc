@@ -15,7 +15,7 @@ void Pipeline::group_submitted(uint64_t lsn_first, uint64_t lsn_last, uint64_t f
   BW_ASSERT(!failed());
   BW_ASSERT(lsn_first == lsn_next_);
   BW_ASSERT(lsn_last >= lsn_first);
-  pending_.push_back(Entry{lsn_first, lsn_last, file, 0, dsync, State::in_flight});
+  pending_.push_back(Entry{lsn_first, lsn_last, file, clock_, 0, 0, dsync, State::in_flight});
   lsn_next_ = lsn_last + 1;
   in_flight_count_++;
 }
@@ -39,29 +39,41 @@ void Pipeline::group_completed(uint64_t lsn_first, int64_t result, int64_t expec
   }
   it->state = State::written;
   it->written_stamp = ++clock_;
+  it->first_written_stamp = it->written_stamp;
   merge_written_neighbours(static_cast<size_t>(it - pending_.begin()));
 }
 
-// Adjacent written ranges of one file become one entry: a later sync covering
-// the newer stamp covers both, so the merged stamp is the larger one. This keeps
-// pending_ bounded however many non-durable groups pile up before a flush.
+// Adjacent written ranges of one file become one entry, which keeps pending_
+// bounded however many non-durable groups pile up before a flush. The merged
+// stamp is the larger one, so only a sync covering both covers the merge:
+// ranges that a sync in flight tells apart (it covers one, not the other)
+// stay apart until it completes. Merging them would hand the older range the
+// newer stamp, and under a steady stream of group completions no sync would
+// ever cover it: the durable LSN would stall while a sync went out after
+// every group.
+bool Pipeline::mergeable(size_t a, size_t b) const {
+  const Entry& x = pending_[a];
+  const Entry& y = pending_[b];
+  if (x.state != State::written || y.state != State::written || x.file != y.file || x.lsn_last + 1 != y.lsn_first) {
+    return false;
+  }
+  return std::none_of(syncs_.begin(), syncs_.end(), [&](const Sync& s) {
+    return s.file == x.file && (s.stamp >= x.written_stamp) != (s.stamp >= y.written_stamp);
+  });
+}
+
+void Pipeline::merge_into(size_t index) {
+  Entry& x = pending_[index];
+  const Entry& y = pending_[index + 1];
+  x.lsn_last = y.lsn_last;
+  x.written_stamp = std::max(x.written_stamp, y.written_stamp);
+  x.first_written_stamp = std::min(x.first_written_stamp, y.first_written_stamp);
+  pending_.erase(pending_.begin() + static_cast<long>(index) + 1);
+}
+
 void Pipeline::merge_written_neighbours(size_t index) {
-  auto mergeable = [&](size_t a, size_t b) {
-    const Entry& x = pending_[a];
-    const Entry& y = pending_[b];
-    return x.state == State::written && y.state == State::written && x.file == y.file &&
-           x.lsn_last + 1 == y.lsn_first;
-  };
-  if (index + 1 < pending_.size() && mergeable(index, index + 1)) {
-    pending_[index].lsn_last = pending_[index + 1].lsn_last;
-    pending_[index].written_stamp = std::max(pending_[index].written_stamp, pending_[index + 1].written_stamp);
-    pending_.erase(pending_.begin() + static_cast<long>(index) + 1);
-  }
-  if (index > 0 && mergeable(index - 1, index)) {
-    pending_[index - 1].lsn_last = pending_[index].lsn_last;
-    pending_[index - 1].written_stamp = std::max(pending_[index - 1].written_stamp, pending_[index].written_stamp);
-    pending_.erase(pending_.begin() + static_cast<long>(index));
-  }
+  if (index + 1 < pending_.size() && mergeable(index, index + 1)) merge_into(index);
+  if (index > 0 && mergeable(index - 1, index)) merge_into(index - 1);
 }
 
 void Pipeline::request_durable(uint64_t lsn) {
@@ -79,12 +91,15 @@ bool Pipeline::sync_wanted(uint64_t* file) const {
       return s.file == e.file && s.stamp >= e.written_stamp;
     });
     if (covered) continue;
-    // Wait for earlier in-flight non-dsync groups of the same file, so one sync
-    // covers them all (concurrent flushes merge).
-    bool earlier_in_flight = std::any_of(pending_.begin(), pending_.end(), [&](const Entry& o) {
-      return o.state == State::in_flight && !o.dsync && o.file == e.file && o.lsn_first < e.lsn_first;
+    // Wait for the file's non-dsync groups up to the target that were in
+    // flight when this range's first write completed (earlier ones and
+    // later ones alike), so one sync covers them all: concurrent flushes
+    // merge. A group submitted after that point never holds the sync.
+    bool wait_for_in_flight = std::any_of(pending_.begin(), pending_.end(), [&](const Entry& o) {
+      return o.state == State::in_flight && !o.dsync && o.file == e.file && o.lsn_first <= lsn_durable_target_ &&
+             o.submit_stamp < e.first_written_stamp;
     });
-    if (earlier_in_flight) continue;
+    if (wait_for_in_flight) continue;
     *file = e.file;
     return true;
   }
@@ -111,6 +126,20 @@ void Pipeline::sync_completed(uint64_t sync_id, int64_t result) {
   std::erase_if(pending_, [&](const Entry& e) {
     return e.state == State::written && e.file == sync.file && e.written_stamp <= sync.stamp;
   });
+  // Ranges this sync told apart may merge now.
+  for (size_t i = pending_.size(); i-- > 1;) {
+    if (mergeable(i - 1, i)) merge_into(i - 1);
+  }
+}
+
+bool Pipeline::group_in_flight(uint64_t lsn_first) const {
+  return std::any_of(pending_.begin(), pending_.end(), [&](const Entry& e) {
+    return e.lsn_first == lsn_first && e.state == State::in_flight;
+  });
+}
+
+bool Pipeline::sync_in_flight(uint64_t sync_id) const {
+  return std::any_of(syncs_.begin(), syncs_.end(), [&](const Sync& s) { return s.id == sync_id; });
 }
 
 uint64_t Pipeline::lsn_written() const {

@@ -39,7 +39,12 @@ class Pipeline {
   // Asks for every LSN <= lsn to become durable.
   void request_durable(uint64_t lsn);
   // A file that needs an fdatasync now for the requested target, or false.
-  // Only asks when every group it would cover has completed its write.
+  // Only asks when every group it would cover has completed its write, and
+  // waits for the file's groups up to the target that were already in
+  // flight when the oldest of them completed: one sync then covers them
+  // all (on a disk without FUA each sync is a cache flush that stalls the
+  // whole queue). Groups submitted later never hold it back, so a stream of
+  // requests cannot postpone a sync for ever.
   bool sync_wanted(uint64_t* file) const;
   // An fdatasync of `file` was submitted; returns its id.
   uint64_t sync_submitted(uint64_t file);
@@ -52,9 +57,15 @@ class Pipeline {
   uint32_t groups_in_flight() const { return in_flight_count_; }
   uint32_t syncs_in_flight() const { return static_cast<uint32_t>(syncs_.size()); }
   bool failed() const { return failure_.err != 0; }
+  // Whether a group starting at lsn_first is in flight / a sync with this id
+  // is: the preconditions of group_completed and sync_completed, for callers
+  // that cannot vouch for them (the binding's test hook).
+  bool group_in_flight(uint64_t lsn_first) const;
+  bool sync_in_flight(uint64_t sync_id) const;
   const Failure& failure() const { return failure_; }
-  // Entries tracked (bounded: in-flight groups plus at most a few written
-  // ranges per file, since adjacent written ranges merge).
+  // Entries tracked (bounded: in-flight groups plus, per file, one written
+  // range more than the syncs in flight, since adjacent written ranges merge
+  // unless a sync in flight covers one and not the other).
   size_t pending_entries() const { return pending_.size(); }
 
  private:
@@ -63,7 +74,9 @@ class Pipeline {
     uint64_t lsn_first;
     uint64_t lsn_last;
     uint64_t file;
+    uint64_t submit_stamp;   // clock value when the write was submitted
     uint64_t written_stamp;  // clock value when the write completed
+    uint64_t first_written_stamp;  // the oldest written_stamp merged in
     bool dsync;
     State state;
   };
@@ -73,6 +86,8 @@ class Pipeline {
     uint64_t stamp;  // covers written entries with written_stamp <= stamp
   };
 
+  bool mergeable(size_t a, size_t b) const;
+  void merge_into(size_t index);
   void merge_written_neighbours(size_t index);
   void fail(int err, bool during_sync, uint64_t file);
 
