@@ -573,6 +573,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
   const frontStart = side.front.server.cpuSample();
   const replicaStart = side.replica?.server.cpuSample() ?? null;
   const acksStart = side.replica === null ? null : (await primaryStatus(side)).repl.ackWait;
+  const flushesStart = await walFlushCounts(side);
   const raw = await runNbdFio(job, ctx.dir).catch((err: unknown) => {
     for (const node of nodesOf(side)) node.server.assertAlive(); // a dead server explains fio's failure better
     throw err;
@@ -590,6 +591,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
     lag = lagOf(head, repl);
     acks = acksHeldText(acksStart!, repl.ackWait);
   }
+  const flushes = walFlushText(side, flushesStart, await walFlushCounts(side), front.wallMs / 1000);
   const deferred = await waitForIdle(ctx, side);
   const hostUse = hostUseOf(host, raw);
 
@@ -604,6 +606,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
     cpuText(side.front.server.name, front, deferred[0]!, requestsInRun),
     ...(replica === null ? [] : [cpuText('replica', replica, deferred[1]!, requestsInRun)]),
     ...(disk === null ? [] : [diskText(disk, (raw.ops * 1000) / raw.runtimeMs, 'write')]),
+    flushes,
     ...(hostUse === null ? [] : [hostText(hostUse)]),
     ...(kthreads === null || !(raw.iops > 0) ? [] : [kernelThreadsText(kthreads, raw.iops, 'write')]),
     ...(lag === null ? [] : [`replica ${lagText(lag)} after the window`, acks]),
@@ -662,6 +665,35 @@ function cpuText(name: string, cpu: ServerCpuDelta, deferred: ServerCpuDelta, re
     `${name} cpu µs/req ${perReq(cpu.totalUs)} (user ${perReq(cpu.userUs)} sys ${perReq(cpu.systemUs)}; ${threads || 'no threads'}; ` +
     `deferred ${perReq(deferred.totalUs)})`
   );
+}
+
+interface WalFlushCounts {
+  syncs: number;
+  dsyncGroups: number;
+}
+
+/** Each node's WAL fdatasyncs and RWF_DSYNC group writes so far, NBD server first. */
+async function walFlushCounts(side: Side): Promise<WalFlushCounts[]> {
+  const out: WalFlushCounts[] = [];
+  for (const node of nodesOf(side)) {
+    const volume = (await servers.servedStatus(node)).volumes[0];
+    assert(volume !== undefined, `blockwal status ${node.dir}: no volume`);
+    out.push({ syncs: volume.walSyncs, dsyncGroups: volume.walDsyncGroupWrites });
+  }
+  return out;
+}
+
+// Over the run (warm-up too), and per second of it: on a disk without FUA each
+// fdatasync and each RWF_DSYNC write is a cache flush, which stalls the
+// device's queue; the checkpoint's fdatasyncs of base.img are not counted.
+function walFlushText(side: Side, before: WalFlushCounts[], after: WalFlushCounts[], seconds: number): string {
+  const names = side.replica === null ? [side.front.server.name] : [side.front.server.name, 'replica'];
+  const parts = names.map((name, i) => {
+    const syncs = after[i]!.syncs - before[i]!.syncs;
+    const dsync = after[i]!.dsyncGroups - before[i]!.dsyncGroups;
+    return `${name} ${syncs} fdatasyncs + ${dsync} RWF_DSYNC groups (${fmt((syncs + dsync) / seconds)}/s)`;
+  });
+  return `WAL flushes: ${parts.join(', ')}`;
 }
 
 // What the replica added to acknowledgements over the run (warm-up too):
