@@ -774,17 +774,6 @@ export class Volume {
     return this.io.flush();
   }
 
-  // Resolves once every record up to lsn is durable: less than flush() when
-  // records keep being appended (a replica answering a SYNC for what it had
-  // received). lsn is at most lsnHead.
-  flushTo(lsn: number): Promise<void> {
-    this.checkOpen();
-    if (!Number.isSafeInteger(lsn) || lsn < 0 || lsn > this.lsnHead) {
-      throw new RangeError(`flushTo: LSN ${lsn} is not from 0 to the head ${this.lsnHead}`);
-    }
-    return this.io.flushTo(lsn);
-  }
-
   // Asks for the records up to lsn appended so far to become durable as they
   // are written (RWF_DSYNC), without waiting: a replica told that a flush
   // follows, before its WAL writes them.

@@ -702,16 +702,6 @@ export class VolumeIo {
     }
   }
 
-  // Durable up to lsn (appended already), not up to whatever is appended meanwhile.
-  async flushTo(lsn: number): Promise<void> {
-    this.checkWritable();
-    try {
-      await this.wal.waitDurable(lsn);
-    } catch (err) {
-      throw this.walFailed(err);
-    }
-  }
-
   // The block range [first, end) with the partial edge blocks' current content
   // around the new bytes.
   private async patched(first: number, end: number, offsetBytes: number, data: Uint8Array): Promise<Buffer> {

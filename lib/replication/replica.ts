@@ -411,12 +411,9 @@ class PrimaryLink {
     }
     this.flushing = true;
     // A SYNC covers every record received before it: those still waiting for
-    // WAL space (a burst) are written first, then made durable, up to the
-    // SYNC's LSN and no further. Records received since are not asked for:
-    // on a disk without FUA each further fdatasync or RWF_DSYNC write is a
-    // cache flush, and the next SYNC covers them.
+    // WAL space (a burst) are written first, then made durable.
     const received = (this.lastAppend ?? Promise.resolve(0)).catch(() => 0);
-    received.then(() => this.volume.flushTo(Math.min(this.lsnSyncAhead, this.volume.lsnHead))).then(
+    received.then(() => this.volume.flush()).then(
       () => {
         this.flushing = false;
         // The primary's FLUSH waits on this: tell it now, not a turn later.

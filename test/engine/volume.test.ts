@@ -350,18 +350,3 @@ test('a whole-block write called after a trim that waits behind a sub-block writ
     });
   }
 });
-
-test('flushTo makes the records up to its LSN durable; an LSN past the head is refused; a failed WAL rejects it', () =>
-  withVolume(async (vol) => {
-    await vol.write(0, Buffer.alloc(4096, 1));
-    const first = vol.lsnHead;
-    await vol.write(4096, Buffer.alloc(4096, 2));
-    assert.ok(vol.lsnDurable < first, 'plain writes are not durable yet');
-    await vol.flushTo(first);
-    assert.ok(vol.lsnDurable >= first, `durable ${vol.lsnDurable} after flushTo(${first})`);
-    assert.throws(() => vol.flushTo(vol.lsnHead + 1), RangeError);
-    assert.throws(() => vol.flushTo(-1), RangeError);
-    vol.ring.injectFault({ kind: OpKind.write, purpose: OpPurpose.walGroup, errno: 5 });
-    await assert.rejects(vol.write(8192, Buffer.alloc(4096, 3)), { code: 'ERR_WAL_FATAL' });
-    await assert.rejects(vol.flushTo(first), { code: 'ERR_VOLUME_FAILED' });
-  }));
