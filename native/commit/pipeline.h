@@ -63,9 +63,10 @@ class Pipeline {
   bool group_in_flight(uint64_t lsn_first) const;
   bool sync_in_flight(uint64_t sync_id) const;
   const Failure& failure() const { return failure_; }
-  // Entries tracked (bounded: in-flight groups plus, per file, one written
-  // range more than the syncs in flight, since adjacent written ranges merge
-  // unless a sync in flight covers one and not the other).
+  // Entries tracked: in-flight groups and written ranges not yet durable.
+  // Adjacent written ranges of a file merge unless a sync in flight covers
+  // one and not the other; a completed RWF_DSYNC group leaves a gap between
+  // its neighbours until a sync covers them.
   size_t pending_entries() const { return pending_.size(); }
 
  private:
