@@ -40,6 +40,11 @@
 // ping-pong between this process and a child Node process (an echo server),
 // the median of RTT_ROUND_TRIPS; both ends wake an event loop, as blockwal's
 // primary and replica do.
+// In each round of the qd32 workloads, after the two windows, the single node
+// and a twin (its own volume, prefilled alike) are written at once, each by its
+// own fio with the same job: what this machine gives each of two nodes sharing
+// its CPUs and disk with nothing passing between them (no target; the pair's
+// ratio to it is what replication itself costs).
 // Targets (replicated / single, same run): randwrite qd32 IOPS ≥ 0.7,
 // randwrite fsync=1 qd32 IOPS ≥ 0.6, and at qd 1 a p50 latency at most
 // 1.25 × (single p50 + loopback RTT p50).
@@ -97,8 +102,8 @@ const MIN_VOLUME_BYTES = 64 * MIB;
 /** The engine's default WAL can grow to 64 × 64 MiB before it must checkpoint. */
 const WAL_MAX_BYTES = 4096 * MIB;
 const FREE_SPACE_MARGIN_BYTES = 512 * MIB;
-/** single, primary and replica each hold a base image and a WAL. */
-const VOLUME_COUNT = 3;
+/** single, twin, primary and replica each hold a base image and a WAL. */
+const VOLUME_COUNT = 4;
 const EXPORT_NAME = 'bench';
 const PREFILL_BS_BYTES = MIB;
 const PREFILL_IODEPTH = 8;
@@ -122,7 +127,7 @@ const server = net.createServer((s) => { s.setNoDelay(true); s.on('data', (d) =>
 server.listen(0, '${LOOPBACK_HOST}', () => process.stderr.write('echo listening on ' + server.address().port + '\\n'));
 `;
 
-type SideName = 'single' | 'replicated';
+type SideName = 'single' | 'twin' | 'replicated';
 
 interface Workload {
   readonly id: string;
@@ -133,12 +138,14 @@ interface Workload {
   readonly minRatio: number | null;
   /** Whether the p50 latency has a target. */
   readonly latencyTarget: boolean;
+  /** Whether each round also writes two single nodes at once (the host's bound for two nodes). */
+  readonly sideBySide: boolean;
 }
 
 const WORKLOADS: readonly Workload[] = [
-  { id: 'randwrite-4k-qd32', label: 'randwrite 4k qd32', iodepth: 32, fsyncEvery: 0, minRatio: RANDWRITE_QD32_MIN, latencyTarget: false },
-  { id: 'randwrite-4k-qd32-fsync1', label: 'randwrite 4k qd32 fsync=1', iodepth: 32, fsyncEvery: 1, minRatio: FSYNC_QD32_MIN, latencyTarget: false },
-  { id: 'randwrite-4k-qd1', label: 'randwrite 4k qd1', iodepth: 1, fsyncEvery: 0, minRatio: null, latencyTarget: true },
+  { id: 'randwrite-4k-qd32', label: 'randwrite 4k qd32', iodepth: 32, fsyncEvery: 0, minRatio: RANDWRITE_QD32_MIN, latencyTarget: false, sideBySide: true },
+  { id: 'randwrite-4k-qd32-fsync1', label: 'randwrite 4k qd32 fsync=1', iodepth: 32, fsyncEvery: 1, minRatio: FSYNC_QD32_MIN, latencyTarget: false, sideBySide: true },
+  { id: 'randwrite-4k-qd1', label: 'randwrite 4k qd1', iodepth: 1, fsyncEvery: 0, minRatio: null, latencyTarget: true, sideBySide: false },
 ];
 
 interface Side {
@@ -186,6 +193,18 @@ interface Pair {
   readonly w: Workload;
   readonly single: Measured;
   readonly replicated: Measured;
+  /** The single node and its twin written at once, each by its own fio (workloads with sideBySide). */
+  readonly sideBySide: SideBySide | null;
+}
+
+// Two single nodes written at once, each by its own fio job with the
+// workload's queue depth: what this machine gives each of two nodes that
+// share its CPUs and its disk, as a primary and its replica on one host do,
+// with nothing shipped between them.
+interface SideBySide {
+  /** value = the two nodes' mean IOPS. */
+  readonly figure: Figure;
+  readonly iops: readonly [number, number];
 }
 
 /** The round reported for a workload, and every round's ratio (and whether it was noisy) in the order run. */
@@ -209,7 +228,7 @@ interface RttFigures {
 export const bench: Bench = {
   name: 'replication',
   description:
-    'fio nbd engine against a blockwal primary with one replica (sync_all, loopback) and a single blockwal node: 4k randwrite qd32, qd32 fsync=1, qd1 p50 vs loopback RTT; the median of BENCH_REPL_ROUNDS quiet rounds (default 3, at most BENCH_REPL_MAX_ROUNDS in all, default 7) (BENCH_REPL_GIB, default 0.5)',
+    'fio nbd engine against a blockwal primary with one replica (sync_all, loopback) and a single blockwal node: 4k randwrite qd32, qd32 fsync=1, qd1 p50 vs loopback RTT; at qd32 also two single nodes written at once (what the machine gives each of two nodes); the median of BENCH_REPL_ROUNDS quiet rounds (default 3, at most BENCH_REPL_MAX_ROUNDS in all, default 7) (BENCH_REPL_GIB, default 0.5)',
   run,
 };
 
@@ -221,8 +240,9 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
   const maxRounds = maxRoundsFromEnv(process.env, rounds);
   const profileDir = profileDirFromEnv(process.env);
   const replicaRoot = replicaRootFromEnv(process.env);
-  checkFreeSpace(ctx.dir, volumeBytes, replicaRoot === null ? VOLUME_COUNT : VOLUME_COUNT - 1);
-  if (replicaRoot !== null) checkFreeSpace(replicaRoot, volumeBytes, 1);
+  // Under BENCH_REPL_REPLICA_DIR the replica and the twin live there.
+  checkFreeSpace(ctx.dir, volumeBytes, replicaRoot === null ? VOLUME_COUNT : VOLUME_COUNT - 2);
+  if (replicaRoot !== null) checkFreeSpace(replicaRoot, volumeBytes, 2);
   const loadavgStart = loadAverages();
   ctx.log(`loadavg at start: ${loadavgStart}; export ${volumeBytes / MIB} MiB${profileDir === null ? '' : `; cpu profiles to ${profileDir}`}`);
 
@@ -231,16 +251,19 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
   let rtt: RttFigures;
   let checksum: string;
   // The replica's volume: beside the others, or in a directory of its own
-  // (removed at the end) under BENCH_REPL_REPLICA_DIR.
+  // (removed at the end) under BENCH_REPL_REPLICA_DIR; the twin's goes with
+  // it, so the two single nodes side by side sit on the pair's disks.
   const replicaDir = replicaRoot === null ? path.join(ctx.dir, 'replica') : fs.mkdtempSync(path.join(replicaRoot, 'blockwal-bench-replica-'));
+  const twinDir = replicaRoot === null ? path.join(ctx.dir, 'twin') : path.join(replicaDir, 'twin');
   try {
-    sides.push(await startSingle(ctx, volumeBytes, profileDir, startedAt));
+    sides.push(await startSingle(ctx, 'single', path.join(ctx.dir, 'single'), volumeBytes, profileDir, startedAt));
     sides.push(await startReplicated(ctx, volumeBytes, profileDir, startedAt, replicaDir));
+    if (WORKLOADS.some((w) => w.sideBySide)) sides.push(await startSingle(ctx, 'twin', twinDir, volumeBytes, profileDir, startedAt));
     for (const side of sides) await prefill(ctx, side, volumeBytes);
     await ctx.settle();
     rtt = await measureLoopbackRtt();
     ctx.log(`loopback rtt ${RTT_MESSAGE_BYTES} B: p50 ${fmt(rtt.p50Us)} µs, p99 ${fmt(rtt.p99Us)} µs over ${rtt.roundTrips} round trips`);
-    const [single, replicated] = sides as [Side, Side];
+    const [single, replicated, twin] = sides as [Side, Side, Side | undefined];
     for (const [i, w] of WORKLOADS.entries()) {
       const tried: Pair[] = [];
       const outcomes: RoundOutcome[] = [];
@@ -250,12 +273,14 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
         const second = first === single ? replicated : single;
         const a = await measure(ctx, first, w, volumeBytes);
         const b = await measure(ctx, second, w, volumeBytes);
-        const pair = first === single ? { w, single: a, replicated: b } : { w, single: b, replicated: a };
+        // After the round's two windows: it is not part of the ratio the target judges.
+        const sideBySide = w.sideBySide ? await measureSideBySide(ctx, [single, twin!], w, volumeBytes) : null;
+        const pair = first === single ? { w, single: a, replicated: b, sideBySide } : { w, single: b, replicated: a, sideBySide };
         const outcome = roundOutcome(pair, rtt);
         tried.push(pair);
         outcomes.push(outcome);
         const noisyText = outcome.noisy ? ` (noisy: other load above ${NOISY_OTHER_LOAD_PCT} %, ${quietRounds(outcomes)} of ${rounds} quiet rounds so far)` : '';
-        ctx.log(`round ${round + 1} ${summaryLine(pair, rtt)}; ${windowLoadText(pair)}${noisyText}`);
+        ctx.log(`round ${round + 1} ${summaryLine(pair, rtt)}; ${windowLoadText(pair)}${noisyText}${sideBySideText(pair)}`);
       }
       const picked = reportedRound(outcomes, !w.latencyTarget);
       const chosen: Chosen = { ...tried[picked.index]!, rounds: outcomes, roundPairs: tried, quiet: picked.quiet, over: picked.over };
@@ -316,11 +341,19 @@ function report(r: ReportInput): BenchResult {
       ...(r.profileDir === null ? {} : { cpuProfiles: r.profileDir }),
       ...(r.replicaRoot === null ? {} : { replicaDir: r.replicaRoot }),
     },
-    anchors: [...r.pairs.map((p) => p.single.figure), rttFigure],
+    anchors: [...r.pairs.map((p) => p.single.figure), ...r.pairs.flatMap((p) => (p.sideBySide === null ? [] : [p.sideBySide.figure])), rttFigure],
     subjects: r.pairs.map((p) => p.replicated.figure),
     ratios: [
       ...r.pairs.map((p) => ratio(`${p.w.label}: replicated/single`, p.replicated.figure, p.single.figure, '>=', p.w.minRatio)),
       ...r.pairs.filter((p) => p.w.latencyTarget).map((p) => latencyRatio(p, r.rtt)),
+      ...r.pairs.flatMap((p) =>
+        p.sideBySide === null
+          ? []
+          : [
+              ratio(`${p.w.label}: two single nodes side by side, per node/single`, p.sideBySide.figure, p.single.figure, '>=', null),
+              ratio(`${p.w.label}: replicated/two single nodes side by side, per node`, p.replicated.figure, p.sideBySide.figure, '>=', null),
+            ],
+      ),
       ...r.pairs.map((p) => cpuRatio(`${p.w.label} primary cpu/request: replicated/single`, p, false)),
       ...r.pairs.map((p) => cpuRatio(`${p.w.label} primary+replica cpu/request: replicated/single`, p, true)),
       ...r.pairs.filter((p) => p.w.minRatio !== null).map((p) => cpuCeiling(p)),
@@ -338,13 +371,14 @@ function report(r: ReportInput): BenchResult {
       `cpu ceiling (no target): the replicated IOPS this machine's ${os.availableParallelism()} CPUs could carry at the CPU one write took (primary + replica + fio, each per write: a server's µs per request × requests per write), over the single node's IOPS; below a target, that target needs less CPU per write, not only shorter waits`,
       'host ceiling (no target): the same with the machine-wide CPU per write from /proc/stat (busy time of all CPUs, steal excluded, so the kernel\'s interrupt and softirq work counts too) and only the CPU the hypervisor did not steal; each window\'s detail gives its host line',
       cpuNote(r.pairs),
+      'two single nodes side by side (no target): in each round of a workload marked so, after its two windows, the single node and a second one (twin, its own volume on the same disk, prefilled alike) were written at once, each by its own fio with the workload\'s job; the figure is their mean IOPS. A replicated write is a write on each of two nodes that share this machine\'s CPUs and disk; this is what the machine gives each of two nodes when nothing passes between them, and the pair\'s ratio to it is what replication itself costs',
       ...(r.profileDir === null ? [] : [`servers ran under node --cpu-prof (profiles in ${r.profileDir}): figures carry the profiler's overhead`]),
       ...(r.replicaRoot === null
         ? ['the replica\'s volume shares the disk of the single node and the primary']
         : [
             r.replicaApart
-              ? `the replica's volume lived under ${r.replicaRoot} (BENCH_REPL_REPLICA_DIR), on another file system than the single node and the primary; each window's disk line counts only theirs`
-              : `the replica's volume lived under ${r.replicaRoot} (BENCH_REPL_REPLICA_DIR), on the same file system as the single node and the primary`,
+              ? `the replica's and the twin's volumes lived under ${r.replicaRoot} (BENCH_REPL_REPLICA_DIR), on another file system than the single node and the primary; each window's disk line counts only theirs`
+              : `the replica's and the twin's volumes lived under ${r.replicaRoot} (BENCH_REPL_REPLICA_DIR), on the same file system as the single node and the primary`,
           ]),
     ],
   };
@@ -404,7 +438,9 @@ function windowLoadText(p: Pair): string {
 
 function roundsText(p: Chosen): string {
   const what = p.w.latencyTarget ? 'p50 ratio' : 'IOPS ratio';
-  const byRound = p.rounds.map((o, i) => `${fmt(o.ratio)}× (${o.noisy ? 'noisy; ' : ''}${windowLoadText(p.roundPairs[i]!)})`).join(', ');
+  const sideBySide = (q: Pair): string =>
+    q.sideBySide === null ? '' : `; side by side ${fmt(q.sideBySide.figure.value / q.single.figure.value)}× single, replicated ${fmt(q.replicated.figure.value / q.sideBySide.figure.value)}× of it`;
+  const byRound = p.rounds.map((o, i) => `${fmt(o.ratio)}× (${o.noisy ? 'noisy; ' : ''}${windowLoadText(p.roundPairs[i]!)}${sideBySide(p.roundPairs[i]!)})`).join(', ');
   const from = p.quiet ? `the median of ${p.over} quiet round(s)` : `no quiet round: the median of all ${p.over}`;
   return `${what} by round ${byRound}; reported: ${from}`;
 }
@@ -430,19 +466,18 @@ function checkFreeSpace(dir: string, volumeBytes: number, volumes: number): void
   }
 }
 
-async function startSingle(ctx: BenchContext, volumeBytes: number, profileDir: string | null, startedAt: string): Promise<Side> {
-  const dir = path.join(ctx.dir, 'single');
+async function startSingle(ctx: BenchContext, name: 'single' | 'twin', dir: string, volumeBytes: number, profileDir: string | null, startedAt: string): Promise<Side> {
   await createVolume(dir, volumeBytes);
-  const socket = socketPath(ctx.dir, 'single.sock');
+  const socket = socketPath(ctx.dir, `${name}.sock`);
   const server = await ServerProcess.start({
-    name: 'single',
+    name,
     command: process.execPath,
-    args: blockwalArgs('single', profileDir, startedAt, ['serve', dir, '--nbd', `unix:${socket}`, '--export', EXPORT_NAME]),
+    args: blockwalArgs(name, profileDir, startedAt, ['serve', dir, '--nbd', `unix:${socket}`, '--export', EXPORT_NAME]),
     ready: (stderr) => stderr.includes(`on unix:${socket}\n`),
     readyTimeoutMs: READY_TIMEOUT_MS,
   });
-  ctx.log(`single pid ${server.pid} serving ${dir} on ${socket}`);
-  return { name: 'single', uri: nbdUnixUri(socket, EXPORT_NAME), front: { dir, server }, replica: null, idleBusyPct: idleBusyPct(profileDir) };
+  ctx.log(`${name} pid ${server.pid} serving ${dir} on ${socket}`);
+  return { name, uri: nbdUnixUri(socket, EXPORT_NAME), front: { dir, server }, replica: null, idleBusyPct: idleBusyPct(profileDir) };
 }
 
 async function startReplicated(ctx: BenchContext, volumeBytes: number, profileDir: string | null, startedAt: string, replicaDir: string): Promise<Side> {
@@ -552,9 +587,10 @@ async function prefill(ctx: BenchContext, side: Side, volumeBytes: number): Prom
   );
 }
 
-async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: number): Promise<Measured> {
-  const job: NbdFioJob = {
-    name: `${side.name}-${w.id}`,
+/** A measured window's fio job against one side: the workload over the whole export. */
+function windowJob(ctx: BenchContext, name: string, side: Side, w: Workload, volumeBytes: number): NbdFioJob {
+  return {
+    name,
     uri: side.uri,
     rw: 'randwrite',
     bsBytes: BLOCK_BYTES,
@@ -564,6 +600,10 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
     runtimeMs: ctx.measureMs,
     rampMs: ctx.warmupMs,
   };
+}
+
+async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: number): Promise<Measured> {
+  const job = windowJob(ctx, `${side.name}-${w.id}`, side, w, volumeBytes);
   await ctx.settle();
   const loadavg = loadAverages();
   ctx.log(`measuring ${side.name} ${w.label} for ${ctx.measureMs / 1000} s (loadavg ${loadavg})`);
@@ -593,7 +633,7 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
   }
   const flushes = walFlushText(side, flushesStart, await walFlushCounts(side), front.wallMs / 1000);
   const deferred = await waitForIdle(ctx, side);
-  const hostUse = hostUseOf(host, raw);
+  const hostUse = hostUseOf(host, raw.iops);
 
   // Requests the whole run carried (start-up and warm-up too), at the window's rate.
   const requestsInRun = (raw.requests / raw.runtimeMs) * front.wallMs;
@@ -631,13 +671,74 @@ async function measure(ctx: BenchContext, side: Side, w: Workload, volumeBytes: 
   };
 }
 
+// The single node and its twin written at once, each by its own fio with the
+// workload's job: two fio processes started together, the warm-up covering
+// the gap between their starts.
+async function measureSideBySide(ctx: BenchContext, nodes: readonly [Side, Side], w: Workload, volumeBytes: number): Promise<SideBySide> {
+  const jobs = nodes.map((side) => windowJob(ctx, `${side.name}-${w.id}-side-by-side`, side, w, volumeBytes));
+  await ctx.settle();
+  const loadavg = loadAverages();
+  ctx.log(`measuring ${nodes.map((n) => n.name).join(' and ')} side by side, ${w.label} on each, for ${ctx.measureMs / 1000} s (loadavg ${loadavg})`);
+  const hostStart = cpuSnapshot();
+  const diskStart = diskSnapshot(ctx.dir);
+  const starts = nodes.map((side) => side.front.server.cpuSample());
+  const raws = await Promise.all(
+    jobs.map((job, i) =>
+      runNbdFio(job, ctx.dir).catch((err: unknown) => {
+        nodes[i]!.front.server.assertAlive();
+        throw err;
+      }),
+    ),
+  );
+  const cpus = nodes.map((side, i) => cpuBetween(starts[i]!, side.front.server.cpuSample()));
+  const host = cpuSince(hostStart);
+  const disk = diskSince(diskStart);
+  for (const side of nodes) await waitForIdle(ctx, side);
+  const iops = [raws[0]!.iops, raws[1]!.iops] as const;
+  const totalIops = iops[0] + iops[1];
+  const hostUse = hostUseOf(host, totalIops);
+  const serverPct = cpus.reduce((sum, c) => sum + (100 * c.totalUs) / (c.wallMs * 1000), 0);
+  const fioPct = raws.reduce((sum, r) => sum + r.usrCpuPct + r.sysCpuPct, 0);
+  const perNode = nodes.map((side, i) => {
+    const r = raws[i]!;
+    const requestsInRun = (r.requests / r.runtimeMs) * cpus[i]!.wallMs;
+    return `${side.name} ${fmt(r.iops)} IOPS, p50 ${fmt(r.latNs.p50 / 1000)} µs, p99 ${fmt(r.latNs.p99 / 1000)} µs, cpu ${fmt(cpus[i]!.totalUs / requestsInRun)} µs/req`;
+  });
+  const detail = [
+    `${nodes.length} fio jobs at qd ${w.iodepth} each, one per node; loadavg ${loadavg}`,
+    ...perNode,
+    ...(disk === null ? [] : [diskText(disk, totalIops, 'write')]),
+    ...(hostUse === null ? [] : [hostText(hostUse)]),
+  ].join('; ');
+  return {
+    iops,
+    figure: {
+      name: `two single nodes side by side ${w.label}, per node`,
+      value: totalIops / 2,
+      unit: 'IOPS',
+      cpuUsPerOp: cpus.reduce((sum, c) => sum + c.totalUs, 0) / raws.reduce((sum, r, i) => sum + (r.requests / r.runtimeMs) * cpus[i]!.wallMs, 0),
+      otherLoadPct: otherLoadPct(host, fioPct + serverPct),
+      detail,
+    },
+  };
+}
+
+function sideBySideText(p: Pair): string {
+  if (p.sideBySide === null) return '';
+  const b = p.sideBySide;
+  return (
+    `; side by side ${fmt(b.iops[0])} + ${fmt(b.iops[1])} IOPS (${fmt(b.figure.value / p.single.figure.value)}× single per node, ` +
+    `replicated ${fmt(p.replicated.figure.value / b.figure.value)}× of that; other load ${b.figure.otherLoadPct === null || b.figure.otherLoadPct === undefined ? '?' : fmt(b.figure.otherLoadPct)} %)`
+  );
+}
+
 // Busy excludes steal: time the hypervisor ran something else is not ours.
-function hostUseOf(host: CpuWindow, raw: NbdFioMeasurement): HostUse | null {
-  if (host.hostBusyPct === null || host.hostStealPct === null || !(raw.iops > 0)) return null;
+function hostUseOf(host: CpuWindow, iops: number): HostUse | null {
+  if (host.hostBusyPct === null || host.hostStealPct === null || !(iops > 0)) return null;
   const busyPct = host.hostBusyPct - host.hostStealPct;
   if (busyPct <= 0) return null;
   // The busy CPUs over the writes per second (the window's rate).
-  const usPerWrite = ((busyPct / 100) * host.cpuCount * 1e6) / raw.iops;
+  const usPerWrite = ((busyPct / 100) * host.cpuCount * 1e6) / iops;
   return { cpus: host.cpuCount, busyPct, stealPct: host.hostStealPct, usPerWrite };
 }
 
@@ -770,7 +871,7 @@ async function pingPong(port: number): Promise<RttFigures> {
   return { p50Us: atUs(0.5), p99Us: atUs(0.99), meanUs, roundTrips: RTT_ROUND_TRIPS };
 }
 
-/** SIGTERM to the primary first (it says goodbye to its replica), then the replica, then the single node. */
+/** SIGTERM in reverse start order: the twin, the primary (it says goodbye to its replica), the replica, the single node. */
 async function stopServers(sides: readonly Side[]): Promise<string[]> {
   const ended: string[] = [];
   for (const side of [...sides].reverse()) {
