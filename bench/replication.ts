@@ -699,10 +699,11 @@ async function measureSideBySide(ctx: BenchContext, nodes: readonly [Side, Side]
   const hostUse = hostUseOf(host, totalIops);
   const serverPct = cpus.reduce((sum, c) => sum + (100 * c.totalUs) / (c.wallMs * 1000), 0);
   const fioPct = raws.reduce((sum, r) => sum + r.usrCpuPct + r.sysCpuPct, 0);
+  // Requests each whole run carried (start-up and warm-up too), at its window's rate, as in measure().
+  const requestsInRun = raws.map((r, i) => (r.requests / r.runtimeMs) * cpus[i]!.wallMs);
   const perNode = nodes.map((side, i) => {
     const r = raws[i]!;
-    const requestsInRun = (r.requests / r.runtimeMs) * cpus[i]!.wallMs;
-    return `${side.name} ${fmt(r.iops)} IOPS, p50 ${fmt(r.latNs.p50 / 1000)} µs, p99 ${fmt(r.latNs.p99 / 1000)} µs, cpu ${fmt(cpus[i]!.totalUs / requestsInRun)} µs/req`;
+    return `${side.name} ${fmt(r.iops)} IOPS, p50 ${fmt(r.latNs.p50 / 1000)} µs, p99 ${fmt(r.latNs.p99 / 1000)} µs, cpu ${fmt(cpus[i]!.totalUs / requestsInRun[i]!)} µs/req`;
   });
   const detail = [
     `${nodes.length} fio jobs at qd ${w.iodepth} each, one per node; loadavg ${loadavg}`,
@@ -716,7 +717,7 @@ async function measureSideBySide(ctx: BenchContext, nodes: readonly [Side, Side]
       name: `two single nodes side by side ${w.label}, per node`,
       value: totalIops / 2,
       unit: 'IOPS',
-      cpuUsPerOp: cpus.reduce((sum, c) => sum + c.totalUs, 0) / raws.reduce((sum, r, i) => sum + (r.requests / r.runtimeMs) * cpus[i]!.wallMs, 0),
+      cpuUsPerOp: cpus.reduce((sum, c) => sum + c.totalUs, 0) / requestsInRun.reduce((sum, n) => sum + n, 0),
       otherLoadPct: otherLoadPct(host, fioPct + serverPct),
       detail,
     },
